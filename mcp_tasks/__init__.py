@@ -1,0 +1,69 @@
+"""mcp-tasks: durable MCP tasks on a SQLite journal, for both task wire generations.
+
+Write tools with `tool` and `TaskContext`; serve them with ``mcp-tasks serve``
+or embed `TaskRuntime` and `McpTasksServer` in your own program.
+"""
+
+from __future__ import annotations
+
+from mcp_tasks._config import ClientLimits, Settings
+from mcp_tasks._exceptions import (
+    CapacityError,
+    ConfigurationError,
+    InvalidArgumentsError,
+    InvalidCursorError,
+    InvalidTransitionError,
+    JournalError,
+    JournalSchemaError,
+    McpTasksError,
+    TaskNotFoundError,
+    TaskSupportError,
+    TaskTerminalError,
+    UnknownToolError,
+)
+from mcp_tasks._model import Outcome, OwnerId, Task, TaskId, TaskStatus
+from mcp_tasks._runtime import Requester, TaskRuntime
+from mcp_tasks._toolapi import (
+    ProtocolError,
+    TaskContext,
+    TaskSupport,
+    ThreadTaskContext,
+    ToolError,
+    ToolResult,
+    ToolSpec,
+    tool,
+)
+from mcp_tasks._toolloader import load_tools
+
+__all__ = [
+    "CapacityError",
+    "ClientLimits",
+    "ConfigurationError",
+    "InvalidArgumentsError",
+    "InvalidCursorError",
+    "InvalidTransitionError",
+    "JournalError",
+    "JournalSchemaError",
+    "McpTasksError",
+    "Outcome",
+    "OwnerId",
+    "ProtocolError",
+    "Requester",
+    "Settings",
+    "Task",
+    "TaskContext",
+    "TaskId",
+    "TaskNotFoundError",
+    "TaskRuntime",
+    "TaskStatus",
+    "TaskSupport",
+    "TaskSupportError",
+    "TaskTerminalError",
+    "ThreadTaskContext",
+    "ToolError",
+    "ToolResult",
+    "ToolSpec",
+    "UnknownToolError",
+    "load_tools",
+    "tool",
+]

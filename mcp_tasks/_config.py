@@ -1,0 +1,227 @@
+"""Settings: limits, per-client overrides, tool configuration and bearer tokens.
+
+Read from a TOML config file (``--config``) and an optional TOML token file.
+Every value is validated at start-up; a bad value raises `ConfigurationError`
+naming the key. This module imports only the exception tree.
+
+Config file shape (every key optional)::
+
+    [limits]
+    workers = 8                     # global worker limit
+    client_concurrency = 4          # running tasks per client
+    client_backlog = 10000          # unfinished tasks per client
+    default_ttl_seconds = 86400     # retention when the client asks for none
+    max_ttl_seconds = 604800        # cap on the retention a client may ask for
+    poll_interval_seconds = 1.0     # suggested polling interval
+    sweep_interval_seconds = 60     # how often expired tasks are purged
+    max_argument_bytes = 1048576    # largest accepted tool-call arguments object
+
+    [journal]
+    synchronous = "FULL"            # or "NORMAL": survives app crashes, not power loss
+
+    [clients.alice]                 # per-client overrides, keyed by client id
+    concurrency = 8
+    backlog = 50000
+
+    [tools.run_command]             # free-form table handed to the tool module
+    allowed = ["make", "pytest"]
+
+Token file shape::
+
+    [[client]]
+    id = "alice"
+    token = "a-long-random-secret"
+    concurrency = 8                 # optional, overrides [clients.alice]
+    backlog = 50000                 # optional
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+from mcp_tasks._exceptions import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """Caps for one client: running tasks and unfinished tasks."""
+
+    concurrency: int
+    backlog: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the runtime and server need to know, validated."""
+
+    workers: int = 8
+    client_concurrency: int = 4
+    client_backlog: int = 10_000
+    default_ttl_seconds: float | None = 86_400.0
+    max_ttl_seconds: float | None = 7 * 86_400.0
+    poll_interval_seconds: float = 1.0
+    sweep_interval_seconds: float = 60.0
+    max_argument_bytes: int = 1_048_576
+    synchronous: str = "FULL"
+    client_overrides: Mapping[str, ClientLimits] = field(
+        default_factory=lambda: dict[str, ClientLimits]()
+    )
+    tool_config: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: dict[str, Mapping[str, Any]]()
+    )
+    tokens: Mapping[str, str] = field(default_factory=lambda: dict[str, str]())
+
+    def limits_for(self, client_id: str) -> ClientLimits:
+        """The caps that apply to ``client_id`` (its override, else the defaults)."""
+        override = self.client_overrides.get(client_id)
+        if override is not None:
+            return override
+        return ClientLimits(self.client_concurrency, self.client_backlog)
+
+    def effective_ttl(self, requested_seconds: float | None) -> float | None:
+        """The retention granted for a requested one: default if none, capped."""
+        ttl = (
+            self.default_ttl_seconds if requested_seconds is None else requested_seconds
+        )
+        if self.max_ttl_seconds is not None and (
+            ttl is None or ttl > self.max_ttl_seconds
+        ):
+            return self.max_ttl_seconds
+        return ttl
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether bearer tokens identify HTTP requestors."""
+        return bool(self.tokens)
+
+    @classmethod
+    def load(cls, config: Path | None = None, tokens: Path | None = None) -> Settings:
+        """Read and validate the config file and the token file (both optional)."""
+        settings = cls()
+        if config is not None:
+            settings = _apply_config(settings, _read_toml(config, "--config"))
+        if tokens is not None:
+            settings = _apply_tokens(settings, _read_toml(tokens, "--tokens"))
+        return settings
+
+
+def _read_toml(path: Path, key: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigurationError(key, f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(key, f"{path} is not valid TOML: {exc}") from exc
+
+
+def _positive_int(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(key, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_number(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigurationError(key, f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _optional_duration(key: str, value: object) -> float | None:
+    # 0 or "unlimited" means no limit: explicit, never an accident of a missing key.
+    if value == "unlimited" or value == 0:
+        return None
+    return _positive_number(key, value)
+
+
+def _table(key: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigurationError(key, "must be a table")
+    return cast("dict[str, Any]", value)
+
+
+_LIMIT_KEYS = {
+    "workers": _positive_int,
+    "client_concurrency": _positive_int,
+    "client_backlog": _positive_int,
+    "default_ttl_seconds": _optional_duration,
+    "max_ttl_seconds": _optional_duration,
+    "poll_interval_seconds": _positive_number,
+    "sweep_interval_seconds": _positive_number,
+    "max_argument_bytes": _positive_int,
+}
+
+
+def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
+    unknown = set(data) - {"limits", "journal", "clients", "tools"}
+    if unknown:
+        raise ConfigurationError(sorted(unknown)[0], "unknown section")
+    changes: dict[str, Any] = {}
+    for key, value in _table("limits", data.get("limits", {})).items():
+        check = _LIMIT_KEYS.get(key)
+        if check is None:
+            raise ConfigurationError(f"limits.{key}", "unknown setting")
+        changes[key] = check(f"limits.{key}", value)
+    journal = _table("journal", data.get("journal", {}))
+    for key, value in journal.items():
+        if key != "synchronous":
+            raise ConfigurationError(f"journal.{key}", "unknown setting")
+        if value not in ("FULL", "NORMAL"):
+            raise ConfigurationError(
+                "journal.synchronous", f'must be "FULL" or "NORMAL", got {value!r}'
+            )
+        changes["synchronous"] = value
+    settings = replace(settings, **changes)
+    overrides = dict(settings.client_overrides)
+    for client_id, raw in _table("clients", data.get("clients", {})).items():
+        overrides[client_id] = _client_limits(
+            f"clients.{client_id}", _table(f"clients.{client_id}", raw), settings
+        )
+    tools = {
+        name: _table(f"tools.{name}", raw)
+        for name, raw in _table("tools", data.get("tools", {})).items()
+    }
+    return replace(settings, client_overrides=overrides, tool_config=tools)
+
+
+def _client_limits(key: str, raw: Mapping[str, Any], base: Settings) -> ClientLimits:
+    unknown = set(raw) - {"concurrency", "backlog", "id", "token"}
+    if unknown:
+        raise ConfigurationError(f"{key}.{sorted(unknown)[0]}", "unknown setting")
+    current = base.limits_for(key.rsplit(".", 1)[-1])
+    concurrency = raw.get("concurrency", current.concurrency)
+    backlog = raw.get("backlog", current.backlog)
+    return ClientLimits(
+        _positive_int(f"{key}.concurrency", concurrency),
+        _positive_int(f"{key}.backlog", backlog),
+    )
+
+
+def _apply_tokens(settings: Settings, data: dict[str, Any]) -> Settings:
+    entries = data.get("client", [])
+    if not isinstance(entries, list) or not entries:
+        raise ConfigurationError("client", "token file needs at least one [[client]]")
+    tokens: dict[str, str] = {}
+    overrides = dict(settings.client_overrides)
+    for index, raw in enumerate(cast("list[object]", entries)):
+        key = f"client[{index}]"
+        entry = _table(key, raw)
+        client_id = entry.get("id")
+        token = entry.get("token")
+        if not isinstance(client_id, str) or not client_id:
+            raise ConfigurationError(f"{key}.id", "must be a non-empty string")
+        if not isinstance(token, str) or len(token) < 16:
+            raise ConfigurationError(
+                f"{key}.token", "must be a string of at least 16 characters"
+            )
+        if token in tokens:
+            raise ConfigurationError(f"{key}.token", "is used by another client")
+        tokens[token] = client_id
+        if "concurrency" in entry or "backlog" in entry:
+            limits = _client_limits(f"clients.{client_id}", entry, settings)
+            overrides[client_id] = limits
+    return replace(settings, tokens=tokens, client_overrides=overrides)

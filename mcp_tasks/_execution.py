@@ -1,0 +1,86 @@
+"""Running one tool body and classifying how it ended.
+
+Kept small on purpose: `execute` runs the body (async on the loop, sync in a
+thread) and turns whatever happened into an `Outcome`. Nothing a tool raises
+escapes, except cancellation, which is never swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from mcp_tasks._model import Outcome
+from mcp_tasks._toolapi import (
+    ProtocolError,
+    TaskContext,
+    ThreadTaskContext,
+    ToolError,
+    ToolResult,
+    ToolSpec,
+    result_from_return,
+)
+
+logger = logging.getLogger("mcp_tasks.execution")
+
+#: JSON-RPC "internal error", used when a tool's return value cannot be encoded.
+INTERNAL_ERROR = -32603
+
+
+def classify_exception(tool: str, exc: Exception) -> Outcome:
+    """The outcome for a tool body that raised ``exc``.
+
+    `ProtocolError` becomes a JSON-RPC error; anything else, including
+    `ToolError`, becomes a tool execution error result that the model can read.
+    """
+    if isinstance(exc, ProtocolError):
+        return Outcome(error=exc.to_json())
+    if isinstance(exc, ToolError):
+        return Outcome(result=ToolResult.text(str(exc), is_error=True).to_json())
+    logger.warning("tool %r raised", tool, exc_info=exc)
+    text = f"Tool {tool!r} failed: {type(exc).__name__}: {exc}"
+    return Outcome(result=ToolResult.text(text, is_error=True).to_json())
+
+
+def classify_return(tool: str, value: object) -> Outcome:
+    """The outcome for a tool body that returned ``value``."""
+    try:
+        return Outcome(result=result_from_return(value))
+    except (TypeError, ValueError) as exc:
+        message = f"Tool {tool!r} returned a value that cannot be encoded: {exc}"
+        return Outcome(error={"code": INTERNAL_ERROR, "message": message})
+
+
+async def execute(
+    spec: ToolSpec,
+    ctx: TaskContext,
+    arguments: dict[str, Any],
+    thread_limiter: anyio.CapacityLimiter | None = None,
+) -> Outcome:
+    """Run ``spec``'s body with ``arguments``; return its `Outcome`.
+
+    Cancellation propagates. A synchronous body runs in a worker thread; on
+    cancellation its `ThreadTaskContext` is marked cancelled so it can stop
+    early, and its eventual return value is discarded.
+    """
+    try:
+        if spec.is_async:
+            value = await spec.bind(ctx, arguments)()
+        else:
+            thread_ctx = ThreadTaskContext(ctx)
+            call = spec.bind(thread_ctx, arguments)
+            try:
+                value = await anyio.to_thread.run_sync(
+                    call, abandon_on_cancel=True, limiter=thread_limiter
+                )
+            except anyio.get_cancelled_exc_class():
+                thread_ctx.cancel()
+                raise
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:
+        return classify_exception(spec.name, exc)
+    return classify_return(spec.name, value)

@@ -1,0 +1,142 @@
+"""The task model: statuses, the transition table and the immutable task record.
+
+Pure and free of I/O. Everything else builds on these definitions; this module
+imports nothing from the rest of the package except the exception tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, NewType
+
+from mcp_tasks._exceptions import InvalidTransitionError
+
+TaskId = NewType("TaskId", str)
+OwnerId = NewType("OwnerId", str)
+
+
+class TaskStatus(StrEnum):
+    """The five task statuses, spelled exactly as both MCP task wires spell them.
+
+    The values are persisted in the journal: a value, once shipped, is forever.
+    """
+
+    WORKING = "working"  #: accepted and not finished: queued, running or backing off
+    INPUT_REQUIRED = "input_required"  #: waiting for an answer from the requestor
+    COMPLETED = "completed"  #: finished with a result (possibly a tool error result)
+    FAILED = "failed"  #: finished with a JSON-RPC error
+    CANCELLED = "cancelled"  #: stopped on request; never changes afterwards
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether no further transition is allowed out of this status."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+)
+ACTIVE_STATUSES = frozenset({TaskStatus.WORKING, TaskStatus.INPUT_REQUIRED})
+
+#: The spec's state machine (2025-11-25 tasks §"Task Status Lifecycle", unchanged
+#: in the 2026-07-28 extension). A task is created in ``working``.
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.WORKING: frozenset(
+        {
+            TaskStatus.INPUT_REQUIRED,
+            TaskStatus.COMPLETED,
+            TaskStatus.FAILED,
+            TaskStatus.CANCELLED,
+        }
+    ),
+    TaskStatus.INPUT_REQUIRED: frozenset(
+        {
+            TaskStatus.WORKING,
+            TaskStatus.COMPLETED,
+            TaskStatus.FAILED,
+            TaskStatus.CANCELLED,
+        }
+    ),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+INITIAL_STATUS = TaskStatus.WORKING
+
+
+def can_transition(current: TaskStatus, new: TaskStatus) -> bool:
+    """Whether the state machine allows ``current -> new``."""
+    return new in TRANSITIONS[current]
+
+
+def check_transition(task_id: str, current: TaskStatus, new: TaskStatus) -> None:
+    """Raise `InvalidTransitionError` unless ``current -> new`` is allowed."""
+    if not can_transition(current, new):
+        raise InvalidTransitionError(task_id, current, new)
+
+
+def sources_of(new: TaskStatus) -> frozenset[TaskStatus]:
+    """Every status from which ``new`` may be reached: the compare-and-set guard."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if new in targets)
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def to_epoch(moment: datetime) -> float:
+    """Seconds since the epoch for an aware datetime (the journal's time format)."""
+    return moment.timestamp()
+
+
+def from_epoch(seconds: float) -> datetime:
+    """An aware UTC datetime for seconds since the epoch."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a finished task ended, stored once and translated per wire.
+
+    Exactly one of ``result`` (the tool's ``CallToolResult`` as a JSON object)
+    and ``error`` (a JSON-RPC error object with ``code`` and ``message``) is set.
+    A cancelled task that never produced either has neither.
+    """
+
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def is_tool_error(self) -> bool:
+        """Whether the result is a tool execution error (``isError: true``)."""
+        return self.result is not None and bool(self.result.get("isError"))
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A snapshot of one task as the journal holds it.
+
+    ``owner_id`` is the principal the task is bound to (or the fairness key of an
+    anonymous requestor). Durations are in seconds; ``ttl_seconds`` is ``None``
+    for unlimited retention.
+    """
+
+    task_id: TaskId
+    owner_id: OwnerId
+    tool_name: str
+    status: TaskStatus
+    status_message: str | None
+    created_at: datetime
+    last_updated_at: datetime
+    ttl_seconds: float | None
+    poll_interval_seconds: float
+    outcome: Outcome | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the task reached ``completed``, ``failed`` or ``cancelled``."""
+        return self.status.is_terminal

@@ -1,0 +1,310 @@
+"""What a tool module sees: the `tool` decorator, `TaskContext` and results.
+
+A tool is a plain function decorated with `tool`. Its parameters (except an
+optional first ``ctx`` parameter) become the tool's JSON input schema, through
+pydantic. ``async def`` bodies run on the event loop; plain ``def`` bodies run
+in a worker thread, so they may block. The same tool runs unchanged on both
+MCP task wires: nothing here imports ``mcp``.
+
+Example::
+
+    @tool(task_support="optional")
+    async def wait(ctx: TaskContext, seconds: float) -> str:
+        await ctx.report_progress(0, seconds)
+        ...
+        return f"waited {seconds} s"
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, cast, overload
+
+import anyio.from_thread
+import pydantic
+
+from mcp_tasks._exceptions import InvalidArgumentsError
+
+TaskSupport = Literal["forbidden", "optional", "required"]
+"""Whether a tool runs as a task: never, when the client asks, or always."""
+
+_TOOL_ATTRIBUTE = "__mcp_tasks_tool__"
+
+
+class ToolError(Exception):
+    """Raise from a tool to end it with a tool execution error (``isError``).
+
+    The message is shown to the model; the task still finishes normally (on the
+    2025-11-25 wire as ``failed``, on the 2026-07-28 wire as ``completed`` with
+    ``isError: true``, as each spec says).
+    """
+
+
+class ProtocolError(Exception):
+    """Raise from a tool to end it with a JSON-RPC error instead of a result.
+
+    The task becomes ``failed`` and ``tasks/result`` (or ``tasks/get``) carries
+    this error. Use it for errors of the request itself, not of the work.
+    """
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        self.code = code
+        self.message = message
+        self.data = data
+        super().__init__(f"{code}: {message}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-RPC error object."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """A tool result with full control over content, structure and error flag."""
+
+    content: list[dict[str, Any]] = field(
+        default_factory=lambda: list[dict[str, Any]]()
+    )
+    structured: dict[str, Any] | None = None
+    is_error: bool = False
+
+    @classmethod
+    def text(cls, text: str, *, is_error: bool = False) -> ToolResult:
+        """A result with one text block."""
+        return cls([{"type": "text", "text": text}], is_error=is_error)
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as the JSON object MCP calls a ``CallToolResult``."""
+        data: dict[str, Any] = {"content": self.content, "isError": self.is_error}
+        if self.structured is not None:
+            data["structuredContent"] = self.structured
+        return data
+
+
+def result_from_return(value: object) -> dict[str, Any]:
+    """Turn what a tool body returned into a ``CallToolResult`` JSON object.
+
+    ``str`` becomes one text block; ``ToolResult`` is taken as is; ``None`` is
+    an empty result; dicts, lists, numbers and pydantic models become
+    structured content plus its JSON text.
+    """
+    if isinstance(value, ToolResult):
+        return value.to_json()
+    if value is None:
+        return ToolResult().to_json()
+    if isinstance(value, str):
+        return ToolResult.text(value).to_json()
+    if isinstance(value, pydantic.BaseModel):
+        value = value.model_dump(mode="json")
+    text = json.dumps(value, separators=(",", ":"), default=str)
+    structured = (
+        cast("dict[str, Any]", value) if isinstance(value, dict) else {"result": value}
+    )
+    return ToolResult([{"type": "text", "text": text}], structured).to_json()
+
+
+class TaskContext(Protocol):
+    """The handle an ``async`` tool body gets as its ``ctx`` parameter."""
+
+    @property
+    def task_id(self) -> str:
+        """The id of the task running this call."""
+        ...
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """This tool's table from the server config file (``[tools.<name>]``)."""
+        ...
+
+    async def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report progress; delivered through the request's progress token."""
+        ...
+
+    async def set_status(self, message: str) -> None:
+        """Set the task's ``statusMessage`` (what ``tasks/get`` shows)."""
+        ...
+
+
+class ThreadTaskContext:
+    """The handle a synchronous (threaded) tool body gets as ``ctx``.
+
+    Its methods block briefly while the event loop records the update. A
+    threaded body cannot be interrupted: it should check `cancelled` between
+    units of work and return early when it is set.
+    """
+
+    def __init__(self, inner: TaskContext) -> None:
+        self._inner = inner
+        self._cancelled = threading.Event()
+
+    @property
+    def task_id(self) -> str:
+        """The id of the task running this call."""
+        return self._inner.task_id
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """This tool's table from the server config file."""
+        return self._inner.config
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the task was cancelled; the result will be discarded."""
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Mark cancelled (called by the runtime, from the event loop)."""
+        self._cancelled.set()
+
+    def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report progress (see `TaskContext.report_progress`)."""
+        anyio.from_thread.run(self._inner.report_progress, progress, total, message)
+
+    def set_status(self, message: str) -> None:
+        """Set the task's ``statusMessage``."""
+        anyio.from_thread.run(self._inner.set_status, message)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as the runtime sees it: metadata plus a validated entry point."""
+
+    name: str
+    description: str
+    fn: Callable[..., Any]
+    task_support: TaskSupport
+    arguments_model: type[pydantic.BaseModel]
+    takes_context: bool
+    is_async: bool
+    title: str | None = None
+    requires_config: bool = False
+
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON schema of the tool's arguments."""
+        schema = self.arguments_model.model_json_schema()
+        schema.pop("title", None)
+        return schema
+
+    def validate(self, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Validate and coerce ``arguments``; raise `InvalidArgumentsError`."""
+        try:
+            model = self.arguments_model.model_validate(dict(arguments or {}))
+        except pydantic.ValidationError as exc:
+            errors = [
+                {
+                    "field": ".".join(str(p) for p in err["loc"]) or "arguments",
+                    "message": err["msg"],
+                }
+                for err in exc.errors(include_url=False)
+            ]
+            raise InvalidArgumentsError(self.name, errors) from None
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def bind(self, ctx: object, arguments: Mapping[str, Any]) -> Callable[[], Any]:
+        """A zero-argument callable that runs the body with validated arguments."""
+        kwargs = self.validate(arguments)
+        if self.takes_context:
+            return lambda: self.fn(ctx, **kwargs)
+        return lambda: self.fn(**kwargs)
+
+
+def _arguments_model(
+    fn: Callable[..., Any], name: str
+) -> tuple[type[pydantic.BaseModel], bool]:
+    signature = inspect.signature(fn)
+    hints = inspect.get_annotations(fn, eval_str=True)
+    params = list(signature.parameters.values())
+    takes_context = bool(params) and params[0].name == "ctx"
+    if takes_context:
+        params = params[1:]
+    fields: dict[str, Any] = {}
+    for param in params:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TypeError(
+                f"tool {name!r}: *args/**kwargs parameters are not supported"
+            )
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (annotation, default)
+    model = pydantic.create_model(
+        f"{name}_arguments",
+        __config__=pydantic.ConfigDict(extra="forbid"),
+        **fields,
+    )
+    return model, takes_context
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Callable[..., Any]: ...
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    title: str | None = None,
+    task_support: TaskSupport = "optional",
+    requires_config: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    title: str | None = None,
+    task_support: TaskSupport = "optional",
+    requires_config: bool = False,
+) -> Any:
+    """Declare a function as a tool the server exposes.
+
+    Args:
+        name: The tool name (default: the function name).
+        description: Shown to the model (default: the docstring).
+        title: A human-readable display name.
+        task_support: ``"optional"`` (default): runs as a task when the client
+            asks; ``"required"``: only as a task; ``"forbidden"``: never.
+
+    The function is returned unchanged, so it stays directly callable in tests.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        tool_name = name or func.__name__
+        model, takes_context = _arguments_model(func, tool_name)
+        spec = ToolSpec(
+            name=tool_name,
+            description=description or inspect.cleandoc(func.__doc__ or "").strip(),
+            fn=func,
+            task_support=task_support,
+            arguments_model=model,
+            takes_context=takes_context,
+            is_async=inspect.iscoroutinefunction(func),
+            title=title,
+            requires_config=requires_config,
+        )
+        setattr(func, _TOOL_ATTRIBUTE, spec)
+        return func
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
+
+
+def spec_of(obj: object) -> ToolSpec | None:
+    """The `ToolSpec` attached by `tool`, or None for anything else."""
+    spec = getattr(obj, _TOOL_ATTRIBUTE, None)
+    return spec if isinstance(spec, ToolSpec) else None
+
+
+AsyncBody = Callable[[], Awaitable[Any]]

@@ -1,0 +1,13 @@
+"""The protocol bindings: the only package that imports ``mcp``.
+
+One module per task wire generation (`_legacy` for 2025-11-25, `_extension` for
+the 2026-07-28 extension), both over the same `TaskRuntime`; `_server`
+assembles them with the tools and the transports.
+"""
+
+from __future__ import annotations
+
+from mcp_tasks.binding._common import Transport
+from mcp_tasks.binding._server import McpTasksServer
+
+__all__ = ["McpTasksServer", "Transport"]

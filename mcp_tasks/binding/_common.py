@@ -1,0 +1,219 @@
+"""What both wire bindings share: errors, owners, time formats and pushes.
+
+The JSON-RPC error codes of every engine error live in `rpc_error`, the one
+mapping table. `Requesters` decides who is asking. `PushChannels` remembers
+live connections per owner so the engine's events reach connected clients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, Final
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.connection import Connection
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+
+from mcp_tasks._exceptions import (
+    CapacityError,
+    InvalidArgumentsError,
+    InvalidCursorError,
+    JournalError,
+    McpTasksError,
+    TaskNotFoundError,
+    TaskSupportError,
+    TaskTerminalError,
+    UnknownToolError,
+)
+from mcp_tasks._model import OwnerId
+from mcp_tasks._runtime import Requester
+
+logger = logging.getLogger("mcp_tasks.binding")
+
+LEGACY_VERSION: Final = "2025-11-25"
+MODERN_VERSION: Final = "2026-07-28"
+RELATED_TASK_META: Final = "io.modelcontextprotocol/related-task"
+
+# JSON-RPC error codes (JSON-RPC 2.0 and the MCP specs).
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+#: Backlog full: a server-defined code (JSON-RPC reserves -32000..-32099 for these).
+CAPACITY_EXCEEDED: Final = -32000
+HEADER_MISMATCH: Final = -32020
+MISSING_REQUIRED_CLIENT_CAPABILITY: Final = -32021
+
+
+def rpc_error(exc: McpTasksError) -> MCPError:
+    """The JSON-RPC error a client sees for an engine error: the one table."""
+    if isinstance(exc, TaskNotFoundError):
+        return MCPError(INVALID_PARAMS, f"Failed to retrieve task: {exc}", {"taskId": exc.task_id})
+    if isinstance(exc, TaskTerminalError):
+        return MCPError(
+            INVALID_PARAMS,
+            f"Cannot cancel task: already in terminal status {exc.status!r}",
+            {"taskId": exc.task_id, "status": exc.status},
+        )
+    if isinstance(exc, InvalidCursorError):
+        return MCPError(INVALID_PARAMS, f"{exc} (field: cursor)", {"field": "cursor"})
+    if isinstance(exc, UnknownToolError):
+        return MCPError(INVALID_PARAMS, f"{exc} (field: name)", {"field": "name"})
+    if isinstance(exc, InvalidArgumentsError):
+        return MCPError(INVALID_PARAMS, str(exc), {"field": "arguments", "errors": exc.errors})
+    if isinstance(exc, TaskSupportError):
+        return MCPError(METHOD_NOT_FOUND, str(exc), {"field": "task", "tool": exc.tool})
+    if isinstance(exc, CapacityError):
+        return MCPError(CAPACITY_EXCEEDED, str(exc), {"limit": exc.limit, "retryable": True})
+    if isinstance(exc, JournalError):
+        logger.error("journal failure: %s", exc)
+        return MCPError(INTERNAL_ERROR, "Internal error: the task journal is unavailable")
+    return MCPError(INTERNAL_ERROR, f"Internal error: {type(exc).__name__}")
+
+
+def invalid_params(field: str, message: str) -> MCPError:
+    """A -32602 error naming the offending field."""
+    return MCPError(INVALID_PARAMS, f"Invalid params: {field}: {message}", {"field": field})
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 with millisecond precision and a ``Z`` suffix."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def milliseconds(seconds: float | None) -> int | None:
+    """Seconds as whole milliseconds (at least 1 for positive values)."""
+    if seconds is None:
+        return None
+    return max(1, math.ceil(seconds * 1000))
+
+
+def check_arguments_size(arguments: object, limit: int) -> None:
+    """Refuse arguments whose JSON encoding is larger than ``limit`` bytes."""
+    size = len(json.dumps(arguments, separators=(",", ":")).encode())
+    if size > limit:
+        raise invalid_params("arguments", f"{size} bytes exceeds the limit of {limit} bytes")
+
+
+class Transport(Enum):
+    """How clients reach this server; decides who a requestor is."""
+
+    STDIO = "stdio"
+    HTTP = "http"
+
+
+LOCAL_OWNER: Final = OwnerId("local")
+
+
+@dataclass(frozen=True, slots=True)
+class Requesters:
+    """Establishes the `Requester` of each request.
+
+    - stdio: one local client, which owns every task (``local``).
+    - HTTP with bearer tokens: the token's client id; tasks are bound to it.
+    - HTTP without tokens: task ids are bearer capabilities; fairness is
+      keyed by MCP session (2025-11-25) or by client address (2026-07-28).
+    """
+
+    transport: Transport
+    auth: bool
+
+    @property
+    def identified(self) -> bool:
+        """Whether requestors are identified (so listing tasks is safe)."""
+        return self.transport is Transport.STDIO or self.auth
+
+    def of(self, ctx: ServerRequestContext[Any, Any]) -> Requester:
+        """The requestor of the request behind ``ctx``."""
+        if self.transport is Transport.STDIO:
+            return Requester(LOCAL_OWNER)
+        token = get_access_token()
+        if token is not None:
+            return Requester(OwnerId(f"client:{token.client_id}"))
+        if self.auth:
+            # The auth middleware admits no unauthenticated request; be safe anyway.
+            raise MCPError(INVALID_REQUEST, "Authentication required")
+        session_id = connection_of(ctx).session_id
+        if session_id is not None:
+            return Requester(OwnerId(f"session:{session_id}"), scoped=False)
+        client = getattr(ctx.request, "client", None)
+        host = getattr(client, "host", None) or "unknown"
+        return Requester(OwnerId(f"anonymous:{host}"), scoped=False)
+
+
+def connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection:
+    """The connection a request arrived on.
+
+    mcp 2.3 exposes it only through the per-request session; this is the one
+    place that reaches for it (pinned to mcp 2.3.x; covered by the e2e tests).
+    """
+    connection: Connection = getattr(ctx.session, "_connection")  # noqa: B009
+    return connection
+
+
+@dataclass(frozen=True, slots=True)
+class _Push:
+    connection: Connection
+    method: str
+    params: dict[str, Any]
+
+
+class PushChannels:
+    """Live connections by owner, and a sender that never blocks the engine.
+
+    A connection registers when it makes a request and is forgotten when it
+    closes. Engine events are queued here and sent by `run`, so a slow or
+    vanished client cannot stall a worker.
+    """
+
+    def __init__(self) -> None:
+        self._by_owner: dict[OwnerId, weakref.WeakSet[Connection]] = {}
+        send, receive = anyio.create_memory_object_stream[_Push](10_000)
+        self._send: MemoryObjectSendStream[_Push] = send
+        self._receive: MemoryObjectReceiveStream[_Push] = receive
+
+    def register(self, owner: OwnerId, connection: Connection) -> None:
+        """Remember ``connection`` as a live channel of ``owner``."""
+        if not connection.has_standalone_channel:
+            return
+        connections = self._by_owner.setdefault(owner, weakref.WeakSet())
+        if connection in connections:
+            return
+        connections.add(connection)
+
+        def forget() -> None:
+            connections.discard(connection)
+            if not connections:
+                self._by_owner.pop(owner, None)
+
+        connection.exit_stack.callback(forget)
+
+    def connections(self, owner: OwnerId) -> list[Connection]:
+        """The live connections of ``owner``."""
+        return list(self._by_owner.get(owner, ()))
+
+    def push(self, connection: Connection, method: str, params: Mapping[str, Any]) -> None:
+        """Queue a notification; dropped (with a log line) if the queue is full."""
+        try:
+            self._send.send_nowait(_Push(connection, method, dict(params)))
+        except anyio.WouldBlock:
+            logger.warning("push queue full; dropped %s", method)
+
+    async def run(self) -> None:
+        """Send queued notifications until cancelled."""
+        async with self._receive:
+            async for item in self._receive:
+                try:
+                    await item.connection.notify(item.method, item.params)
+                except Exception as exc:  # a gone client must not stop the sender
+                    logger.debug("push of %s failed: %r", item.method, exc)

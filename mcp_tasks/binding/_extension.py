@@ -1,0 +1,215 @@
+"""The 2026-07-28 tasks extension ``io.modelcontextprotocol/tasks`` (SEP-2663).
+
+The server decides per call whether to answer with a task, but only for a
+request whose own ``_meta`` client capabilities declare the extension. The
+create result is flat with ``resultType: "task"``; ``tasks/get`` inlines the
+result, the error or the outstanding input requests; ``tasks/update`` carries
+answers; ``tasks/cancel`` is an acknowledgement. ``tasks/result`` and
+``tasks/list`` do not exist here (the server answers -32601).
+
+Wire mapping decisions (spec-notes.md has the full list):
+- a tool result with ``isError: true`` makes the task ``completed`` (as this
+  generation's spec requires), with the error result inlined;
+- cancelling a finished task is acknowledged like any other cancel.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import mcp_types as types
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+from pydantic import Field
+
+from mcp_tasks._exceptions import McpTasksError, TaskNotFoundError, TaskTerminalError
+from mcp_tasks._model import Task, TaskStatus
+from mcp_tasks._runtime import ProgressEvent, Requester, TaskRuntime
+from mcp_tasks._toolapi import ToolSpec
+from mcp_tasks.binding._common import (
+    HEADER_MISMATCH,
+    MISSING_REQUIRED_CLIENT_CAPABILITY,
+    MODERN_VERSION,
+    PushChannels,
+    Requesters,
+    iso,
+    milliseconds,
+    rpc_error,
+)
+
+EXTENSION_ID: Final = "io.modelcontextprotocol/tasks"
+_TASK_METHODS: Final = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
+
+CallNow = Callable[
+    [ServerRequestContext[Any, Any], Requester, ToolSpec, Mapping[str, Any]],
+    Awaitable[types.CallToolResult],
+]
+
+
+class UpdateTaskRequestParams(types.RequestParams):
+    """Params of ``tasks/update``."""
+
+    task_id: str = Field(alias="taskId")
+    input_responses: dict[str, Any] = Field(alias="inputResponses")
+
+
+def missing_extension_error() -> MCPError:
+    """-32021 naming the extension the client must declare."""
+    return MCPError(
+        MISSING_REQUIRED_CLIENT_CAPABILITY,
+        f"Missing required client capability: extension {EXTENSION_ID!r}",
+        {"requiredCapabilities": {"extensions": {EXTENSION_ID: {}}}},
+    )
+
+
+def declares_extension(ctx: ServerRequestContext[Any, Any]) -> bool:
+    """Whether this request's own ``_meta`` client capabilities declare the extension."""
+    capabilities = ctx.session.client_capabilities
+    extensions = capabilities.extensions if capabilities is not None else None
+    return bool(extensions is not None and EXTENSION_ID in extensions)
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """A task in the extension's flat ``Task`` shape (no status-specific fields)."""
+    data: dict[str, Any] = {
+        "taskId": task.task_id,
+        "status": task.status.value,
+        "createdAt": iso(task.created_at),
+        "lastUpdatedAt": iso(task.last_updated_at),
+        "ttlMs": milliseconds(task.ttl_seconds),
+        "pollIntervalMs": milliseconds(task.poll_interval_seconds),
+    }
+    if task.status_message is not None:
+        data["statusMessage"] = task.status_message
+    return data
+
+
+def detailed_task_json(task: Task) -> dict[str, Any]:
+    """A ``DetailedTask``: the task plus its result, error or input requests."""
+    data = task_json(task)
+    outcome = task.outcome
+    if task.status is TaskStatus.COMPLETED and outcome is not None:
+        data["result"] = outcome.result if outcome.result is not None else {"content": []}
+    elif task.status is TaskStatus.FAILED:
+        error = outcome.error if outcome is not None else None
+        data["error"] = error or {"code": -32603, "message": "Task failed"}
+    elif task.status is TaskStatus.INPUT_REQUIRED:
+        data["inputRequests"] = {}
+    return data
+
+
+def _decode_header(value: str) -> str:
+    # Values that are not header-safe travel as =?base64?...?= (2026-07-28 HTTP).
+    if value.startswith("=?base64?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[9:-2]).decode()
+        except ValueError:
+            return value
+    return value
+
+
+class ExtensionTasks:
+    """Serves the extension's task methods and its task-creating ``tools/call``."""
+
+    identifier: Final = EXTENSION_ID
+
+    def __init__(self, runtime: TaskRuntime, requesters: Requesters, pushes: PushChannels) -> None:
+        self._runtime = runtime
+        self._requesters = requesters
+        self._pushes = pushes
+
+    def install(self, server: Server[Any]) -> None:
+        """Register the methods only this generation has."""
+        server.add_request_handler("tasks/update", UpdateTaskRequestParams, self._update)
+
+    async def middleware(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        """Gate the task methods on the per-request declaration and routing headers."""
+        if ctx.protocol_version == MODERN_VERSION and ctx.method in _TASK_METHODS:
+            if not declares_extension(ctx):
+                raise missing_extension_error()
+            self._check_name_header(ctx)
+        return await call_next(ctx)
+
+    @staticmethod
+    def _check_name_header(ctx: ServerRequestContext[Any, Any]) -> None:
+        headers = getattr(ctx.request, "headers", None)
+        if headers is None:
+            return  # not HTTP: no routing headers to check
+        sent = headers.get("mcp-name")
+        params = ctx.params or {}
+        task_id = params.get("taskId")
+        if sent is None:
+            raise MCPError(
+                HEADER_MISMATCH, f"Header mismatch: Mcp-Name header is required for {ctx.method}"
+            )
+        if _decode_header(sent) != task_id:
+            raise MCPError(
+                HEADER_MISMATCH,
+                f"Header mismatch: Mcp-Name header value {sent!r} does not match "
+                f"body value {task_id!r} (params.taskId)",
+            )
+
+    # ------------------------------------------------------------------ calls
+
+    async def call_tool(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.CallToolRequestParams,
+        spec: ToolSpec,
+        call_now: CallNow,
+    ) -> types.CallToolResult | dict[str, Any]:
+        """Answer a 2026-07-28 ``tools/call``: a task, or the result right away."""
+        requester = self._requesters.of(ctx)
+        arguments = params.arguments or {}
+        declared = declares_extension(ctx)
+        if spec.task_support == "forbidden" or (
+            not declared and spec.task_support == "optional"
+        ):
+            return await call_now(ctx, requester, spec, arguments)
+        if not declared:
+            raise missing_extension_error()
+        task = await self._runtime.submit(requester, spec.name, arguments)
+        return {"resultType": "task", **task_json(task)}
+
+    # ------------------------------------------------------------------ tasks
+
+    async def get(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
+        """``tasks/get``: the detailed task."""
+        try:
+            return detailed_task_json(await self._runtime.get(self._requesters.of(ctx), task_id))
+        except McpTasksError as exc:
+            raise rpc_error(exc) from None
+
+    async def cancel(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
+        """``tasks/cancel``: an acknowledgement, also for a finished task."""
+        try:
+            await self._runtime.cancel(self._requesters.of(ctx), task_id)
+        except TaskTerminalError:
+            pass
+        except McpTasksError as exc:
+            raise rpc_error(exc) from None
+        return {}
+
+    async def _update(
+        self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskRequestParams
+    ) -> dict[str, Any]:
+        try:
+            await self._runtime.get(self._requesters.of(ctx), params.task_id)
+        except TaskNotFoundError as exc:
+            raise rpc_error(exc) from None
+        return {}
+
+    # ----------------------------------------------------------- engine events
+
+    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
+        """Status notifications on this wire need ``subscriptions/listen``."""
+        return
+
+    def task_progress(self, event: ProgressEvent) -> None:
+        """Progress is not delivered for tasks on this wire (EXT l.507)."""
+        return

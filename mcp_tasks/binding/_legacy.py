@@ -1,0 +1,243 @@
+"""The 2025-11-25 core tasks wire (SEP-1686) over the engine.
+
+The client opts in per call with ``params.task``; the server answers
+``{"task": {...}}`` at once and the client polls ``tasks/get``, blocks on
+``tasks/result``, lists with ``tasks/list`` and cancels with ``tasks/cancel``.
+
+mcp 2.3 validates every 2025-11-25 ``tools/call`` handler result against
+``CallToolResult``, so task creation happens in a server middleware that
+answers before the handler chain (the runner trusts a short-circuited result).
+Status changes are pushed as ``notifications/tasks/status`` to the owner's live
+connections, and progress through the call's original ``progressToken``.
+
+Wire mapping decisions (spec-notes.md has the full list):
+- a tool result with ``isError: true`` is stored as ``completed`` and shown here
+  as ``failed``, as this generation's spec requires;
+- ``tasks/result`` of a task cancelled before producing anything returns a
+  tool error result saying so.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import mcp_types as types
+from mcp.server.connection import Connection
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+
+from mcp_tasks._exceptions import McpTasksError, TaskSupportError
+from mcp_tasks._model import Task, TaskId, TaskStatus
+from mcp_tasks._runtime import ProgressEvent, TaskRuntime
+from mcp_tasks.binding._common import (
+    LEGACY_VERSION,
+    RELATED_TASK_META,
+    PushChannels,
+    Requesters,
+    check_arguments_size,
+    connection_of,
+    invalid_params,
+    iso,
+    milliseconds,
+    rpc_error,
+)
+
+CANCELLED_TEXT = "The task was cancelled before it produced a result."
+
+
+def wire_status(task: Task) -> str:
+    """The status this generation shows: tool errors are ``failed`` here."""
+    if task.status is TaskStatus.COMPLETED and task.outcome and task.outcome.is_tool_error:
+        return TaskStatus.FAILED.value
+    return task.status.value
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """A task in the 2025-11-25 ``Task`` shape."""
+    data: dict[str, Any] = {
+        "taskId": task.task_id,
+        "status": wire_status(task),
+        "createdAt": iso(task.created_at),
+        "lastUpdatedAt": iso(task.last_updated_at),
+        "ttl": milliseconds(task.ttl_seconds),
+        "pollInterval": milliseconds(task.poll_interval_seconds),
+    }
+    message = task.status_message
+    if message is None and data["status"] == "failed" and task.outcome is not None:
+        message = _first_text(task.outcome.result) or "The tool reported an error."
+    if message is not None:
+        data["statusMessage"] = message
+    return data
+
+
+def _first_text(result: Mapping[str, Any] | None) -> str | None:
+    for block in (result or {}).get("content", []):
+        if isinstance(block, dict) and block.get("type") == "text":  # pyright: ignore[reportUnknownMemberType]
+            return str(block.get("text"))  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+    return None
+
+
+def tasks_capability(identified: bool) -> types.ServerTasksCapability:
+    """The ``capabilities.tasks`` this server advertises on 2025-11-25.
+
+    ``list`` only where requestors are identified: listing must never show one
+    client's tasks to another.
+    """
+    return types.ServerTasksCapability(
+        list=types.TasksListCapability() if identified else None,
+        cancel=types.TasksCancelCapability(),
+        requests=types.ServerTasksRequestsCapability(
+            tools=types.TasksToolsCapability(call=types.TasksCallCapability())
+        ),
+    )
+
+
+def _ttl_seconds(task_params: object) -> float | None:
+    if not isinstance(task_params, Mapping):
+        raise invalid_params("task", "must be an object")
+    ttl = task_params.get("ttl")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
+        raise invalid_params("task.ttl", "must be a non-negative number of milliseconds")
+    return float(ttl) / 1000.0
+
+
+class LegacyTasks:
+    """Serves the 2025-11-25 task methods and pushes its notifications."""
+
+    def __init__(self, runtime: TaskRuntime, requesters: Requesters, pushes: PushChannels) -> None:
+        self._runtime = runtime
+        self._requesters = requesters
+        self._pushes = pushes
+        # The connection that created each task: its progressToken lives there.
+        self._origins: weakref.WeakValueDictionary[TaskId, Connection] = (
+            weakref.WeakValueDictionary()
+        )
+
+    # ----------------------------------------------------------- task creation
+
+    async def middleware(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        """Answer task-augmented ``tools/call`` on 2025-11-25; pass the rest on."""
+        params = ctx.params
+        if (
+            ctx.method == "tools/call"
+            and ctx.protocol_version == LEGACY_VERSION
+            and isinstance(params, Mapping)
+            and params.get("task") is not None
+            and ctx.session.client_params is not None
+        ):
+            return await self._create_task(ctx, params)
+        return await call_next(ctx)
+
+    async def _create_task(
+        self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise invalid_params("name", "must be a string")
+        arguments = params.get("arguments") or {}
+        if not isinstance(arguments, Mapping):
+            raise invalid_params("arguments", "must be an object")
+        check_arguments_size(arguments, self._runtime.settings.max_argument_bytes)
+        ttl_seconds = _ttl_seconds(params["task"])
+        request_meta: dict[str, Any] = {}
+        meta = params.get("_meta")
+        if isinstance(meta, Mapping) and meta.get("progressToken") is not None:
+            request_meta["progressToken"] = meta["progressToken"]
+        try:
+            spec = self._runtime.tool(name)
+            if spec.task_support == "forbidden":
+                raise TaskSupportError(name, required=False)
+            task = await self._runtime.submit(
+                self._requesters.of(ctx),
+                name,
+                arguments,  # pyright: ignore[reportUnknownArgumentType]
+                ttl_seconds=ttl_seconds,
+                request_meta=request_meta,
+            )
+        except McpTasksError as exc:
+            raise rpc_error(exc) from None
+        self._origins[task.task_id] = connection_of(ctx)
+        return {"task": task_json(task)}
+
+    # ----------------------------------------------------------- task methods
+
+    async def get(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
+        """``tasks/get``: the flat task."""
+        try:
+            return task_json(await self._runtime.get(self._requesters.of(ctx), task_id))
+        except McpTasksError as exc:
+            raise rpc_error(exc) from None
+
+    async def result(
+        self, ctx: ServerRequestContext[Any, Any], params: types.GetTaskPayloadRequestParams
+    ) -> dict[str, Any]:
+        """``tasks/result``: block until terminal, then the call's own answer."""
+        try:
+            task = await self._runtime.wait_terminal(self._requesters.of(ctx), params.task_id)
+        except McpTasksError as exc:
+            raise rpc_error(exc) from None
+        related = {RELATED_TASK_META: {"taskId": task.task_id}}
+        outcome = task.outcome
+        if outcome is not None and outcome.error is not None:
+            error = outcome.error
+            raise MCPError(int(error["code"]), str(error["message"]), error.get("data"))
+        if outcome is None or outcome.result is None:
+            result: dict[str, Any] = {
+                "content": [{"type": "text", "text": CANCELLED_TEXT}],
+                "isError": True,
+            }
+        else:
+            result = dict(outcome.result)
+        meta = result.get("_meta")
+        result["_meta"] = {**(meta if isinstance(meta, dict) else {}), **related}
+        return result
+
+    async def list(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
+    ) -> dict[str, Any]:
+        """``tasks/list``: the requestor's own tasks, paginated."""
+        if not self._requesters.identified:
+            raise MCPError(-32601, "Method not found: tasks/list needs identified clients")
+        try:
+            tasks, cursor = await self._runtime.list(self._requesters.of(ctx), params.cursor)
+        except McpTasksError as exc:
+            raise rpc_error(exc) from None
+        page: dict[str, Any] = {"tasks": [task_json(t) for t in tasks]}
+        if cursor is not None:
+            page["nextCursor"] = cursor
+        return page
+
+    async def cancel(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
+        """``tasks/cancel``: ``cancelled`` before this answers; -32602 if finished."""
+        try:
+            return task_json(await self._runtime.cancel(self._requesters.of(ctx), task_id))
+        except McpTasksError as exc:
+            raise rpc_error(exc) from None
+
+    # ----------------------------------------------------------- engine events
+
+    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
+        """Push ``notifications/tasks/status`` to the owner's 2025-11-25 connections."""
+        payload = task_json(task)
+        for connection in self._pushes.connections(task.owner_id):
+            if connection.protocol_version == LEGACY_VERSION:
+                self._pushes.push(connection, "notifications/tasks/status", payload)
+
+    def task_progress(self, event: ProgressEvent) -> None:
+        """Relay progress through the token of the call that created the task."""
+        token = event.request_meta.get("progressToken")
+        connection = self._origins.get(event.task_id)
+        if token is None or connection is None:
+            return
+        params: dict[str, Any] = {"progressToken": token, "progress": event.progress}
+        if event.total is not None:
+            params["total"] = event.total
+        if event.message is not None:
+            params["message"] = event.message
+        self._pushes.push(connection, "notifications/progress", params)

@@ -1,0 +1,332 @@
+"""Assembles the MCP server: tools, both task wires, and the transports.
+
+One lowlevel mcp 2.3 `Server` serves the 2025-11-25 handshake and the
+2026-07-28 modern wire. Method names both generations share (``tasks/get``,
+``tasks/cancel``) are registered once and routed by the request's protocol
+version to the binding of that generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import mcp_types as types
+import uvicorn
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.models import InitializationOptions
+from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+
+from mcp_tasks._exceptions import McpTasksError, TaskSupportError
+from mcp_tasks._model import Task
+from mcp_tasks._runtime import ProgressEvent, Requester, TaskRuntime
+from mcp_tasks._toolapi import ToolSpec
+from mcp_tasks.binding._common import (
+    LEGACY_VERSION,
+    METHOD_NOT_FOUND,
+    MODERN_VERSION,
+    PushChannels,
+    Requesters,
+    Transport,
+    check_arguments_size,
+    connection_of,
+    rpc_error,
+)
+from mcp_tasks.binding._extension import ExtensionTasks
+from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
+
+logger = logging.getLogger("mcp_tasks.server")
+
+SERVER_NAME = "mcp-tasks"
+
+
+class _TasksServer(Server[Any]):
+    """A lowlevel `Server` whose 2025-11-25 handshake advertises ``tasks``.
+
+    The HTTP session manager builds initialization options itself, so the
+    capability is injected here rather than passed to `Server.run`.
+    """
+
+    legacy_tasks_capability: types.ServerTasksCapability | None = None
+
+    def create_initialization_options(
+        self,
+        notification_options: Any = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        options = super().create_initialization_options(
+            notification_options, experimental_capabilities, extensions
+        )
+        options.capabilities.tasks = self.legacy_tasks_capability
+        return options
+
+
+def tool_json(spec: ToolSpec, version: str) -> types.Tool:
+    """The ``tools/list`` entry of a tool; ``execution`` only on 2025-11-25."""
+    execution = None
+    if version == LEGACY_VERSION:
+        execution = types.ToolExecution(task_support=spec.task_support)
+    return types.Tool(
+        name=spec.name,
+        title=spec.title,
+        description=spec.description,
+        input_schema=spec.input_schema,
+        execution=execution,
+    )
+
+
+class _SyncProgress:
+    """Forwards progress of one synchronous call to that call's own stream."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        send, receive = anyio.create_memory_object_stream[ProgressEvent](1000)
+        self.send = send
+        self.receive = receive
+
+    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
+        return
+
+    def task_progress(self, event: ProgressEvent) -> None:
+        if event.request_meta.get("syncCall") == self.marker:
+            try:
+                self.send.send_nowait(event)
+            except anyio.WouldBlock:
+                pass  # progress is advisory; never block the tool on it
+
+
+class McpTasksServer:
+    """The mcp-tasks MCP server over one `TaskRuntime`."""
+
+    def __init__(self, runtime: TaskRuntime, transport: Transport) -> None:
+        self.runtime = runtime
+        self.requesters = Requesters(transport, runtime.settings.auth_enabled)
+        self.pushes = PushChannels()
+        self.legacy = LegacyTasks(runtime, self.requesters, self.pushes)
+        self.extension = ExtensionTasks(runtime, self.requesters, self.pushes)
+        runtime.subscribe(self.legacy)
+        runtime.subscribe(self.extension)
+        self.server = self._build()
+
+    def _build(self) -> _TasksServer:
+        server = _TasksServer(
+            SERVER_NAME,
+            version=_version(),
+            instructions="Tools here may run as durable tasks: poll tasks/get for status.",
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+        server.legacy_tasks_capability = tasks_capability(self.requesters.identified)
+        server.extensions[self.extension.identifier] = {}
+        server.middleware.append(self._register_connection)
+        server.middleware.append(self.legacy.middleware)
+        server.middleware.append(self.extension.middleware)
+        server.add_request_handler("tasks/get", types.GetTaskRequestParams, self._tasks_get)
+        server.add_request_handler(
+            "tasks/cancel", types.CancelTaskRequestParams, self._tasks_cancel
+        )
+        server.add_request_handler(
+            "tasks/result", types.GetTaskPayloadRequestParams, self._tasks_result
+        )
+        server.add_request_handler("tasks/list", types.PaginatedRequestParams, self._tasks_list)
+        self.extension.install(server)
+        return server
+
+    # ------------------------------------------------------------- middleware
+
+    async def _register_connection(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        # Every request from a handshake connection makes it a push channel of
+        # its owner: notifications reach whichever session the owner uses now.
+        if ctx.request_id is not None and ctx.protocol_version != MODERN_VERSION:
+            if ctx.session.client_params is not None:
+                requester = self.requesters.of(ctx)
+                self.pushes.register(requester.owner_id, connection_of(ctx))
+        return await call_next(ctx)
+
+    # ------------------------------------------------------------------ tools
+
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        tools = [tool_json(spec, ctx.protocol_version) for spec in self.runtime.tools.values()]
+        return types.ListToolsResult(tools=tools)
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult | dict[str, Any]:
+        arguments = params.arguments or {}
+        check_arguments_size(arguments, self.runtime.settings.max_argument_bytes)
+        try:
+            spec = self.runtime.tool(params.name)
+            if ctx.protocol_version == MODERN_VERSION:
+                return await self.extension.call_tool(ctx, params, spec, self.call_now)
+            if ctx.protocol_version == LEGACY_VERSION and spec.task_support == "required":
+                raise TaskSupportError(spec.name, required=True)
+            return await self.call_now(ctx, self.requesters.of(ctx), spec, arguments)
+        except McpTasksError as exc:
+            raise rpc_error(exc) from None
+
+    async def call_now(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        requester: Requester,
+        spec: ToolSpec,
+        arguments: Mapping[str, Any],
+    ) -> types.CallToolResult:
+        """Run a call through the engine and answer with its result (non-task path)."""
+        forward = _SyncProgress(secrets.token_hex(8))
+        unsubscribe = self.runtime.subscribe(forward)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._forward_progress, ctx, forward)
+                task = await self.runtime.call(
+                    requester, spec.name, arguments, request_meta={"syncCall": forward.marker}
+                )
+                tg.cancel_scope.cancel()
+        finally:
+            unsubscribe()
+        outcome = task.outcome
+        if outcome is not None and outcome.error is not None:
+            error = outcome.error
+            raise MCPError(int(error["code"]), str(error["message"]), error.get("data"))
+        if outcome is None or outcome.result is None:
+            return types.CallToolResult(
+                content=[types.TextContent(text=CANCELLED_TEXT)], is_error=True
+            )
+        return types.CallToolResult.model_validate(outcome.result, by_name=False)
+
+    @staticmethod
+    async def _forward_progress(
+        ctx: ServerRequestContext[Any, Any], forward: _SyncProgress
+    ) -> None:
+        async with forward.receive:
+            async for event in forward.receive:
+                try:
+                    await ctx.session.report_progress(event.progress, event.total, event.message)
+                except Exception:  # the caller may be gone; progress is advisory
+                    logger.debug("progress forward failed", exc_info=True)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _tasks_get(
+        self, ctx: ServerRequestContext[Any, Any], params: types.GetTaskRequestParams
+    ) -> dict[str, Any]:
+        if ctx.protocol_version == MODERN_VERSION:
+            return await self.extension.get(ctx, params.task_id)
+        self._require_legacy(ctx)
+        return await self.legacy.get(ctx, params.task_id)
+
+    async def _tasks_cancel(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CancelTaskRequestParams
+    ) -> dict[str, Any]:
+        if ctx.protocol_version == MODERN_VERSION:
+            return await self.extension.cancel(ctx, params.task_id)
+        self._require_legacy(ctx)
+        return await self.legacy.cancel(ctx, params.task_id)
+
+    async def _tasks_result(
+        self, ctx: ServerRequestContext[Any, Any], params: types.GetTaskPayloadRequestParams
+    ) -> dict[str, Any]:
+        self._require_legacy(ctx)
+        return await self.legacy.result(ctx, params)
+
+    async def _tasks_list(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
+    ) -> dict[str, Any]:
+        self._require_legacy(ctx)
+        return await self.legacy.list(ctx, params)
+
+    @staticmethod
+    def _require_legacy(ctx: ServerRequestContext[Any, Any]) -> None:
+        # Only 2025-11-25 defines these methods on the handshake wire; earlier
+        # revisions have no tasks, and 2026-07-28 removed tasks/result and tasks/list.
+        if ctx.protocol_version != LEGACY_VERSION:
+            raise MCPError(
+                METHOD_NOT_FOUND,
+                f"Method not found: {ctx.method} is not part of protocol "
+                f"{ctx.protocol_version}",
+            )
+
+    # ------------------------------------------------------------- transports
+
+    async def serve_stdio(self) -> None:
+        """Serve one client over stdin/stdout until it disconnects."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.pushes.run)
+            async with stdio_server() as (read, write):
+                await self.server.run(read, write, self.server.create_initialization_options())
+            tg.cancel_scope.cancel()
+
+    async def serve_http(self, host: str, port: int, *, ready: anyio.Event | None = None) -> None:
+        """Serve Streamable HTTP at ``http://host:port/mcp`` until cancelled."""
+        token_verifier = None
+        auth = None
+        if self.runtime.settings.auth_enabled:
+            token_verifier = _TokenFileVerifier(self.runtime.settings.tokens)
+            auth = AuthSettings(issuer_url=f"http://{host}:{port}", resource_server_url=None)
+        app = self.server.streamable_http_app(
+            host=host, auth=auth, token_verifier=token_verifier
+        )
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="on", access_log=False
+        )
+        http_server = _EmbeddedUvicorn(config)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.pushes.run)
+            if ready is not None:
+                tg.start_soon(_signal_when_started, http_server, ready)
+            try:
+                await http_server.serve()
+            finally:
+                tg.cancel_scope.cancel()
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the CLI owns signals."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _signal_when_started(server: uvicorn.Server, ready: anyio.Event) -> None:
+    while not server.started:
+        await anyio.sleep(0.01)
+    ready.set()
+
+
+class _TokenFileVerifier:
+    """Bearer tokens from the token file: token → client id."""
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        self._tokens = dict(tokens)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        client_id = self._tokens.get(token)
+        if client_id is None:
+            return None
+        return AccessToken(token=token, client_id=client_id, scopes=[])
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mcp-tasks")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__all__ = ["McpTasksServer"]

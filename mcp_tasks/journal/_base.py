@@ -1,0 +1,96 @@
+"""The journal contract: what the engine needs from durable storage.
+
+`Journal` is a `typing.Protocol`; its docstrings are the contract every backend
+must honour (the SQLite default today, PostgreSQL later). The engine never sees
+SQL and never assumes a single process: transitions are compare-and-set, and
+slot usage is derived from rows, not counters.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mcp_tasks._model import OwnerId, Task, TaskId
+from mcp_tasks.journal._records import (
+    NewTask,
+    RunRecord,
+    TaskEvent,
+    Transition,
+    UnfinishedTask,
+)
+
+
+class Journal(Protocol):
+    """Durable task storage."""
+
+    async def submit(self, task: NewTask) -> Task:
+        """Insert a new ``working`` task and its first event; return once durable.
+
+        Concurrent submits share one commit (group commit).
+        """
+        ...
+
+    async def get(self, task_id: TaskId) -> Task | None:
+        """The task as last committed, or ``None`` if unknown or purged."""
+        ...
+
+    async def list_owned(
+        self, owner_id: OwnerId, after_seq: int, limit: int
+    ) -> list[tuple[int, Task]]:
+        """Up to ``limit`` listed tasks of ``owner_id`` after position ``after_seq``.
+
+        Returns ``(seq, task)`` pairs in a stable order; ``seq`` is the position
+        to resume after.
+        """
+        ...
+
+    async def seq_of(self, owner_id: OwnerId, task_id: TaskId) -> int | None:
+        """The list position of ``task_id`` if it exists and belongs to ``owner_id``."""
+        ...
+
+    async def transition(self, change: Transition) -> Task | None:
+        """Apply a compare-and-set status change and journal it.
+
+        Returns the updated task, or ``None`` when the current status does not
+        allow the change (another writer won, or the task is gone). Never raises
+        for a lost race.
+        """
+        ...
+
+    async def claim(
+        self, task_id: TaskId, holder: str, lease_expires_at: float
+    ) -> RunRecord | None:
+        """Move a queued ``working`` task to running under a lease.
+
+        Returns what the worker needs, or ``None`` if the task is no longer
+        queued (cancelled meanwhile).
+        """
+        ...
+
+    async def requeue(
+        self, task_id: TaskId, status_message: str | None, at: float
+    ) -> None:
+        """Put a non-terminal task back in the queue, dropping any lease."""
+        ...
+
+    async def set_status_message(
+        self, task_id: TaskId, message: str, at: float
+    ) -> None:
+        """Record a new status message on a non-terminal task."""
+        ...
+
+    async def unfinished(self) -> list[UnfinishedTask]:
+        """Every non-terminal task, in submission order."""
+        ...
+
+    async def events(self, task_id: TaskId) -> list[TaskEvent]:
+        """The task's transition journal, oldest first."""
+        ...
+
+    async def purge_expired(self, now: float) -> list[TaskId]:
+        """Delete terminal tasks whose retention ended; return their ids."""
+        ...
+
+    async def secret(self, name: str) -> bytes:
+        """A per-database random secret, created on first use (e.g. for cursors)."""
+        ...

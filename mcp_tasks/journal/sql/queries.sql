@@ -1,0 +1,72 @@
+-- Named queries of the SQLite journal. Each block is `-- name --` followed by
+-- one statement; the name matches the journal operation that runs it.
+
+-- insert_task --
+INSERT INTO tasks (
+    task_id, owner_id, tool_name, arguments, status, status_message,
+    created_at, updated_at, ttl_seconds, expires_at, poll_interval_seconds,
+    listed, request_meta, phase
+) VALUES (?, ?, ?, ?, 'working', ?, ?, ?, ?, ?, ?, ?, ?, 'queued')
+
+-- insert_event --
+INSERT INTO task_events (task_id, status, status_message, reason, at)
+VALUES (?, ?, ?, ?, ?)
+
+-- get_task --
+SELECT task_id, owner_id, tool_name, status, status_message, created_at,
+       updated_at, ttl_seconds, poll_interval_seconds, outcome
+FROM tasks WHERE task_id = ?
+
+-- get_run --
+SELECT task_id, owner_id, tool_name, arguments, request_meta, attempts, phase, status
+FROM tasks WHERE task_id = ?
+
+-- list_owned --
+SELECT seq, task_id, owner_id, tool_name, status, status_message, created_at,
+       updated_at, ttl_seconds, poll_interval_seconds, outcome
+FROM tasks WHERE owner_id = ? AND listed = 1 AND seq > ?
+ORDER BY seq LIMIT ?
+
+-- task_seq --
+SELECT seq FROM tasks WHERE task_id = ? AND owner_id = ?
+
+-- events_of --
+SELECT status, status_message, reason, at FROM task_events
+WHERE task_id = ? ORDER BY event_id
+
+-- unfinished --
+SELECT task_id, owner_id, phase, status, not_before, lease_expires_at
+FROM tasks WHERE phase != 'done' ORDER BY seq
+
+-- claim --
+UPDATE tasks SET phase = 'running', lease_holder = ?, lease_expires_at = ?,
+       attempts = attempts + 1
+WHERE task_id = ? AND phase = 'queued' AND status = 'working'
+RETURNING attempts
+
+-- requeue --
+UPDATE tasks SET phase = 'queued', lease_holder = NULL, lease_expires_at = NULL,
+       not_before = NULL, status_message = ?, updated_at = ?
+WHERE task_id = ? AND phase != 'done'
+
+-- set_status_message --
+UPDATE tasks SET status_message = ?, updated_at = ?
+WHERE task_id = ? AND phase != 'done'
+
+-- purge_expired_events --
+DELETE FROM task_events WHERE task_id IN (
+    SELECT task_id FROM tasks
+    WHERE phase = 'done' AND expires_at IS NOT NULL AND expires_at <= ?
+)
+
+-- purge_expired --
+DELETE FROM tasks
+WHERE phase = 'done' AND expires_at IS NOT NULL AND expires_at <= ?
+RETURNING task_id
+
+-- get_meta --
+SELECT value FROM meta WHERE key = ?
+
+-- put_meta --
+INSERT INTO meta (key, value) VALUES (?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
