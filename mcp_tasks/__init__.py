@@ -22,9 +22,17 @@ from mcp_tasks._exceptions import (
     UnknownToolError,
 )
 from mcp_tasks._model import Outcome, OwnerId, Task, TaskId, TaskStatus
-from mcp_tasks._runtime import Requester, TaskRuntime
+from mcp_tasks._questions import (
+    Answer,
+    InputNotSupportedError,
+    InvalidAnswerError,
+    Question,
+)
+from mcp_tasks._runtime import AnswerReceipt, Requester, TaskRuntime
 from mcp_tasks._toolapi import (
     ProtocolError,
+    Recovery,
+    RetryLater,
     TaskContext,
     TaskSupport,
     ThreadTaskContext,
@@ -36,19 +44,27 @@ from mcp_tasks._toolapi import (
 from mcp_tasks._toolloader import load_tools
 
 __all__ = [
+    "Answer",
+    "AnswerReceipt",
     "CapacityError",
     "ClientLimits",
     "ConfigurationError",
+    "InputNotSupportedError",
+    "InvalidAnswerError",
     "InvalidArgumentsError",
     "InvalidCursorError",
     "InvalidTransitionError",
     "JournalError",
     "JournalSchemaError",
+    "load_tools",
     "McpTasksError",
     "Outcome",
     "OwnerId",
     "ProtocolError",
+    "Question",
+    "Recovery",
     "Requester",
+    "RetryLater",
     "Settings",
     "Task",
     "TaskContext",
@@ -60,10 +76,9 @@ __all__ = [
     "TaskSupportError",
     "TaskTerminalError",
     "ThreadTaskContext",
+    "tool",
     "ToolError",
     "ToolResult",
     "ToolSpec",
     "UnknownToolError",
-    "load_tools",
-    "tool",
 ]

@@ -15,6 +15,12 @@ Config file shape (every key optional)::
     poll_interval_seconds = 1.0     # suggested polling interval
     sweep_interval_seconds = 60     # how often expired tasks are purged
     max_argument_bytes = 1048576    # largest accepted tool-call arguments object
+    shutdown_grace_seconds = 10     # running steps may finish this long at shutdown
+    mrtr_timeout_seconds = 900      # a synchronous call's unanswered question expires
+
+    [budgets.openai]                # a shared rate-limit budget for upstream calls
+    requests_per_minute = 500
+    tokens_per_minute = 200000
 
     [journal]
     synchronous = "FULL"            # or "NORMAL": survives app crashes, not power loss
@@ -37,12 +43,14 @@ Token file shape::
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
+from mcp_tasks._budgets import BudgetLimits
 from mcp_tasks._exceptions import ConfigurationError
 
 
@@ -66,7 +74,12 @@ class Settings:
     poll_interval_seconds: float = 1.0
     sweep_interval_seconds: float = 60.0
     max_argument_bytes: int = 1_048_576
+    shutdown_grace_seconds: float = 10.0
+    mrtr_timeout_seconds: float = 900.0
     synchronous: str = "FULL"
+    budgets: Mapping[str, BudgetLimits] = field(
+        default_factory=lambda: dict[str, BudgetLimits]()
+    )
     client_overrides: Mapping[str, ClientLimits] = field(
         default_factory=lambda: dict[str, ClientLimits]()
     )
@@ -126,14 +139,19 @@ def _positive_int(key: str, value: object) -> int:
 
 
 def _positive_number(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    # `not value > 0` also refuses NaN, which compares false with everything.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigurationError(key, f"must be a positive number, got {value!r}")
+    if math.isinf(value):
+        raise ConfigurationError(
+            key, 'must be finite (use 0 or "unlimited" for no limit)'
+        )
     return float(value)
 
 
 def _optional_duration(key: str, value: object) -> float | None:
     # 0 or "unlimited" means no limit: explicit, never an accident of a missing key.
-    if value == "unlimited" or value == 0:
+    if value == "unlimited" or (type(value) is int and value == 0):
         return None
     return _positive_number(key, value)
 
@@ -153,11 +171,13 @@ _LIMIT_KEYS = {
     "poll_interval_seconds": _positive_number,
     "sweep_interval_seconds": _positive_number,
     "max_argument_bytes": _positive_int,
+    "shutdown_grace_seconds": _positive_number,
+    "mrtr_timeout_seconds": _positive_number,
 }
 
 
 def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
-    unknown = set(data) - {"limits", "journal", "clients", "tools"}
+    unknown = set(data) - {"limits", "journal", "clients", "tools", "budgets"}
     if unknown:
         raise ConfigurationError(sorted(unknown)[0], "unknown section")
     changes: dict[str, Any] = {}
@@ -185,14 +205,46 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
         name: _table(f"tools.{name}", raw)
         for name, raw in _table("tools", data.get("tools", {})).items()
     }
-    return replace(settings, client_overrides=overrides, tool_config=tools)
+    budgets = {
+        name: _budget(f"budgets.{name}", _table(f"budgets.{name}", raw))
+        for name, raw in _table("budgets", data.get("budgets", {})).items()
+    }
+    return replace(
+        settings, client_overrides=overrides, tool_config=tools, budgets=budgets
+    )
 
 
-def _client_limits(key: str, raw: Mapping[str, Any], base: Settings) -> ClientLimits:
-    unknown = set(raw) - {"concurrency", "backlog", "id", "token"}
+def _budget(key: str, raw: Mapping[str, Any]) -> BudgetLimits:
+    unknown = set(raw) - {"requests_per_minute", "tokens_per_minute"}
     if unknown:
         raise ConfigurationError(f"{key}.{sorted(unknown)[0]}", "unknown setting")
-    current = base.limits_for(key.rsplit(".", 1)[-1])
+    if not raw:
+        raise ConfigurationError(
+            key, "needs requests_per_minute and/or tokens_per_minute"
+        )
+    rpm = raw.get("requests_per_minute")
+    tpm = raw.get("tokens_per_minute")
+    return BudgetLimits(
+        None if rpm is None else _positive_number(f"{key}.requests_per_minute", rpm),
+        None if tpm is None else _positive_number(f"{key}.tokens_per_minute", tpm),
+    )
+
+
+def _client_limits(
+    key: str,
+    raw: Mapping[str, Any],
+    base: Settings,
+    extra: frozenset[str] = frozenset(),
+    client_id: str | None = None,
+) -> ClientLimits:
+    if "token" in raw and "token" not in extra:
+        raise ConfigurationError(
+            f"{key}.token", "tokens belong in the token file (--tokens), not the config"
+        )
+    unknown = set(raw) - {"concurrency", "backlog"} - extra
+    if unknown:
+        raise ConfigurationError(f"{key}.{sorted(unknown)[0]}", "unknown setting")
+    current = base.limits_for(client_id or key.rsplit(".", 1)[-1])
     concurrency = raw.get("concurrency", current.concurrency)
     backlog = raw.get("backlog", current.backlog)
     return ClientLimits(
@@ -221,7 +273,9 @@ def _apply_tokens(settings: Settings, data: dict[str, Any]) -> Settings:
         if token in tokens:
             raise ConfigurationError(f"{key}.token", "is used by another client")
         tokens[token] = client_id
+        limits = _client_limits(
+            key, entry, settings, frozenset({"id", "token"}), client_id=client_id
+        )
         if "concurrency" in entry or "backlog" in entry:
-            limits = _client_limits(f"clients.{client_id}", entry, settings)
             overrides[client_id] = limits
     return replace(settings, tokens=tokens, client_overrides=overrides)

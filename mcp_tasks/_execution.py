@@ -8,14 +8,17 @@ escapes, except cancellation, which is never swallowed.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from mcp_tasks._model import Outcome
+from mcp_tasks._questions import InputNotSupportedError
 from mcp_tasks._toolapi import (
     ProtocolError,
+    RetryLater,
     TaskContext,
     ThreadTaskContext,
     ToolError,
@@ -28,16 +31,45 @@ logger = logging.getLogger("mcp_tasks.execution")
 
 #: JSON-RPC "internal error", used when a tool's return value cannot be encoded.
 INTERNAL_ERROR = -32603
+#: 2026-07-28 "missing required client capability"; also used on the older wire.
+MISSING_CAPABILITY = -32021
 
 
-def classify_exception(tool: str, exc: Exception) -> Outcome:
-    """The outcome for a tool body that raised ``exc``.
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The body asked to run again later (or raised a retryable exception)."""
 
-    `ProtocolError` becomes a JSON-RPC error; anything else, including
-    `ToolError`, becomes a tool execution error result that the model can read.
+    reason: str
+    after_seconds: float | None = None
+
+
+Verdict = Outcome | Retry
+
+
+def classify_exception(spec: ToolSpec, exc: Exception) -> Verdict:
+    """What a tool body that raised ``exc`` amounts to.
+
+    `RetryLater`, and exceptions in the tool's ``retry_on`` when it allows
+    retries, ask for another run. `ProtocolError` becomes a JSON-RPC error; a
+    missing client capability becomes -32021 naming it; anything else,
+    including `ToolError`, becomes a tool execution error the model can read.
     """
+    tool = spec.name
+    if isinstance(exc, RetryLater):
+        return Retry(exc.reason, exc.after_seconds)
     if isinstance(exc, ProtocolError):
         return Outcome(error=exc.to_json())
+    if isinstance(exc, InputNotSupportedError):
+        data = {"requiredCapabilities": exc.required}
+        return Outcome(
+            error={"code": MISSING_CAPABILITY, "message": str(exc), "data": data}
+        )
+    if (
+        spec.max_attempts > 1
+        and not isinstance(exc, ToolError)
+        and isinstance(exc, spec.retry_on)
+    ):
+        return Retry(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, ToolError):
         return Outcome(result=ToolResult.text(str(exc), is_error=True).to_json())
     logger.warning("tool %r raised", tool, exc_info=exc)
@@ -59,10 +91,10 @@ async def execute(
     ctx: TaskContext,
     arguments: dict[str, Any],
     thread_limiter: anyio.CapacityLimiter | None = None,
-) -> Outcome:
-    """Run ``spec``'s body with ``arguments``; return its `Outcome`.
+) -> Verdict:
+    """Run ``spec``'s body with ``arguments``; return its `Verdict`.
 
-    Cancellation propagates. A synchronous body runs in a worker thread; on
+    Cancellation and `TaskSuspended` propagate. A synchronous body runs in a worker thread; on
     cancellation its `ThreadTaskContext` is marked cancelled so it can stop
     early, and its eventual return value is discarded.
     """
@@ -82,5 +114,5 @@ async def execute(
     except anyio.get_cancelled_exc_class():
         raise
     except Exception as exc:
-        return classify_exception(spec.name, exc)
+        return classify_exception(spec, exc)
     return classify_return(spec.name, value)

@@ -7,8 +7,10 @@ unit-testable with plain lists.
 
 Policy: each client has a FIFO queue. Clients with queued work and a free slot
 under their cap take turns in round-robin order, one task per turn. A client
-that becomes ready joins the end of the rotation, so a newcomer waits at most
-one turn behind each other ready client, however long their queues are.
+that becomes ready (new work, or a slot freed under its cap) joins the end of
+the rotation, so a newcomer waits at most one turn behind each other ready
+client, however long their queues are. A client at its cap leaves the rotation
+until one of its tasks releases its slot, so skipping it costs nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +55,13 @@ class FairScheduler:
         queue = self._queues.setdefault(owner, deque())
         queue.append(task)
         self._queued_total += 1
-        if owner not in self._rotation:
+        self._make_ready(owner)
+
+    def _make_ready(self, owner: OwnerId) -> None:
+        # Join the end of the rotation if there is work and a free slot.
+        if owner in self._rotation or owner not in self._queues:
+            return
+        if self._running.get(owner, 0) < self._cap_of(owner):
             self._rotation[owner] = None
 
     def remove(self, owner: OwnerId, task: TaskId) -> bool:
@@ -73,28 +81,25 @@ class FairScheduler:
 
     def next(self) -> tuple[OwnerId, TaskId] | None:
         """The next task to start, marking it running; None if nothing may start."""
-        if self._running_total >= self._worker_limit:
-            return None
-        for owner in list(self._rotation):
-            if self._running.get(owner, 0) >= self._cap_of(owner):
+        while self._running_total < self._worker_limit and self._rotation:
+            owner = next(iter(self._rotation))
+            running = self._running.get(owner, 0)
+            if running >= self._cap_of(owner):
+                # At its cap (a cap lowered meanwhile): wait outside the rotation.
+                del self._rotation[owner]
                 continue
             queue = self._queues[owner]
             task = queue.popleft()
             self._queued_total -= 1
+            self._running[owner] = running + 1
+            self._running_total += 1
+            del self._rotation[owner]
             if queue:
-                self._rotation.move_to_end(owner)
+                self._make_ready(owner)  # back of the rotation, if still under its cap
             else:
                 del self._queues[owner]
-                del self._rotation[owner]
-            self._running[owner] = self._running.get(owner, 0) + 1
-            self._running_total += 1
             return owner, task
         return None
-
-    def start_now(self, owner: OwnerId) -> None:
-        """Count a task that holds a worker without passing through a queue."""
-        self._running[owner] = self._running.get(owner, 0) + 1
-        self._running_total += 1
 
     def release(self, owner: OwnerId) -> None:
         """A task of ``owner`` stopped holding a worker (finished, parked or failed)."""
@@ -106,6 +111,7 @@ class FairScheduler:
         else:
             self._running[owner] = count - 1
         self._running_total -= 1
+        self._make_ready(owner)
 
     def queued(self, owner: OwnerId) -> int:
         """How many tasks ``owner`` has waiting for a worker."""
@@ -132,5 +138,5 @@ class FairScheduler:
             running=self._running_total,
             queued=self._queued_total,
             worker_limit=self._worker_limit,
-            clients_waiting=len(self._rotation),
+            clients_waiting=len(self._queues),
         )

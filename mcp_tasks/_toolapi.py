@@ -22,15 +22,28 @@ import json
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, cast, overload
+from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
 import anyio.from_thread
+import jsonschema
 import pydantic
 
 from mcp_tasks._exceptions import InvalidArgumentsError
+from mcp_tasks._questions import Answer, Question
+
+_T = TypeVar("_T")
 
 TaskSupport = Literal["forbidden", "optional", "required"]
 """Whether a tool runs as a task: never, when the client asks, or always."""
+
+Recovery = Literal["resume", "restart", "fail"]
+"""What happens to a task that was running when the server died.
+
+``resume``: run it again from the top, replaying recorded steps (their
+bodies do not run twice). ``restart``: drop recorded steps and run it again
+(for idempotent tools). ``fail``: end it ``failed``, saying the server
+restarted mid-run.
+"""
 
 _TOOL_ATTRIBUTE = "__mcp_tasks_tool__"
 
@@ -63,6 +76,22 @@ class ProtocolError(Exception):
         if self.data is not None:
             error["data"] = self.data
         return error
+
+
+class RetryLater(Exception):
+    """Raise from a tool to be run again later, releasing the worker meanwhile.
+
+    Use it when an upstream service says "not now" (HTTP 429 or 503). The task
+    stays ``working`` and is re-dispatched after ``after_seconds`` (for
+    example a Retry-After header) or the tool's exponential backoff with
+    jitter. After the tool's ``max_attempts`` it ends ``failed`` with
+    ``reason``. Recorded steps replay, so completed work is not redone.
+    """
+
+    def __init__(self, reason: str, *, after_seconds: float | None = None) -> None:
+        self.reason = reason
+        self.after_seconds = after_seconds
+        super().__init__(reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +162,89 @@ class TaskContext(Protocol):
         """Set the task's ``statusMessage`` (what ``tasks/get`` shows)."""
         ...
 
+    @property
+    def attempt(self) -> int:
+        """How many times this task has been started (1 on the first run)."""
+        ...
+
+    @property
+    def client_capabilities(self) -> Mapping[str, Any]:
+        """The capabilities the requesting client declared (MCP JSON shape)."""
+        ...
+
+    @property
+    def preflight(self) -> Mapping[str, Any]:
+        """What the tool's preflight gathered before the task was created."""
+        ...
+
+    async def step(
+        self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run ``fn`` once and record its JSON result durably.
+
+        When the task runs again (after a restart, a retry or an answer), the
+        recorded result is returned without calling ``fn``. Steps are keyed by
+        ``name`` and call order, so the tool's path to each step must be
+        deterministic. A sync ``fn`` runs in a worker thread.
+        """
+        ...
+
+    async def ask(self, questions: Mapping[str, Question]) -> dict[str, Answer]:
+        """Ask several questions at once; wait (holding no worker) for all answers.
+
+        Keys must be unique for the task's lifetime.
+        """
+        ...
+
+    async def elicit(
+        self,
+        message: str,
+        schema: type[pydantic.BaseModel] | Mapping[str, Any],
+        *,
+        key: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Answer:
+        """Ask the user to fill in a form; the task is ``input_required`` until answered."""
+        ...
+
+    async def elicit_url(
+        self,
+        message: str,
+        url: str,
+        *,
+        key: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Answer:
+        """Send the user to ``url``; returns when they accept, decline or cancel."""
+        ...
+
+    async def sample(
+        self,
+        messages: str | list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        key: str | None = None,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Answer:
+        """Ask the client's model (``sampling/createMessage``); ``Answer.text`` has the reply."""
+        ...
+
+    async def list_roots(self, *, key: str | None = None) -> Answer:
+        """Ask the client for its roots; ``Answer.raw["roots"]`` lists them."""
+        ...
+
+    async def acquire(
+        self, budget: str, *, requests: float = 1, tokens: float = 0
+    ) -> None:
+        """Take from a shared rate-limit budget, parking the task until it can."""
+        ...
+
+    async def log(self, level: str, message: str) -> None:
+        """Send a log message to the client, where the wire allows it."""
+        ...
+
 
 class ThreadTaskContext:
     """The handle a synchronous (threaded) tool body gets as ``ctx``.
@@ -175,6 +287,67 @@ class ThreadTaskContext:
         """Set the task's ``statusMessage``."""
         anyio.from_thread.run(self._inner.set_status, message)
 
+    @property
+    def attempt(self) -> int:
+        """How many times this task has been started."""
+        return self._inner.attempt
+
+    @property
+    def client_capabilities(self) -> Mapping[str, Any]:
+        """The capabilities the requesting client declared."""
+        return self._inner.client_capabilities
+
+    @property
+    def preflight(self) -> Mapping[str, Any]:
+        """What the tool's preflight gathered."""
+        return self._inner.preflight
+
+    def step(self, name: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``fn`` once, recording its result (see `TaskContext.step`).
+
+        ``fn`` runs here, in the tool's thread.
+        """
+        return anyio.from_thread.run(_thread_step, self._inner, name, fn, args, kwargs)
+
+    def ask(self, questions: Mapping[str, Question]) -> dict[str, Answer]:
+        """Ask several questions (see `TaskContext.ask`)."""
+        return anyio.from_thread.run(self._inner.ask, questions)
+
+    def elicit(
+        self,
+        message: str,
+        schema: type[pydantic.BaseModel] | Mapping[str, Any],
+        *,
+        key: str | None = None,
+    ) -> Answer:
+        """Ask the user to fill in a form (see `TaskContext.elicit`)."""
+        return anyio.from_thread.run(
+            lambda: self._inner.elicit(message, schema, key=key)
+        )
+
+    def acquire(self, budget: str, *, requests: float = 1, tokens: float = 0) -> None:
+        """Take from a shared budget (see `TaskContext.acquire`)."""
+        anyio.from_thread.run(
+            lambda: self._inner.acquire(budget, requests=requests, tokens=tokens)
+        )
+
+
+async def _thread_step(
+    ctx: TaskContext,
+    name: str,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    # A threaded body's step runs fn in a worker thread of its own: the tool's
+    # thread is blocked in from_thread.run meanwhile, so nothing runs twice.
+    import anyio.to_thread
+
+    async def run_in_thread() -> Any:
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    return await ctx.step(name, run_in_thread)
+
 
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
@@ -184,21 +357,34 @@ class ToolSpec:
     description: str
     fn: Callable[..., Any]
     task_support: TaskSupport
-    arguments_model: type[pydantic.BaseModel]
+    arguments_model: type[pydantic.BaseModel] | None
     takes_context: bool
     is_async: bool
     title: str | None = None
     requires_config: bool = False
+    recovery: Recovery = "resume"
+    max_attempts: int = 1
+    retry_on: tuple[type[Exception], ...] = (Exception,)
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    budgets: Mapping[str, float] = field(default_factory=lambda: dict[str, float]())
+    explicit_schema: Mapping[str, Any] | None = None
+    preflight: Callable[..., Any] | None = None
 
     @property
     def input_schema(self) -> dict[str, Any]:
         """The JSON schema of the tool's arguments."""
+        if self.explicit_schema is not None:
+            return dict(self.explicit_schema)
+        assert self.arguments_model is not None
         schema = self.arguments_model.model_json_schema()
         schema.pop("title", None)
         return schema
 
     def validate(self, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validate and coerce ``arguments``; raise `InvalidArgumentsError`."""
+        if self.arguments_model is None:
+            return self._validate_explicit(dict(arguments or {}))
         try:
             model = self.arguments_model.model_validate(dict(arguments or {}))
         except pydantic.ValidationError as exc:
@@ -212,12 +398,30 @@ class ToolSpec:
             raise InvalidArgumentsError(self.name, errors) from None
         return {name: getattr(model, name) for name in type(model).model_fields}
 
+    def _validate_explicit(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        validator = jsonschema.Draft202012Validator(dict(self.explicit_schema or {}))
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err.absolute_path) or "arguments",
+                "message": err.message,
+            }
+            for err in validator.iter_errors(arguments)
+        ]
+        if errors:
+            raise InvalidArgumentsError(self.name, errors)
+        return arguments
+
     def bind(self, ctx: object, arguments: Mapping[str, Any]) -> Callable[[], Any]:
         """A zero-argument callable that runs the body with validated arguments."""
         kwargs = self.validate(arguments)
         if self.takes_context:
             return lambda: self.fn(ctx, **kwargs)
         return lambda: self.fn(**kwargs)
+
+
+def _takes_context(fn: Callable[..., Any]) -> bool:
+    params = list(inspect.signature(fn).parameters.values())
+    return bool(params) and params[0].name == "ctx"
 
 
 def _arguments_model(
@@ -256,6 +460,14 @@ def tool(
     title: str | None = None,
     task_support: TaskSupport = "optional",
     requires_config: bool = False,
+    recovery: Recovery = "resume",
+    max_attempts: int = 1,
+    retry_on: tuple[type[Exception], ...] = (Exception,),
+    retry_base_seconds: float = 1.0,
+    retry_max_seconds: float = 300.0,
+    budgets: Mapping[str, float] | None = None,
+    input_schema: Mapping[str, Any] | None = None,
+    preflight: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -266,6 +478,14 @@ def tool(
     title: str | None = None,
     task_support: TaskSupport = "optional",
     requires_config: bool = False,
+    recovery: Recovery = "resume",
+    max_attempts: int = 1,
+    retry_on: tuple[type[Exception], ...] = (Exception,),
+    retry_base_seconds: float = 1.0,
+    retry_max_seconds: float = 300.0,
+    budgets: Mapping[str, float] | None = None,
+    input_schema: Mapping[str, Any] | None = None,
+    preflight: Callable[..., Any] | None = None,
 ) -> Any:
     """Declare a function as a tool the server exposes.
 
@@ -275,13 +495,35 @@ def tool(
         title: A human-readable display name.
         task_support: ``"optional"`` (default): runs as a task when the client
             asks; ``"required"``: only as a task; ``"forbidden"``: never.
+        requires_config: serve the tool only when the config file has a
+            ``[tools.<name>]`` table (for tools that are unsafe by default).
+        recovery: what a restart does to a task that was running (`Recovery`).
+        max_attempts: how many times the body may run because of `RetryLater`
+            or an exception in ``retry_on`` (1: no retries).
+        retry_on: exception types that are retried (`ToolError` and
+            `ProtocolError` never are).
+        retry_base_seconds: the first backoff; doubled per retry, with jitter.
+        retry_max_seconds: the longest backoff.
+        budgets: shared budgets a call needs (name → requests per call); the
+            dispatcher does not start the task until they have room.
+        input_schema: a JSON schema to use verbatim instead of the one derived
+            from the signature; arguments are validated against it and passed
+            as keyword arguments.
+        preflight: ``async def (ctx, **arguments) -> dict`` run before a task is
+            created; it may ask questions (multi-round-trip requests on
+            2026-07-28) and its result is `TaskContext.preflight`.
 
     The function is returned unchanged, so it stays directly callable in tests.
     """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         tool_name = name or func.__name__
-        model, takes_context = _arguments_model(func, tool_name)
+        if input_schema is not None:
+            model, takes_context = None, _takes_context(func)
+        else:
+            model, takes_context = _arguments_model(func, tool_name)
         spec = ToolSpec(
             name=tool_name,
             description=description or inspect.cleandoc(func.__doc__ or "").strip(),
@@ -292,6 +534,14 @@ def tool(
             is_async=inspect.iscoroutinefunction(func),
             title=title,
             requires_config=requires_config,
+            recovery=recovery,
+            max_attempts=max_attempts,
+            retry_on=retry_on,
+            retry_base_seconds=retry_base_seconds,
+            retry_max_seconds=retry_max_seconds,
+            budgets=dict(budgets or {}),
+            explicit_schema=dict(input_schema) if input_schema is not None else None,
+            preflight=preflight,
         )
         setattr(func, _TOOL_ATTRIBUTE, spec)
         return func

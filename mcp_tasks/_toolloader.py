@@ -49,7 +49,9 @@ def _import(path: Path) -> object:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise ConfigurationError("--tools", f"{path} failed to import: {exc!r}") from exc
+        raise ConfigurationError(
+            "--tools", f"{path} failed to import: {exc!r}"
+        ) from exc
     return module
 
 
@@ -71,6 +73,8 @@ def load_tools(
                 if spec is None or (spec.requires_config and spec.name not in config):
                     continue
                 if spec.name in tools and tools[spec.name].fn is not spec.fn:
-                    raise ConfigurationError("--tools", f"tool {spec.name!r} is defined twice")
+                    raise ConfigurationError(
+                        "--tools", f"tool {spec.name!r} is defined twice"
+                    )
                 tools[spec.name] = spec
     return tools

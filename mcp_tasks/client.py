@@ -48,10 +48,20 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, Self, TextIO, TypeAlias, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    Protocol,
+    Self,
+    TextIO,
+    TypeAlias,
+    cast,
+)
 
 import anyio
 import httpx2
@@ -79,6 +89,11 @@ from mcp_types import (
     JSONRPCRequest,
     JSONRPCResponse,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from anyio.abc import TaskGroup
 
 __all__ = [
     "LEGACY_WIRE",
@@ -289,11 +304,13 @@ class TaskClient:
         self._http = http
         self._next_id = 1
         self._pending: dict[int | str, _Pending] = {}
+        self._inbound: dict[int | str, anyio.CancelScope] = {}
         self._taken: set[int] = set()
         self._arrival = anyio.Event()
         self._handshake_done = False
         self._closed = False
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._task_group: TaskGroup | None = None
+        self._host_error: BaseException | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -346,21 +363,17 @@ class TaskClient:
             env=dict(env) if env is not None else None,
             cwd=cwd,
         )
-        async with stdio_client(server, errlog=errlog or sys.stderr) as (
-            read_stream,
-            write_stream,
-        ):
-            client = cls(
-                write_stream,
-                wire=wire,
-                capabilities=capabilities,
-                declare_tasks_extension=declare_tasks_extension,
-                on_request=on_request,
-                client_info=client_info,
-                http=None,
-            )
-            async with client._running(read_stream):
-                yield client
+        transport = stdio_client(server, errlog=errlog or sys.stderr)
+        async with cls._open(
+            transport,
+            wire=wire,
+            capabilities=capabilities,
+            declare_tasks_extension=declare_tasks_extension,
+            on_request=on_request,
+            client_info=client_info,
+            http=None,
+        ) as client:
+            yield client
 
     @classmethod
     @asynccontextmanager
@@ -403,24 +416,59 @@ class TaskClient:
             timeout=_HTTP_TIMEOUT,
             event_hooks={"response": [observer.on_response]},
         )
-        async with (
-            http_client,
-            streamable_http_client(url, http_client=http_client) as (
-                read_stream,
-                write_stream,
-            ),
-        ):
-            client = cls(
-                write_stream,
+        async with http_client:
+            transport = streamable_http_client(url, http_client=http_client)
+            async with cls._open(
+                transport,
                 wire=wire,
                 capabilities=capabilities,
                 declare_tasks_extension=declare_tasks_extension,
                 on_request=on_request,
                 client_info=client_info,
                 http=observer,
-            )
-            async with client._running(read_stream):
+            ) as client:
                 yield client
+
+    @classmethod
+    @asynccontextmanager
+    async def _open(
+        cls,
+        transport: AbstractAsyncContextManager[tuple[_MessageReceiver, _MessageSender]],
+        *,
+        wire: Wire,
+        capabilities: Mapping[str, Any] | None,
+        declare_tasks_extension: bool,
+        on_request: ServerRequestHandler | None,
+        client_info: Mapping[str, Any] | None,
+        http: _HttpObserver | None,
+    ) -> AsyncGenerator[Self]:
+        """Connect over an SDK transport; unwrap task-group wrapping of errors.
+
+        The SDK transports and :meth:`_running` hold task groups open around
+        the ``async with`` body, so an exception from the handshake or from the
+        caller's body would surface as a (nested) ``ExceptionGroup``. When that
+        one exception is all the group holds, it is re-raised bare, so
+        ``pytest.raises(RpcError)`` around the whole block works.
+        """
+        client: Self | None = None
+        try:
+            async with transport as (read_stream, write_stream):
+                client = cls(
+                    write_stream,
+                    wire=wire,
+                    capabilities=capabilities,
+                    declare_tasks_extension=declare_tasks_extension,
+                    on_request=on_request,
+                    client_info=client_info,
+                    http=http,
+                )
+                async with client._running(read_stream):
+                    yield client
+        except BaseExceptionGroup as group:
+            error = client._host_error if client is not None else None
+            if error is not None and all(leaf is error for leaf in _leaves(group)):
+                raise error from None
+            raise
 
     @asynccontextmanager
     async def _running(self, read_stream: _MessageReceiver) -> AsyncGenerator[None]:
@@ -432,6 +480,9 @@ class TaskClient:
                 try:
                     await self._connect()
                     yield
+                except BaseException as exc:
+                    self._host_error = exc
+                    raise
                 finally:
                     self._close("client closed")
                     task_group.cancel_scope.cancel()
@@ -850,16 +901,14 @@ class TaskClient:
         if isinstance(message, JSONRPCResponse):
             pending = self._pending.get(message.id)
             if pending is None or pending.done.is_set():
-                logger.warning(
-                    "dropping a response to unknown request id %r", message.id
-                )
+                logger.debug("dropping a response to unknown request id %r", message.id)
                 return
             pending.result = message.result
             pending.done.set()
         elif isinstance(message, JSONRPCError):
             pending = self._pending.get(message.id) if message.id is not None else None
             if pending is None or pending.done.is_set():
-                logger.warning(
+                logger.debug(
                     "dropping an error for unknown request id %r: %s",
                     message.id,
                     message.error,
@@ -869,9 +918,15 @@ class TaskClient:
             pending.error = RpcError(error.code, error.message, error.data)
             pending.done.set()
         elif isinstance(message, JSONRPCNotification):
-            self.notifications.append(
-                {"method": message.method, "params": message.params or {}}
-            )
+            params = message.params or {}
+            self.notifications.append({"method": message.method, "params": params})
+            request_id = params.get("requestId")
+            if message.method == "notifications/cancelled" and isinstance(
+                request_id, int | str
+            ):
+                scope = self._inbound.get(request_id)
+                if scope is not None:
+                    scope.cancel()
             arrival, self._arrival = self._arrival, anyio.Event()
             arrival.set()
         else:
@@ -886,31 +941,40 @@ class TaskClient:
             self._task_group.start_soon(self._answer, message)
 
     async def _answer(self, request: JSONRPCRequest) -> None:
-        """Answer one server-to-client request through ``on_request``."""
-        reply: JSONRPCMessage
-        try:
-            result = await self._handle_server_request(
-                request.method, request.params or {}
-            )
-            reply = JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result)
-        except RpcError as exc:
-            reply = JSONRPCError(
-                jsonrpc="2.0",
-                id=request.id,
-                error=_error_data(exc.code, exc.message, exc.data),
-            )
-        except Exception as exc:
-            logger.exception("on_request handler failed for %s", request.method)
-            self.handler_errors.append(exc)
-            reply = JSONRPCError(
-                jsonrpc="2.0",
-                id=request.id,
-                error=_error_data(INTERNAL_ERROR, str(exc), None),
-            )
+        """Answer one server-to-client request through ``on_request``.
+
+        A ``notifications/cancelled`` from the server for this request cancels
+        the handler, and then no reply is sent.
+        """
+        reply: JSONRPCMessage | None = None
+        with anyio.CancelScope() as scope:
+            self._inbound[request.id] = scope
+            try:
+                reply = await self._reply_to(request)
+            finally:
+                self._inbound.pop(request.id, None)
+        if reply is None:
+            logger.debug("server cancelled its %s request", request.method)
+            return
         try:
             await self._send(reply, None, method=request.method)
         except ConnectionClosedError:
             logger.debug("connection closed before answering %s", request.method)
+
+    async def _reply_to(self, request: JSONRPCRequest) -> JSONRPCMessage:
+        try:
+            result = await self._handle_server_request(
+                request.method, request.params or {}
+            )
+        except RpcError as exc:
+            error = _error_data(exc.code, exc.message, exc.data)
+            return JSONRPCError(jsonrpc="2.0", id=request.id, error=error)
+        except Exception as exc:
+            logger.exception("on_request handler failed for %s", request.method)
+            self.handler_errors.append(exc)
+            error = _error_data(INTERNAL_ERROR, str(exc), None)
+            return JSONRPCError(jsonrpc="2.0", id=request.id, error=error)
+        return JSONRPCResponse(jsonrpc="2.0", id=request.id, result=result)
 
     async def _handle_server_request(
         self, method: str, params: JSONObject
@@ -942,6 +1006,16 @@ def _object(value: object) -> JSONObject:
     """``value`` if it is a JSON object, else a new empty one."""
     found = _as_object(value)
     return found if found is not None else {}
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    """The non-group exceptions inside ``error`` (``error`` itself if not a group)."""
+    if isinstance(error, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", error)
+        for inner in group.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def _error_data(code: int, message: str, data: object) -> ErrorData:

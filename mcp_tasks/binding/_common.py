@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -36,6 +36,7 @@ from mcp_tasks._exceptions import (
     UnknownToolError,
 )
 from mcp_tasks._model import OwnerId
+from mcp_tasks._questions import InputNotSupportedError, InvalidAnswerError
 from mcp_tasks._runtime import Requester
 
 logger = logging.getLogger("mcp_tasks.binding")
@@ -55,35 +56,89 @@ HEADER_MISMATCH: Final = -32020
 MISSING_REQUIRED_CLIENT_CAPABILITY: Final = -32021
 
 
+def _not_found(exc: TaskNotFoundError) -> MCPError:
+    return MCPError(
+        INVALID_PARAMS, f"Failed to retrieve task: {exc}", {"taskId": exc.task_id}
+    )
+
+
+def _terminal(exc: TaskTerminalError) -> MCPError:
+    return MCPError(
+        INVALID_PARAMS,
+        f"Cannot cancel task: already in terminal status {exc.status!r}",
+        {"taskId": exc.task_id, "status": exc.status},
+    )
+
+
+def _bad_answer(exc: InvalidAnswerError) -> MCPError:
+    field = f"inputResponses.{exc.key}"
+    return MCPError(
+        INVALID_PARAMS,
+        f"{exc} (field: {field})",
+        {"field": field, "problem": exc.problem},
+    )
+
+
+def _missing_capability(exc: InputNotSupportedError) -> MCPError:
+    return MCPError(
+        MISSING_REQUIRED_CLIENT_CAPABILITY,
+        f"Missing required client capability: {exc.capability}",
+        {"requiredCapabilities": exc.required},
+    )
+
+
+def _journal(exc: JournalError) -> MCPError:
+    logger.error("journal failure: %s", exc)
+    return MCPError(INTERNAL_ERROR, "Internal error: the task journal is unavailable")
+
+
+#: The one table from engine errors to the JSON-RPC errors clients see.
+_ERRORS: list[tuple[type[McpTasksError], Callable[[Any], MCPError]]] = [
+    (TaskNotFoundError, _not_found),
+    (TaskTerminalError, _terminal),
+    (
+        InvalidCursorError,
+        lambda e: MCPError(INVALID_PARAMS, f"{e} (field: cursor)", {"field": "cursor"}),
+    ),
+    (
+        UnknownToolError,
+        lambda e: MCPError(INVALID_PARAMS, f"{e} (field: name)", {"field": "name"}),
+    ),
+    (
+        InvalidArgumentsError,
+        lambda e: MCPError(
+            INVALID_PARAMS, str(e), {"field": "arguments", "errors": e.errors}
+        ),
+    ),
+    (
+        TaskSupportError,
+        lambda e: MCPError(METHOD_NOT_FOUND, str(e), {"field": "task", "tool": e.tool}),
+    ),
+    (InvalidAnswerError, _bad_answer),
+    (InputNotSupportedError, _missing_capability),
+    (
+        CapacityError,
+        lambda e: MCPError(
+            CAPACITY_EXCEEDED, str(e), {"limit": e.limit, "retryable": True}
+        ),
+    ),
+    (JournalError, _journal),
+]
+
+
 def rpc_error(exc: McpTasksError) -> MCPError:
-    """The JSON-RPC error a client sees for an engine error: the one table."""
-    if isinstance(exc, TaskNotFoundError):
-        return MCPError(INVALID_PARAMS, f"Failed to retrieve task: {exc}", {"taskId": exc.task_id})
-    if isinstance(exc, TaskTerminalError):
-        return MCPError(
-            INVALID_PARAMS,
-            f"Cannot cancel task: already in terminal status {exc.status!r}",
-            {"taskId": exc.task_id, "status": exc.status},
-        )
-    if isinstance(exc, InvalidCursorError):
-        return MCPError(INVALID_PARAMS, f"{exc} (field: cursor)", {"field": "cursor"})
-    if isinstance(exc, UnknownToolError):
-        return MCPError(INVALID_PARAMS, f"{exc} (field: name)", {"field": "name"})
-    if isinstance(exc, InvalidArgumentsError):
-        return MCPError(INVALID_PARAMS, str(exc), {"field": "arguments", "errors": exc.errors})
-    if isinstance(exc, TaskSupportError):
-        return MCPError(METHOD_NOT_FOUND, str(exc), {"field": "task", "tool": exc.tool})
-    if isinstance(exc, CapacityError):
-        return MCPError(CAPACITY_EXCEEDED, str(exc), {"limit": exc.limit, "retryable": True})
-    if isinstance(exc, JournalError):
-        logger.error("journal failure: %s", exc)
-        return MCPError(INTERNAL_ERROR, "Internal error: the task journal is unavailable")
+    """The JSON-RPC error a client sees for an engine error (see `_ERRORS`)."""
+    for kind, build in _ERRORS:
+        if isinstance(exc, kind):
+            return build(exc)
     return MCPError(INTERNAL_ERROR, f"Internal error: {type(exc).__name__}")
 
 
 def invalid_params(field: str, message: str) -> MCPError:
     """A -32602 error naming the offending field."""
-    return MCPError(INVALID_PARAMS, f"Invalid params: {field}: {message}", {"field": field})
+    return MCPError(
+        INVALID_PARAMS, f"Invalid params: {field}: {message}", {"field": field}
+    )
 
 
 def iso(moment: datetime) -> str:
@@ -102,7 +157,9 @@ def check_arguments_size(arguments: object, limit: int) -> None:
     """Refuse arguments whose JSON encoding is larger than ``limit`` bytes."""
     size = len(json.dumps(arguments, separators=(",", ":")).encode())
     if size > limit:
-        raise invalid_params("arguments", f"{size} bytes exceeds the limit of {limit} bytes")
+        raise invalid_params(
+            "arguments", f"{size} bytes exceeds the limit of {limit} bytes"
+        )
 
 
 class Transport(Enum):
@@ -182,13 +239,13 @@ class PushChannels:
         self._send: MemoryObjectSendStream[_Push] = send
         self._receive: MemoryObjectReceiveStream[_Push] = receive
 
-    def register(self, owner: OwnerId, connection: Connection) -> None:
-        """Remember ``connection`` as a live channel of ``owner``."""
+    def register(self, owner: OwnerId, connection: Connection) -> bool:
+        """Remember ``connection`` as a live channel of ``owner``; True if new."""
         if not connection.has_standalone_channel:
-            return
+            return False
         connections = self._by_owner.setdefault(owner, weakref.WeakSet())
         if connection in connections:
-            return
+            return False
         connections.add(connection)
 
         def forget() -> None:
@@ -197,12 +254,15 @@ class PushChannels:
                 self._by_owner.pop(owner, None)
 
         connection.exit_stack.callback(forget)
+        return True
 
     def connections(self, owner: OwnerId) -> list[Connection]:
         """The live connections of ``owner``."""
         return list(self._by_owner.get(owner, ()))
 
-    def push(self, connection: Connection, method: str, params: Mapping[str, Any]) -> None:
+    def push(
+        self, connection: Connection, method: str, params: Mapping[str, Any]
+    ) -> None:
         """Queue a notification; dropped (with a log line) if the queue is full."""
         try:
             self._send.send_nowait(_Push(connection, method, dict(params)))

@@ -25,9 +25,9 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from pydantic import Field
 
-from mcp_tasks._exceptions import McpTasksError, TaskNotFoundError, TaskTerminalError
+from mcp_tasks._exceptions import McpTasksError, TaskTerminalError
 from mcp_tasks._model import Task, TaskStatus
-from mcp_tasks._runtime import ProgressEvent, Requester, TaskRuntime
+from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks.binding._common import (
     HEADER_MISMATCH,
@@ -39,13 +39,15 @@ from mcp_tasks.binding._common import (
     milliseconds,
     rpc_error,
 )
+from mcp_tasks.binding._mrtr import AskClient, Mrtr, client_capabilities
+from mcp_tasks.journal import InputRequest
 
 EXTENSION_ID: Final = "io.modelcontextprotocol/tasks"
 _TASK_METHODS: Final = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
 
 CallNow = Callable[
     [ServerRequestContext[Any, Any], Requester, ToolSpec, Mapping[str, Any]],
-    Awaitable[types.CallToolResult],
+    Awaitable[types.CallToolResult | dict[str, Any]],
 ]
 
 
@@ -87,17 +89,21 @@ def task_json(task: Task) -> dict[str, Any]:
     return data
 
 
-def detailed_task_json(task: Task) -> dict[str, Any]:
+def detailed_task_json(task: Task, open_requests: list[InputRequest]) -> dict[str, Any]:
     """A ``DetailedTask``: the task plus its result, error or input requests."""
     data = task_json(task)
     outcome = task.outcome
     if task.status is TaskStatus.COMPLETED and outcome is not None:
-        data["result"] = outcome.result if outcome.result is not None else {"content": []}
+        data["result"] = (
+            outcome.result if outcome.result is not None else {"content": []}
+        )
     elif task.status is TaskStatus.FAILED:
         error = outcome.error if outcome is not None else None
         data["error"] = error or {"code": -32603, "message": "Task failed"}
     elif task.status is TaskStatus.INPUT_REQUIRED:
-        data["inputRequests"] = {}
+        data["inputRequests"] = {
+            r.key: {"method": r.method, "params": r.params} for r in open_requests
+        }
     return data
 
 
@@ -116,14 +122,19 @@ class ExtensionTasks:
 
     identifier: Final = EXTENSION_ID
 
-    def __init__(self, runtime: TaskRuntime, requesters: Requesters, pushes: PushChannels) -> None:
+    def __init__(
+        self, runtime: TaskRuntime, requesters: Requesters, pushes: PushChannels
+    ) -> None:
         self._runtime = runtime
         self._requesters = requesters
         self._pushes = pushes
+        self.mrtr = Mrtr(runtime)
 
     def install(self, server: Server[Any]) -> None:
         """Register the methods only this generation has."""
-        server.add_request_handler("tasks/update", UpdateTaskRequestParams, self._update)
+        server.add_request_handler(
+            "tasks/update", UpdateTaskRequestParams, self._update
+        )
 
     async def middleware(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
@@ -145,7 +156,8 @@ class ExtensionTasks:
         task_id = params.get("taskId")
         if sent is None:
             raise MCPError(
-                HEADER_MISMATCH, f"Header mismatch: Mcp-Name header is required for {ctx.method}"
+                HEADER_MISMATCH,
+                f"Header mismatch: Mcp-Name header is required for {ctx.method}",
             )
         if _decode_header(sent) != task_id:
             raise MCPError(
@@ -163,7 +175,12 @@ class ExtensionTasks:
         spec: ToolSpec,
         call_now: CallNow,
     ) -> types.CallToolResult | dict[str, Any]:
-        """Answer a 2026-07-28 ``tools/call``: a task, or the result right away."""
+        """Answer a 2026-07-28 ``tools/call``: a task, or the result right away.
+
+        The server decides: a tool that supports tasks becomes one whenever
+        this request declares the extension. A tool with a preflight gathers
+        its input first, over multi-round-trip requests, before the task exists.
+        """
         requester = self._requesters.of(ctx)
         arguments = params.arguments or {}
         declared = declares_extension(ctx)
@@ -173,19 +190,35 @@ class ExtensionTasks:
             return await call_now(ctx, requester, spec, arguments)
         if not declared:
             raise missing_extension_error()
-        task = await self._runtime.submit(requester, spec.name, arguments)
+        request_meta: dict[str, Any] = {"clientCapabilities": client_capabilities(ctx)}
+        if spec.preflight is not None:
+            try:
+                request_meta["preflight"] = await self.mrtr.preflight(
+                    ctx, requester, spec, arguments
+                )
+            except AskClient as ask:
+                return ask.result
+        task = await self._runtime.submit(
+            requester, spec.name, arguments, request_meta=request_meta
+        )
         return {"resultType": "task", **task_json(task)}
 
     # ------------------------------------------------------------------ tasks
 
-    async def get(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
+    async def get(
+        self, ctx: ServerRequestContext[Any, Any], task_id: str
+    ) -> dict[str, Any]:
         """``tasks/get``: the detailed task."""
         try:
-            return detailed_task_json(await self._runtime.get(self._requesters.of(ctx), task_id))
+            return detailed_task_json(
+                await self._runtime.get(self._requesters.of(ctx), task_id)
+            )
         except McpTasksError as exc:
             raise rpc_error(exc) from None
 
-    async def cancel(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
+    async def cancel(
+        self, ctx: ServerRequestContext[Any, Any], task_id: str
+    ) -> dict[str, Any]:
         """``tasks/cancel``: an acknowledgement, also for a finished task."""
         try:
             await self._runtime.cancel(self._requesters.of(ctx), task_id)
@@ -198,9 +231,19 @@ class ExtensionTasks:
     async def _update(
         self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskRequestParams
     ) -> dict[str, Any]:
+        """``tasks/update``: record answers; unknown or answered keys are ignored.
+
+        An answer that does not fit its question is refused with -32602 naming
+        it, and nothing of this update is recorded; the question stays open.
+        Answers for a task that already ended are acknowledged and dropped.
+        """
         try:
-            await self._runtime.get(self._requesters.of(ctx), params.task_id)
-        except TaskNotFoundError as exc:
+            await self._runtime.answer(
+                self._requesters.of(ctx), params.task_id, params.input_responses
+            )
+        except TaskTerminalError:
+            pass
+        except McpTasksError as exc:
             raise rpc_error(exc) from None
         return {}
 
@@ -212,4 +255,8 @@ class ExtensionTasks:
 
     def task_progress(self, event: ProgressEvent) -> None:
         """Progress is not delivered for tasks on this wire (EXT l.507)."""
+        return
+
+    def task_log(self, event: LogEvent) -> None:
+        """Log messages are not delivered for tasks on this wire (EXT l.507)."""
         return

@@ -19,18 +19,23 @@ Wire mapping decisions (spec-notes.md has the full list):
 
 from __future__ import annotations
 
+import logging
+import math
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
 from mcp_tasks._exceptions import McpTasksError, TaskSupportError
-from mcp_tasks._model import Task, TaskId, TaskStatus
-from mcp_tasks._runtime import ProgressEvent, TaskRuntime
+from mcp_tasks._model import OwnerId, Task, TaskId, TaskStatus
+from mcp_tasks._preflight import run_preflight
+from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
+from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks.binding._common import (
     LEGACY_VERSION,
     RELATED_TASK_META,
@@ -43,13 +48,28 @@ from mcp_tasks.binding._common import (
     milliseconds,
     rpc_error,
 )
+from mcp_tasks.binding._delivery import (
+    ask_open_questions,
+    connection_channel,
+    request_channel,
+)
+
+logger = logging.getLogger("mcp_tasks.binding.legacy")
 
 CANCELLED_TEXT = "The task was cancelled before it produced a result."
+#: How many preflight rounds one task-augmented call may take.
+MAX_PREFLIGHT_ROUNDS = 10
+
+Job = Callable[[], Awaitable[None]]
 
 
 def wire_status(task: Task) -> str:
     """The status this generation shows: tool errors are ``failed`` here."""
-    if task.status is TaskStatus.COMPLETED and task.outcome and task.outcome.is_tool_error:
+    if (
+        task.status is TaskStatus.COMPLETED
+        and task.outcome
+        and task.outcome.is_tool_error
+    ):
         return TaskStatus.FAILED.value
     return task.status.value
 
@@ -101,14 +121,18 @@ def _ttl_seconds(task_params: object) -> float | None:
     if ttl is None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
-        raise invalid_params("task.ttl", "must be a non-negative number of milliseconds")
+        raise invalid_params(
+            "task.ttl", "must be a non-negative number of milliseconds"
+        )
     return float(ttl) / 1000.0
 
 
 class LegacyTasks:
     """Serves the 2025-11-25 task methods and pushes its notifications."""
 
-    def __init__(self, runtime: TaskRuntime, requesters: Requesters, pushes: PushChannels) -> None:
+    def __init__(
+        self, runtime: TaskRuntime, requesters: Requesters, pushes: PushChannels
+    ) -> None:
         self._runtime = runtime
         self._requesters = requesters
         self._pushes = pushes
@@ -116,6 +140,19 @@ class LegacyTasks:
         self._origins: weakref.WeakValueDictionary[TaskId, Connection] = (
             weakref.WeakValueDictionary()
         )
+        # Questions in flight per (connection, task), so a push is not repeated.
+        self._asked: weakref.WeakKeyDictionary[Connection, dict[TaskId, set[str]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        send, receive = anyio.create_memory_object_stream[Job](math.inf)
+        self._jobs_in = send
+        self._jobs_out = receive
+
+    async def run(self) -> None:
+        """Run push jobs (questions sent to live sessions) until cancelled."""
+        async with anyio.create_task_group() as tg, self._jobs_out:
+            async for job in self._jobs_out:
+                tg.start_soon(job)
 
     # ----------------------------------------------------------- task creation
 
@@ -145,7 +182,14 @@ class LegacyTasks:
             raise invalid_params("arguments", "must be an object")
         check_arguments_size(arguments, self._runtime.settings.max_argument_bytes)
         ttl_seconds = _ttl_seconds(params["task"])
-        request_meta: dict[str, Any] = {}
+        capabilities = ctx.session.client_capabilities
+        request_meta: dict[str, Any] = {
+            "clientCapabilities": (
+                capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
+                if capabilities
+                else {}
+            )
+        }
         meta = params.get("_meta")
         if isinstance(meta, Mapping) and meta.get("progressToken") is not None:
             request_meta["progressToken"] = meta["progressToken"]
@@ -153,6 +197,13 @@ class LegacyTasks:
             spec = self._runtime.tool(name)
             if spec.task_support == "forbidden":
                 raise TaskSupportError(name, required=False)
+            if spec.preflight is not None:
+                request_meta["preflight"] = await self._preflight(
+                    ctx,
+                    spec,
+                    arguments,
+                    request_meta["clientCapabilities"],  # pyright: ignore[reportUnknownArgumentType]
+                )
             task = await self._runtime.submit(
                 self._requesters.of(ctx),
                 name,
@@ -165,9 +216,33 @@ class LegacyTasks:
         self._origins[task.task_id] = connection_of(ctx)
         return {"task": task_json(task)}
 
+    async def _preflight(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        spec: ToolSpec,
+        arguments: Mapping[str, Any],
+        capabilities: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        # Before the task exists, questions go out on this call's own stream,
+        # and each round runs the preflight again with every answer so far.
+        send = request_channel(ctx)
+        answers: dict[str, Any] = {}
+        for _ in range(MAX_PREFLIGHT_ROUNDS):
+            result = await run_preflight(spec, arguments, answers, capabilities)
+            if result.questions is None:
+                return result.gathered or {}
+            for key, question in result.questions.items():
+                answers[key] = await send(question.method, dict(question.params))
+        raise MCPError(
+            -32603,
+            f"Tool {spec.name!r}: preflight asked more than {MAX_PREFLIGHT_ROUNDS} rounds",
+        )
+
     # ----------------------------------------------------------- task methods
 
-    async def get(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
+    async def get(
+        self, ctx: ServerRequestContext[Any, Any], task_id: str
+    ) -> dict[str, Any]:
         """``tasks/get``: the flat task."""
         try:
             return task_json(await self._runtime.get(self._requesters.of(ctx), task_id))
@@ -175,11 +250,15 @@ class LegacyTasks:
             raise rpc_error(exc) from None
 
     async def result(
-        self, ctx: ServerRequestContext[Any, Any], params: types.GetTaskPayloadRequestParams
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.GetTaskPayloadRequestParams,
     ) -> dict[str, Any]:
         """``tasks/result``: block until terminal, then the call's own answer."""
         try:
-            task = await self._runtime.wait_terminal(self._requesters.of(ctx), params.task_id)
+            task = await self._runtime.wait_terminal(
+                self._requesters.of(ctx), params.task_id
+            )
         except McpTasksError as exc:
             raise rpc_error(exc) from None
         related = {RELATED_TASK_META: {"taskId": task.task_id}}
@@ -203,9 +282,13 @@ class LegacyTasks:
     ) -> dict[str, Any]:
         """``tasks/list``: the requestor's own tasks, paginated."""
         if not self._requesters.identified:
-            raise MCPError(-32601, "Method not found: tasks/list needs identified clients")
+            raise MCPError(
+                -32601, "Method not found: tasks/list needs identified clients"
+            )
         try:
-            tasks, cursor = await self._runtime.list(self._requesters.of(ctx), params.cursor)
+            tasks, cursor = await self._runtime.list(
+                self._requesters.of(ctx), params.cursor
+            )
         except McpTasksError as exc:
             raise rpc_error(exc) from None
         page: dict[str, Any] = {"tasks": [task_json(t) for t in tasks]}
@@ -213,21 +296,72 @@ class LegacyTasks:
             page["nextCursor"] = cursor
         return page
 
-    async def cancel(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
+    async def cancel(
+        self, ctx: ServerRequestContext[Any, Any], task_id: str
+    ) -> dict[str, Any]:
         """``tasks/cancel``: ``cancelled`` before this answers; -32602 if finished."""
         try:
-            return task_json(await self._runtime.cancel(self._requesters.of(ctx), task_id))
+            return task_json(
+                await self._runtime.cancel(self._requesters.of(ctx), task_id)
+            )
         except McpTasksError as exc:
             raise rpc_error(exc) from None
 
     # ----------------------------------------------------------- engine events
 
     def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-        """Push ``notifications/tasks/status`` to the owner's 2025-11-25 connections."""
+        """Push ``notifications/tasks/status`` to the owner's 2025-11-25 connections.
+
+        A task that starts waiting for input also has its questions pushed to
+        them, because common clients only poll ``tasks/get`` and never open
+        ``tasks/result`` before the task ends.
+        """
+        if "syncCall" in request_meta:
+            return  # a synchronous call: its caller is not told of a task
         payload = task_json(task)
         for connection in self._pushes.connections(task.owner_id):
             if connection.protocol_version == LEGACY_VERSION:
                 self._pushes.push(connection, "notifications/tasks/status", payload)
+                if task.status is TaskStatus.INPUT_REQUIRED:
+                    self._push_questions(connection, task.owner_id, task.task_id)
+
+    def connection_opened(self, owner: OwnerId, connection: Connection) -> None:
+        """A new session of ``owner``: offer it every question still waiting."""
+        if connection.protocol_version != LEGACY_VERSION:
+            return
+
+        async def offer() -> None:
+            for task_id in await self._runtime.awaiting_input(owner):
+                self._push_questions(connection, owner, task_id)
+
+        self._jobs_in.send_nowait(offer)
+
+    def _push_questions(
+        self, connection: Connection, owner: OwnerId, task_id: TaskId
+    ) -> None:
+        asked = self._asked.setdefault(connection, {}).setdefault(task_id, set())
+
+        async def push() -> None:
+            await ask_open_questions(
+                self._runtime,
+                Requester(owner),
+                task_id,
+                connection_channel(connection),
+                asked,
+                related_task=True,
+                capabilities=connection.client_capabilities,
+                check_capabilities=True,
+            )
+
+        self._jobs_in.send_nowait(push)
+
+    def task_log(self, event: LogEvent) -> None:
+        """Relay a background task's log messages to the session that created it."""
+        connection = self._origins.get(event.task_id)
+        if connection is None:
+            return
+        params = {"level": event.level, "data": event.message, "logger": "mcp-tasks"}
+        self._pushes.push(connection, "notifications/message", params)
 
     def task_progress(self, event: ProgressEvent) -> None:
         """Relay progress through the token of the call that created the task."""

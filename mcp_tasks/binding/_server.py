@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +19,7 @@ import mcp_types as types
 import uvicorn
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.caching import CacheHint
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.models import InitializationOptions
@@ -28,7 +28,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_tasks._exceptions import McpTasksError, TaskSupportError
 from mcp_tasks._model import Task
-from mcp_tasks._runtime import ProgressEvent, Requester, TaskRuntime
+from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks.binding._common import (
     LEGACY_VERSION,
@@ -41,12 +41,26 @@ from mcp_tasks.binding._common import (
     connection_of,
     rpc_error,
 )
+from mcp_tasks.binding._delivery import request_channel, serve_until_terminal
 from mcp_tasks.binding._extension import ExtensionTasks
 from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
+from mcp_tasks.binding._mrtr import client_capabilities
 
 logger = logging.getLogger("mcp_tasks.server")
 
 SERVER_NAME = "mcp-tasks"
+_LOG_LEVELS = (
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+)
+#: The tool set is fixed while the server runs, so listings may be cached.
+_LIST_CACHE = CacheHint(ttl_ms=60_000, scope="public")
 
 
 class _TasksServer(Server[Any]):
@@ -85,24 +99,32 @@ def tool_json(spec: ToolSpec, version: str) -> types.Tool:
     )
 
 
-class _SyncProgress:
-    """Forwards progress of one synchronous call to that call's own stream."""
+class _SyncForward:
+    """Forwards progress and logs of one synchronous call to that call's stream."""
 
     def __init__(self, marker: str) -> None:
         self.marker = marker
-        send, receive = anyio.create_memory_object_stream[ProgressEvent](1000)
+        send, receive = anyio.create_memory_object_stream[ProgressEvent | LogEvent](
+            1000
+        )
         self.send = send
         self.receive = receive
 
     def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
         return
 
-    def task_progress(self, event: ProgressEvent) -> None:
+    def _offer(self, event: ProgressEvent | LogEvent) -> None:
         if event.request_meta.get("syncCall") == self.marker:
             try:
                 self.send.send_nowait(event)
             except anyio.WouldBlock:
-                pass  # progress is advisory; never block the tool on it
+                pass  # progress and logs are advisory; never block the tool on them
+
+    def task_progress(self, event: ProgressEvent) -> None:
+        self._offer(event)
+
+    def task_log(self, event: LogEvent) -> None:
+        self._offer(event)
 
 
 class McpTasksServer:
@@ -125,20 +147,33 @@ class McpTasksServer:
             instructions="Tools here may run as durable tasks: poll tasks/get for status.",
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            on_list_prompts=self._list_prompts,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
+            cache_hints={
+                "tools/list": _LIST_CACHE,
+                "prompts/list": _LIST_CACHE,
+                "resources/list": _LIST_CACHE,
+                "resources/templates/list": _LIST_CACHE,
+            },
         )
         server.legacy_tasks_capability = tasks_capability(self.requesters.identified)
         server.extensions[self.extension.identifier] = {}
         server.middleware.append(self._register_connection)
         server.middleware.append(self.legacy.middleware)
         server.middleware.append(self.extension.middleware)
-        server.add_request_handler("tasks/get", types.GetTaskRequestParams, self._tasks_get)
+        server.add_request_handler(
+            "tasks/get", types.GetTaskRequestParams, self._tasks_get
+        )
         server.add_request_handler(
             "tasks/cancel", types.CancelTaskRequestParams, self._tasks_cancel
         )
         server.add_request_handler(
             "tasks/result", types.GetTaskPayloadRequestParams, self._tasks_result
         )
-        server.add_request_handler("tasks/list", types.PaginatedRequestParams, self._tasks_list)
+        server.add_request_handler(
+            "tasks/list", types.PaginatedRequestParams, self._tasks_list
+        )
         self.extension.install(server)
         return server
 
@@ -152,16 +187,51 @@ class McpTasksServer:
         if ctx.request_id is not None and ctx.protocol_version != MODERN_VERSION:
             if ctx.session.client_params is not None:
                 requester = self.requesters.of(ctx)
-                self.pushes.register(requester.owner_id, connection_of(ctx))
+                connection = connection_of(ctx)
+                if self.pushes.register(requester.owner_id, connection):
+                    self.legacy.connection_opened(requester.owner_id, connection)
         return await call_next(ctx)
 
     # ------------------------------------------------------------------ tools
 
     async def _list_tools(
-        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.PaginatedRequestParams | None,
     ) -> types.ListToolsResult:
-        tools = [tool_json(spec, ctx.protocol_version) for spec in self.runtime.tools.values()]
+        tools = [
+            tool_json(spec, ctx.protocol_version)
+            for spec in self.runtime.tools.values()
+        ]
         return types.ListToolsResult(tools=tools)
+
+    async def _list_prompts(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.PaginatedRequestParams | None,
+    ) -> types.ListPromptsResult:
+        # No prompts: answered (empty) so clients and caches need no special case.
+        return types.ListPromptsResult(prompts=[])
+
+    async def _list_resources(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.PaginatedRequestParams | None,
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=[])
+
+    async def _list_resource_templates(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.PaginatedRequestParams | None,
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=[])
+
+    async def _set_log_level(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        connection_of(ctx).state["logLevel"] = params.level
+        return types.EmptyResult()
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -172,7 +242,10 @@ class McpTasksServer:
             spec = self.runtime.tool(params.name)
             if ctx.protocol_version == MODERN_VERSION:
                 return await self.extension.call_tool(ctx, params, spec, self.call_now)
-            if ctx.protocol_version == LEGACY_VERSION and spec.task_support == "required":
+            if (
+                ctx.protocol_version == LEGACY_VERSION
+                and spec.task_support == "required"
+            ):
                 raise TaskSupportError(spec.name, required=True)
             return await self.call_now(ctx, self.requesters.of(ctx), spec, arguments)
         except McpTasksError as exc:
@@ -184,39 +257,79 @@ class McpTasksServer:
         requester: Requester,
         spec: ToolSpec,
         arguments: Mapping[str, Any],
-    ) -> types.CallToolResult:
-        """Run a call through the engine and answer with its result (non-task path)."""
-        forward = _SyncProgress(secrets.token_hex(8))
+    ) -> types.CallToolResult | dict[str, Any]:
+        """Run a call through the engine and answer with its result (non-task path).
+
+        Questions the tool asks go to the client on this call: as
+        server-to-client requests on handshake versions, as multi-round-trip
+        ``input_required`` results on 2026-07-28.
+        """
+        forward = _SyncForward(secrets.token_hex(8))
+        request_meta: dict[str, Any] = {
+            "syncCall": forward.marker,
+            "clientCapabilities": client_capabilities(ctx),
+        }
         unsubscribe = self.runtime.subscribe(forward)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._forward_progress, ctx, forward)
-                task = await self.runtime.call(
-                    requester, spec.name, arguments, request_meta={"syncCall": forward.marker}
-                )
+                tg.start_soon(self._forward_events, ctx, forward)
+                if ctx.protocol_version == MODERN_VERSION:
+                    round_result = await self.extension.mrtr.call(
+                        ctx, requester, spec, arguments, request_meta
+                    )
+                else:
+                    round_result = await self._call_with_requests(
+                        ctx, requester, spec, arguments, request_meta
+                    )
                 tg.cancel_scope.cancel()
         finally:
             unsubscribe()
-        outcome = task.outcome
-        if outcome is not None and outcome.error is not None:
-            error = outcome.error
-            raise MCPError(int(error["code"]), str(error["message"]), error.get("data"))
-        if outcome is None or outcome.result is None:
-            return types.CallToolResult(
-                content=[types.TextContent(text=CANCELLED_TEXT)], is_error=True
+        if isinstance(round_result, dict):
+            return round_result  # input_required: the client answers and calls again
+        task = await self.runtime.get(requester, round_result)
+        return _call_result(task)
+
+    async def _call_with_requests(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        requester: Requester,
+        spec: ToolSpec,
+        arguments: Mapping[str, Any],
+        request_meta: dict[str, Any],
+    ) -> str:
+        task = await self.runtime.submit(
+            requester, spec.name, arguments, request_meta=request_meta, listed=False
+        )
+        async with self.runtime.cancel_on_exit(requester, task.task_id):
+            await serve_until_terminal(
+                self.runtime,
+                requester,
+                task.task_id,
+                request_channel(ctx),
+                related_task=False,
             )
-        return types.CallToolResult.model_validate(outcome.result, by_name=False)
+        return task.task_id
 
     @staticmethod
-    async def _forward_progress(
-        ctx: ServerRequestContext[Any, Any], forward: _SyncProgress
+    async def _forward_events(
+        ctx: ServerRequestContext[Any, Any], forward: _SyncForward
     ) -> None:
         async with forward.receive:
             async for event in forward.receive:
                 try:
-                    await ctx.session.report_progress(event.progress, event.total, event.message)
-                except Exception:  # the caller may be gone; progress is advisory
-                    logger.debug("progress forward failed", exc_info=True)
+                    if isinstance(event, ProgressEvent):
+                        await ctx.session.report_progress(
+                            event.progress, event.total, event.message
+                        )
+                    elif event.level in _LOG_LEVELS:
+                        await ctx.session.send_log_message(
+                            event.level,  # pyright: ignore[reportArgumentType]
+                            event.message,
+                            "mcp-tasks",
+                            related_request_id=ctx.request_id,
+                        )
+                except Exception:  # the caller may be gone; these are advisory
+                    logger.debug("forwarding to the caller failed", exc_info=True)
 
     # ------------------------------------------------------------------ tasks
 
@@ -237,7 +350,9 @@ class McpTasksServer:
         return await self.legacy.cancel(ctx, params.task_id)
 
     async def _tasks_result(
-        self, ctx: ServerRequestContext[Any, Any], params: types.GetTaskPayloadRequestParams
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.GetTaskPayloadRequestParams,
     ) -> dict[str, Any]:
         self._require_legacy(ctx)
         return await self.legacy.result(ctx, params)
@@ -265,32 +380,57 @@ class McpTasksServer:
         """Serve one client over stdin/stdout until it disconnects."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.pushes.run)
+            tg.start_soon(self.legacy.run)
             async with stdio_server() as (read, write):
-                await self.server.run(read, write, self.server.create_initialization_options())
+                await self.server.run(
+                    read, write, self.server.create_initialization_options()
+                )
             tg.cancel_scope.cancel()
 
-    async def serve_http(self, host: str, port: int, *, ready: anyio.Event | None = None) -> None:
+    async def serve_http(
+        self, host: str, port: int, *, ready: anyio.Event | None = None
+    ) -> None:
         """Serve Streamable HTTP at ``http://host:port/mcp`` until cancelled."""
         token_verifier = None
         auth = None
         if self.runtime.settings.auth_enabled:
             token_verifier = _TokenFileVerifier(self.runtime.settings.tokens)
-            auth = AuthSettings(issuer_url=f"http://{host}:{port}", resource_server_url=None)
+            auth = AuthSettings(
+                issuer_url=f"http://{host}:{port}", resource_server_url=None
+            )
         app = self.server.streamable_http_app(
             host=host, auth=auth, token_verifier=token_verifier
         )
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="on", access_log=False
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
         )
         http_server = _EmbeddedUvicorn(config)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.pushes.run)
+            tg.start_soon(self.legacy.run)
             if ready is not None:
                 tg.start_soon(_signal_when_started, http_server, ready)
             try:
                 await http_server.serve()
             finally:
                 tg.cancel_scope.cancel()
+
+
+def _call_result(task: Task) -> types.CallToolResult:
+    outcome = task.outcome
+    if outcome is not None and outcome.error is not None:
+        error = outcome.error
+        raise MCPError(int(error["code"]), str(error["message"]), error.get("data"))
+    if outcome is None or outcome.result is None:
+        return types.CallToolResult(
+            content=[types.TextContent(text=CANCELLED_TEXT)], is_error=True
+        )
+    return types.CallToolResult.model_validate(outcome.result, by_name=False)
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -302,7 +442,7 @@ class _EmbeddedUvicorn(uvicorn.Server):
 
 
 async def _signal_when_started(server: uvicorn.Server, ready: anyio.Event) -> None:
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
         await anyio.sleep(0.01)
     ready.set()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mcp_tasks.journal._base import Journal
 from mcp_tasks.journal._records import (
+    InputRequest,
     NewTask,
     RunRecord,
     TaskEvent,
@@ -14,6 +15,7 @@ from mcp_tasks.journal._sqlite import TERMINAL_GRACE_SECONDS, SqliteJournal
 
 __all__ = [
     "TERMINAL_GRACE_SECONDS",
+    "InputRequest",
     "Journal",
     "NewTask",
     "RunRecord",

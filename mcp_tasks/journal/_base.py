@@ -8,10 +8,11 @@ slot usage is derived from rows, not counters.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from mcp_tasks._model import OwnerId, Task, TaskId
 from mcp_tasks.journal._records import (
+    InputRequest,
     NewTask,
     RunRecord,
     TaskEvent,
@@ -89,6 +90,71 @@ class Journal(Protocol):
 
     async def purge_expired(self, now: float) -> list[TaskId]:
         """Delete terminal tasks whose retention ended; return their ids."""
+        ...
+
+    async def steps(self, task_id: TaskId) -> dict[str, Any]:
+        """Every recorded step result of the task, by step key."""
+        ...
+
+    async def record_step(
+        self, task_id: TaskId, key: str, result: Any, at: float
+    ) -> None:
+        """Record a step's JSON result once; a second record of the key is ignored."""
+        ...
+
+    async def forget_steps(self, task_id: TaskId) -> None:
+        """Drop the task's recorded steps (a tool that restarts from scratch)."""
+        ...
+
+    async def ask(
+        self,
+        task_id: TaskId,
+        requests: list[InputRequest],
+        status_message: str,
+        at: float,
+    ) -> Task | None:
+        """Atomically store the questions and move ``working -> input_required``.
+
+        The task is parked: it holds no lease. Returns None (storing nothing) if
+        the task is no longer ``working``.
+        """
+        ...
+
+    async def input_requests(self, task_id: TaskId) -> list[InputRequest]:
+        """Every question of the task, answered or not, oldest first."""
+        ...
+
+    async def answer(
+        self, task_id: TaskId, answers: dict[str, dict[str, Any]], at: float
+    ) -> tuple[list[str], Task | None]:
+        """Record answers to open questions (each at most once).
+
+        Returns the keys that were accepted, and the task if this answered the
+        last open question and moved it ``input_required -> working`` (queued).
+        """
+        ...
+
+    async def park(
+        self,
+        task_id: TaskId,
+        not_before: float | None,
+        status_message: str,
+        reason: str,
+        at: float,
+    ) -> bool:
+        """Release a running ``working`` task's lease until ``not_before``."""
+        ...
+
+    async def renew_leases(self, holder: str, lease_expires_at: float) -> None:
+        """Extend every lease ``holder`` holds (the heartbeat)."""
+        ...
+
+    async def awaiting_input(self, owner_id: OwnerId, limit: int) -> list[TaskId]:
+        """Up to ``limit`` of the owner's tasks waiting in ``input_required``."""
+        ...
+
+    async def open_input_deadlines(self) -> list[tuple[TaskId, str, float]]:
+        """``(task, key, expires_at)`` of every open question that can time out."""
         ...
 
     async def secret(self, name: str) -> bytes:

@@ -53,6 +53,7 @@ class RunRecord:
     arguments: dict[str, Any]
     request_meta: dict[str, Any]
     attempts: int
+    retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class UnfinishedTask:
     status: TaskStatus
     not_before: float | None
     lease_expires_at: float | None
+    tool_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +77,23 @@ class TaskEvent:
     status_message: str | None
     reason: str
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class InputRequest:
+    """A question a task put to its requestor, and the answer once given.
+
+    ``method`` and ``params`` are the server-to-client request (for example
+    ``elicitation/create``); ``key`` is unique over the task's lifetime.
+    """
+
+    key: str
+    method: str
+    params: dict[str, Any]
+    response: dict[str, Any] | None = None
+    expires_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the question still waits for an answer."""
+        return self.response is None

@@ -8,11 +8,13 @@ else.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import secrets
 import sqlite3
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -30,6 +32,7 @@ from mcp_tasks._model import (
     sources_of,
 )
 from mcp_tasks.journal._records import (
+    InputRequest,
     NewTask,
     RunRecord,
     TaskEvent,
@@ -102,6 +105,11 @@ def _task_from_row(row: Any) -> Task:
 async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
     try:
+        # Refuse a newer database before any PRAGMA below can rewrite its header.
+        ((version,),) = await db.execute_fetchall("PRAGMA user_version")
+        supported = migrations()[-1][0]
+        if version > supported:
+            raise JournalSchemaError(str(path), version, supported)
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute(f"PRAGMA synchronous={synchronous}")
         await db.execute("PRAGMA foreign_keys=ON")
@@ -125,6 +133,32 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
         await db.executescript(
             f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={version};\nCOMMIT;"
         )
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the database for as long as it is open.
+
+    One process owns a journal file: it is the single writer, and it may treat
+    every ``running`` row it finds at start-up as orphaned by a dead process.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise JournalError(
+            f"{path}: cannot create lock file {lock_path}: {exc.strerror}"
+        ) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JournalError(
+                f"{path} is in use by another mcp-tasks process (lock {lock_path})"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @final
@@ -156,6 +190,15 @@ class SqliteJournal:
         path = Path(path)
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        with _exclusive_lock(path):
+            async with cls._open_locked(path, synchronous) as journal:
+                yield journal
+
+    @classmethod
+    @asynccontextmanager
+    async def _open_locked(
+        cls, path: Path, synchronous: str
+    ) -> AsyncGenerator[SqliteJournal]:
         try:
             writer_db = await _connect(path, synchronous)
         except sqlite3.Error as exc:
@@ -189,6 +232,8 @@ class SqliteJournal:
             return list(await self._reader.execute_fetchall(self._sql[name], params))
         except sqlite3.Error as exc:
             raise JournalError(f"journal read failed: {exc}") from exc
+        except ValueError as exc:  # aiosqlite: "Connection closed"
+            raise JournalError("the journal is closed") from exc
 
     async def submit(self, task: NewTask) -> Task:
         await self._writer.insert(task)
@@ -219,7 +264,10 @@ class SqliteJournal:
         rows = await self._read("task_seq", task_id, owner_id)
         return rows[0][0] if rows else None
 
-    async def transition(self, change: Transition) -> Task | None:
+    def _transition_fn(
+        self, change: Transition
+    ) -> Callable[[aiosqlite.Connection], Awaitable[Task | None]]:
+        """A write function applying ``change`` as compare-and-set plus its event."""
         sources = sorted(sources_of(change.status))
         guard = (sources + sources)[:2]
         if change.status.is_terminal:
@@ -249,24 +297,25 @@ class SqliteJournal:
                 *guard,
             )
         event = self._sql["insert_event"]
+        event_row = (
+            change.task_id,
+            change.status.value,
+            change.status_message,
+            change.reason,
+            change.at,
+        )
 
         async def apply(db: aiosqlite.Connection) -> Task | None:
             rows = list(await db.execute_fetchall(sql, params))
             if not rows:
                 return None
-            await db.execute(
-                event,
-                (
-                    change.task_id,
-                    change.status.value,
-                    change.status_message,
-                    change.reason,
-                    change.at,
-                ),
-            )
+            await db.execute(event, event_row)
             return _task_from_row(rows[0])
 
-        result: Task | None = await self._writer.write(apply)
+        return apply
+
+    async def transition(self, change: Transition) -> Task | None:
+        result: Task | None = await self._writer.write(self._transition_fn(change))
         return result
 
     async def claim(
@@ -283,7 +332,7 @@ class SqliteJournal:
             )
             if not rows:
                 return None
-            ((tid, owner, tool, args, meta, attempts, _phase, _status),) = list(
+            ((tid, owner, tool, args, meta, attempts, retries),) = list(
                 await db.execute_fetchall(run_sql, (task_id,))
             )
             return RunRecord(
@@ -293,6 +342,7 @@ class SqliteJournal:
                 arguments=json.loads(args),
                 request_meta=json.loads(meta),
                 attempts=attempts,
+                retries=retries,
             )
 
         record: RunRecord | None = await self._writer.write(apply)
@@ -300,13 +350,15 @@ class SqliteJournal:
 
     async def requeue(
         self, task_id: TaskId, status_message: str | None, at: float
-    ) -> None:
+    ) -> bool:
         sql = self._sql["requeue"]
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.execute(sql, (status_message, at, task_id))
+        async def apply(db: aiosqlite.Connection) -> bool:
+            rows = await db.execute_fetchall(sql, (status_message, at, task_id))
+            return bool(list(rows))
 
-        await self._writer.write(apply)
+        requeued: bool = await self._writer.write(apply)
+        return requeued
 
     async def set_status_message(
         self, task_id: TaskId, message: str, at: float
@@ -328,6 +380,7 @@ class SqliteJournal:
                 status=TaskStatus(r[3]),
                 not_before=r[4],
                 lease_expires_at=r[5],
+                tool_name=r[6],
             )
             for r in rows
         ]
@@ -337,16 +390,171 @@ class SqliteJournal:
         return [TaskEvent(TaskStatus(r[0]), r[1], r[2], r[3]) for r in rows]
 
     async def purge_expired(self, now: float) -> list[TaskId]:
-        events_sql = self._sql["purge_expired_events"]
+        children = [
+            self._sql[name]
+            for name in (
+                "purge_expired_events",
+                "purge_expired_steps",
+                "purge_expired_inputs",
+            )
+        ]
         tasks_sql = self._sql["purge_expired"]
 
         async def apply(db: aiosqlite.Connection) -> list[TaskId]:
-            await db.execute(events_sql, (now,))
+            for sql in children:
+                await db.execute(sql, (now,))
             rows = await db.execute_fetchall(tasks_sql, (now,))
             return [TaskId(r[0]) for r in rows]
 
         purged: list[TaskId] = await self._writer.write(apply)
         return purged
+
+    # ------------------------------------------------- steps and input requests
+
+    async def steps(self, task_id: TaskId) -> dict[str, Any]:
+        rows = await self._read("steps_of", task_id)
+        return {key: json.loads(result) for key, result in rows}
+
+    async def record_step(
+        self, task_id: TaskId, key: str, result: Any, at: float
+    ) -> None:
+        sql = self._sql["record_step"]
+        encoded = json.dumps(result, separators=(",", ":"))
+
+        async def apply(db: aiosqlite.Connection) -> None:
+            await db.execute(sql, (task_id, key, encoded, at))
+
+        await self._writer.write(apply)
+
+    async def forget_steps(self, task_id: TaskId) -> None:
+        sql = self._sql["forget_steps"]
+
+        async def apply(db: aiosqlite.Connection) -> None:
+            await db.execute(sql, (task_id,))
+
+        await self._writer.write(apply)
+
+    async def ask(
+        self,
+        task_id: TaskId,
+        requests: list[InputRequest],
+        status_message: str,
+        at: float,
+    ) -> Task | None:
+        change = Transition(
+            task_id,
+            TaskStatus.INPUT_REQUIRED,
+            "input requested",
+            at,
+            status_message=status_message,
+            phase="parked",
+        )
+        transition = self._transition_fn(change)
+        add = self._sql["add_input_request"]
+        rows = [
+            (task_id, r.key, r.method, json.dumps(r.params), at, r.expires_at)
+            for r in requests
+        ]
+
+        async def apply(db: aiosqlite.Connection) -> Task | None:
+            task = await transition(db)
+            if task is not None:
+                await db.executemany(add, rows)
+            return task
+
+        result: Task | None = await self._writer.write(apply)
+        return result
+
+    async def input_requests(self, task_id: TaskId) -> list[InputRequest]:
+        rows = await self._read("input_requests_of", task_id)
+        return [
+            InputRequest(
+                key=key,
+                method=method,
+                params=json.loads(params),
+                response=None if response is None else json.loads(response),
+                expires_at=expires,
+            )
+            for key, method, params, response, expires in rows
+        ]
+
+    async def answer(
+        self,
+        task_id: TaskId,
+        answers: dict[str, dict[str, Any]],
+        at: float,
+    ) -> tuple[list[str], Task | None]:
+        answer_sql = self._sql["answer_input_request"]
+        open_sql = self._sql["open_input_count"]
+        resume = self._transition_fn(
+            Transition(
+                task_id,
+                TaskStatus.WORKING,
+                "input received",
+                at,
+                status_message="Input received; resuming",
+                phase="queued",
+            )
+        )
+
+        async def apply(db: aiosqlite.Connection) -> tuple[list[str], Task | None]:
+            accepted: list[str] = []
+            for key, response in answers.items():
+                encoded = json.dumps(response, separators=(",", ":"))
+                rows = list(
+                    await db.execute_fetchall(answer_sql, (encoded, at, task_id, key))
+                )
+                accepted.extend(r[0] for r in rows)
+            ((still_open,),) = list(await db.execute_fetchall(open_sql, (task_id,)))
+            resumed = await resume(db) if accepted and still_open == 0 else None
+            return accepted, resumed
+
+        result: tuple[list[str], Task | None] = await self._writer.write(apply)
+        return result
+
+    async def park(
+        self,
+        task_id: TaskId,
+        not_before: float | None,
+        status_message: str,
+        reason: str,
+        at: float,
+        *,
+        retry: bool = False,
+    ) -> bool:
+        park_sql = self._sql["park"]
+        event = self._sql["insert_event"]
+
+        async def apply(db: aiosqlite.Connection) -> bool:
+            rows = list(
+                await db.execute_fetchall(
+                    park_sql, (not_before, status_message, at, int(retry), task_id)
+                )
+            )
+            if rows:
+                await db.execute(
+                    event, (task_id, "working", status_message, reason, at)
+                )
+            return bool(rows)
+
+        parked: bool = await self._writer.write(apply)
+        return parked
+
+    async def renew_leases(self, holder: str, lease_expires_at: float) -> None:
+        sql = self._sql["renew_leases"]
+
+        async def apply(db: aiosqlite.Connection) -> None:
+            await db.execute(sql, (lease_expires_at, holder))
+
+        await self._writer.write(apply)
+
+    async def awaiting_input(self, owner_id: OwnerId, limit: int) -> list[TaskId]:
+        rows = await self._read("awaiting_input", owner_id, limit)
+        return [TaskId(r[0]) for r in rows]
+
+    async def open_input_deadlines(self) -> list[tuple[TaskId, str, float]]:
+        rows = await self._read("due_input_timeouts")
+        return [(TaskId(task_id), key, expires) for task_id, key, expires in rows]
 
     async def secret(self, name: str) -> bytes:
         get_sql = self._sql["get_meta"]

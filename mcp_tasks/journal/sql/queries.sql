@@ -18,7 +18,7 @@ SELECT task_id, owner_id, tool_name, status, status_message, created_at,
 FROM tasks WHERE task_id = ?
 
 -- get_run --
-SELECT task_id, owner_id, tool_name, arguments, request_meta, attempts, phase, status
+SELECT task_id, owner_id, tool_name, arguments, request_meta, attempts, retries
 FROM tasks WHERE task_id = ?
 
 -- list_owned --
@@ -35,7 +35,7 @@ SELECT status, status_message, reason, at FROM task_events
 WHERE task_id = ? ORDER BY event_id
 
 -- unfinished --
-SELECT task_id, owner_id, phase, status, not_before, lease_expires_at
+SELECT task_id, owner_id, phase, status, not_before, lease_expires_at, tool_name
 FROM tasks WHERE phase != 'done' ORDER BY seq
 
 -- claim --
@@ -47,7 +47,8 @@ RETURNING attempts
 -- requeue --
 UPDATE tasks SET phase = 'queued', lease_holder = NULL, lease_expires_at = NULL,
        not_before = NULL, status_message = ?, updated_at = ?
-WHERE task_id = ? AND phase != 'done'
+WHERE task_id = ? AND status = 'working' AND phase != 'done'
+RETURNING task_id
 
 -- set_status_message --
 UPDATE tasks SET status_message = ?, updated_at = ?
@@ -70,3 +71,62 @@ SELECT value FROM meta WHERE key = ?
 -- put_meta --
 INSERT INTO meta (key, value) VALUES (?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
+
+-- steps_of --
+SELECT step_key, result FROM steps WHERE task_id = ?
+
+-- record_step --
+INSERT INTO steps (task_id, step_key, result, recorded_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (task_id, step_key) DO NOTHING
+
+-- forget_steps --
+DELETE FROM steps WHERE task_id = ?
+
+-- add_input_request --
+INSERT INTO input_requests (task_id, request_key, method, params, created_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (task_id, request_key) DO NOTHING
+
+-- input_requests_of --
+SELECT request_key, method, params, response, expires_at FROM input_requests
+WHERE task_id = ? ORDER BY created_at, request_key
+
+-- answer_input_request --
+UPDATE input_requests SET response = ?, answered_at = ?
+WHERE task_id = ? AND request_key = ? AND response IS NULL
+RETURNING request_key
+
+-- open_input_count --
+SELECT count(*) FROM input_requests WHERE task_id = ? AND response IS NULL
+
+-- park --
+UPDATE tasks SET phase = 'parked', lease_holder = NULL, lease_expires_at = NULL,
+       not_before = ?, status_message = ?, updated_at = ?, retries = retries + ?
+WHERE task_id = ? AND status = 'working' AND phase = 'running'
+RETURNING task_id
+
+-- renew_leases --
+UPDATE tasks SET lease_expires_at = ?
+WHERE lease_holder = ? AND phase = 'running'
+
+-- purge_expired_steps --
+DELETE FROM steps WHERE task_id IN (
+    SELECT task_id FROM tasks
+    WHERE phase = 'done' AND expires_at IS NOT NULL AND expires_at <= ?
+)
+
+-- purge_expired_inputs --
+DELETE FROM input_requests WHERE task_id IN (
+    SELECT task_id FROM tasks
+    WHERE phase = 'done' AND expires_at IS NOT NULL AND expires_at <= ?
+)
+
+-- due_input_timeouts --
+SELECT i.task_id, i.request_key, i.expires_at FROM input_requests i
+JOIN tasks t ON t.task_id = i.task_id
+WHERE i.response IS NULL AND i.expires_at IS NOT NULL AND t.phase != 'done'
+ORDER BY i.expires_at
+
+-- awaiting_input --
+SELECT task_id FROM tasks
+WHERE owner_id = ? AND status = 'input_required' ORDER BY seq LIMIT ?

@@ -1,0 +1,259 @@
+"""The `TaskContext` a running tool body gets, and how it suspends.
+
+Durable execution is end-and-reenter: a task that must wait (for an answer,
+for a retry time, for budget) records why in the journal and *ends its run*
+by raising `TaskSuspended`, releasing its worker. When it may continue, the
+runtime runs the body again from the top. Everything the body did through the
+context is replayed from the journal: recorded steps return their results
+without running again, answered questions return their answers. So a waiting
+task costs journal rows, not a coroutine or a thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio.to_thread
+import pydantic
+
+from mcp_tasks._model import OwnerId, TaskId
+from mcp_tasks._questions import (
+    Answer,
+    InputNotSupportedError,
+    Question,
+    check_response,
+    to_answer,
+)
+from mcp_tasks.journal import InputRequest
+
+
+class TaskSuspended(BaseException):
+    """Ends a run that will continue later; not an error.
+
+    A `BaseException` so that a tool's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+        super().__init__(why)
+
+
+class Engine(Protocol):
+    """What the context needs from the runtime (`TaskRuntime` provides it)."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    def now(self) -> float: ...
+
+    def note_status(self, task_id: TaskId, message: str) -> None: ...
+
+    def report_progress(
+        self, ctx: RunContext, progress: float, total: float | None, message: str | None
+    ) -> None: ...
+
+    def report_log(self, ctx: RunContext, level: str, message: str) -> None: ...
+
+    async def record_step(self, task_id: TaskId, key: str, result: Any) -> None: ...
+
+    async def wait_for_input(
+        self, ctx: RunContext, requests: list[InputRequest], message: str
+    ) -> None: ...
+
+    async def wait_for_budget(
+        self, ctx: RunContext, budget: str, seconds: float
+    ) -> None: ...
+
+    def take_budget(self, budget: str, requests: float, tokens: float) -> float: ...
+
+
+@dataclass(eq=False)
+class RunContext:
+    """The context of one run of one task. Implements `TaskContext`."""
+
+    engine: Engine
+    task_id: TaskId
+    owner_id: OwnerId
+    config: Mapping[str, Any]
+    request_meta: Mapping[str, Any]
+    attempt: int = 1
+    recorded_steps: dict[str, Any] = field(default_factory=lambda: dict[str, Any]())
+    recorded_questions: dict[str, InputRequest] = field(
+        default_factory=lambda: dict[str, InputRequest]()
+    )
+    _counters: dict[str, int] = field(default_factory=lambda: dict[str, int]())
+
+    @property
+    def client_capabilities(self) -> Mapping[str, Any]:
+        caps = self.request_meta.get("clientCapabilities")
+        return caps if isinstance(caps, Mapping) else {}
+
+    @property
+    def preflight(self) -> Mapping[str, Any]:
+        gathered = self.request_meta.get("preflight")
+        return gathered if isinstance(gathered, Mapping) else {}
+
+    def _next_key(self, kind: str) -> str:
+        count = self._counters.get(kind, 0) + 1
+        self._counters[kind] = count
+        return f"{kind}-{count}"
+
+    async def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        if message is not None:
+            self.engine.note_status(self.task_id, message)
+        self.engine.report_progress(self, progress, total, message)
+
+    async def set_status(self, message: str) -> None:
+        self.engine.note_status(self.task_id, message)
+
+    async def log(self, level: str, message: str) -> None:
+        self.engine.report_log(self, level, message)
+
+    # ------------------------------------------------------------------ steps
+
+    async def step(
+        self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        key = self._next_key(f"step:{name}")
+        if key in self.recorded_steps:
+            return self.recorded_steps[key]
+        if self.engine.draining:
+            # Shutting down: let running steps finish, start no new one.
+            raise TaskSuspended("server shutting down")
+        if inspect.iscoroutinefunction(fn):
+            result = await fn(*args, **kwargs)
+        else:
+            result = await anyio.to_thread.run_sync(
+                functools.partial(fn, *args, **kwargs)
+            )
+        try:
+            # Round-trip through JSON so a first run sees exactly what a replay will.
+            result = json.loads(json.dumps(result))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"step {name!r} returned a value that is not JSON: {exc}"
+            ) from exc
+        await self.engine.record_step(self.task_id, key, result)
+        self.recorded_steps[key] = result
+        return result
+
+    async def acquire(
+        self, budget: str, *, requests: float = 1, tokens: float = 0
+    ) -> None:
+        key = self._next_key(f"budget:{budget}")
+        if key in self.recorded_steps:
+            return
+        wait = self.engine.take_budget(budget, requests, tokens)
+        if wait > 0:
+            await self.engine.wait_for_budget(self, budget, wait)
+            raise TaskSuspended(f"waiting for budget {budget!r}")
+        await self.engine.record_step(
+            self.task_id, key, {"requests": requests, "tokens": tokens}
+        )
+        self.recorded_steps[key] = True
+
+    # -------------------------------------------------------------- questions
+
+    async def ask(self, questions: Mapping[str, Question]) -> dict[str, Answer]:
+        answers: dict[str, Answer] = {}
+        pending: list[tuple[str, Question]] = []
+        preloaded = self.request_meta.get("inputResponses")
+        preloaded = preloaded if isinstance(preloaded, Mapping) else {}
+        for key, question in questions.items():
+            recorded = self.recorded_questions.get(key)
+            if recorded is not None and recorded.response is not None:
+                answers[key] = to_answer(question, recorded.response)
+                continue
+            given = preloaded.get(key)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+            if (
+                given is not None
+                and check_response(question.method, question.params, given) is None
+            ):
+                answers[key] = to_answer(question, given)  # pyright: ignore[reportUnknownArgumentType]
+                continue
+            pending.append((key, question))
+        if not pending:
+            return answers
+        for _, question in pending:
+            if question.capability not in self.client_capabilities:
+                raise InputNotSupportedError(question.capability)
+        now = self.engine.now()
+        timeout = self.request_meta.get("questionTimeoutSeconds")
+        requests = [
+            InputRequest(
+                key=key,
+                method=question.method,
+                params=question.params,
+                expires_at=_deadline(now, question.timeout_seconds, timeout),
+            )
+            for key, question in pending
+        ]
+        await self.engine.wait_for_input(self, requests, pending[0][1].summary)
+        raise TaskSuspended("waiting for input")
+
+    async def elicit(
+        self,
+        message: str,
+        schema: type[pydantic.BaseModel] | Mapping[str, Any],
+        *,
+        key: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Answer:
+        key = key or self._next_key("elicit")
+        question = Question.form(message, schema, timeout_seconds=timeout_seconds)
+        return (await self.ask({key: question}))[key]
+
+    async def elicit_url(
+        self,
+        message: str,
+        url: str,
+        *,
+        key: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Answer:
+        key = key or self._next_key("elicit")
+        recorded = self.recorded_questions.get(key)
+        question = Question.url(message, url, timeout_seconds=timeout_seconds)
+        if recorded is not None:
+            # Keep the elicitation id the client already saw.
+            question = Question(recorded.method, recorded.params, timeout_seconds)
+        return (await self.ask({key: question}))[key]
+
+    async def sample(
+        self,
+        messages: str | list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        key: str | None = None,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Answer:
+        key = key or self._next_key("sample")
+        question = Question.sampling(
+            messages,
+            max_tokens=max_tokens,
+            system_prompt=system_prompt,
+            temperature=temperature,
+            timeout_seconds=timeout_seconds,
+        )
+        return (await self.ask({key: question}))[key]
+
+    async def list_roots(self, *, key: str | None = None) -> Answer:
+        key = key or self._next_key("roots")
+        return (await self.ask({key: Question.roots()}))[key]
+
+
+def _deadline(now: float, own: float | None, default: object) -> float | None:
+    if own is not None:
+        return now + own
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        return now + float(default)
+    return None

@@ -1,0 +1,410 @@
+"""`Settings.load`: defaults, validation with named keys, overrides and tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mcp_tasks._budgets import BudgetLimits
+from mcp_tasks._config import _LIMIT_KEYS, ClientLimits, Settings
+from mcp_tasks._exceptions import ConfigurationError
+
+TOKEN_A = "a" * 16
+TOKEN_B = "b" * 32
+
+WriteFile = Callable[[str], Path]
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> WriteFile:
+    def write(text: str) -> Path:
+        path = tmp_path / "config.toml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> WriteFile:
+    def write(text: str) -> Path:
+        path = tmp_path / "tokens.toml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def load_error(config: Path | None = None, tokens: Path | None = None) -> str:
+    """The `.key` of the ConfigurationError that loading raises."""
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.load(config, tokens)
+    return caught.value.key
+
+
+# ----------------------------------------------------------------- defaults
+
+
+def test_loading_nothing_gives_the_documented_defaults() -> None:
+    settings = Settings.load()
+    assert settings == Settings()
+    assert (
+        settings.workers,
+        settings.client_concurrency,
+        settings.client_backlog,
+        settings.default_ttl_seconds,
+        settings.max_ttl_seconds,
+        settings.poll_interval_seconds,
+        settings.sweep_interval_seconds,
+        settings.max_argument_bytes,
+        settings.shutdown_grace_seconds,
+        settings.mrtr_timeout_seconds,
+        settings.synchronous,
+    ) == (8, 4, 10_000, 86_400.0, 604_800.0, 1.0, 60.0, 1_048_576, 10.0, 900.0, "FULL")
+    assert dict(settings.budgets) == {}
+    assert dict(settings.client_overrides) == {}
+    assert dict(settings.tool_config) == {}
+    assert dict(settings.tokens) == {}
+    assert settings.auth_enabled is False
+
+
+def test_an_empty_config_file_gives_the_defaults(config_file: WriteFile) -> None:
+    assert Settings.load(config_file("")) == Settings()
+
+
+# ------------------------------------------------------------- limits keys
+
+
+@pytest.mark.parametrize(
+    ("key", "toml", "expected"),
+    [
+        ("workers", "3", 3),
+        ("client_concurrency", "2", 2),
+        ("client_backlog", "50", 50),
+        ("default_ttl_seconds", "120", 120.0),
+        ("default_ttl_seconds", "2.5", 2.5),
+        ("default_ttl_seconds", "0", None),
+        ("default_ttl_seconds", '"unlimited"', None),
+        ("max_ttl_seconds", "3600", 3600.0),
+        ("max_ttl_seconds", "0", None),
+        ("max_ttl_seconds", '"unlimited"', None),
+        ("poll_interval_seconds", "0.25", 0.25),
+        ("poll_interval_seconds", "5", 5.0),
+        ("sweep_interval_seconds", "30", 30.0),
+        ("max_argument_bytes", "4096", 4096),
+        ("shutdown_grace_seconds", "2.5", 2.5),
+        ("mrtr_timeout_seconds", "60", 60.0),
+    ],
+)
+def test_each_limits_key_is_read(
+    config_file: WriteFile, key: str, toml: str, expected: float | None
+) -> None:
+    settings = Settings.load(config_file(f"[limits]\n{key} = {toml}\n"))
+    value = getattr(settings, key)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_synchronous_normal_is_read(config_file: WriteFile) -> None:
+    settings = Settings.load(config_file('[journal]\nsynchronous = "NORMAL"\n'))
+    assert settings.synchronous == "NORMAL"
+
+
+INT_KEYS = ["workers", "client_concurrency", "client_backlog", "max_argument_bytes"]
+NUMBER_KEYS = [
+    "poll_interval_seconds",
+    "sweep_interval_seconds",
+    "shutdown_grace_seconds",
+    "mrtr_timeout_seconds",
+]
+DURATION_KEYS = ["default_ttl_seconds", "max_ttl_seconds"]
+
+BAD_LIMITS = (
+    [(k, v) for k in INT_KEYS for v in ["-1", "0", "1.5", '"8"', "true", "false"]]
+    + [
+        (k, v)
+        for k in NUMBER_KEYS
+        for v in ["-1", "0", "-0.5", '"1"', "true", "[1]", "inf", "nan"]
+    ]
+    + [
+        (k, v)
+        for k in DURATION_KEYS
+        for v in ["-1", "-0.5", '"forever"', "true", "false", "inf", "nan"]
+    ]
+)
+
+
+def test_every_limits_key_has_tests() -> None:
+    assert set(_LIMIT_KEYS) == set(INT_KEYS + NUMBER_KEYS + DURATION_KEYS)
+
+
+@pytest.mark.parametrize(("key", "toml"), BAD_LIMITS)
+def test_a_bad_limits_value_is_refused_naming_the_key(
+    config_file: WriteFile, key: str, toml: str
+) -> None:
+    assert load_error(config_file(f"[limits]\n{key} = {toml}\n")) == f"limits.{key}"
+
+
+def test_an_unknown_limits_key_is_refused(config_file: WriteFile) -> None:
+    assert load_error(config_file("[limits]\nworkerz = 3\n")) == "limits.workerz"
+
+
+def test_limits_that_is_not_a_table_is_refused(config_file: WriteFile) -> None:
+    assert load_error(config_file("limits = 3\n")) == "limits"
+
+
+def test_an_unknown_section_is_refused(config_file: WriteFile) -> None:
+    assert load_error(config_file("[limit]\nworkers = 3\n")) == "limit"
+
+
+@pytest.mark.parametrize("value", ['"full"', '"OFF"', "2", "true"])
+def test_a_bad_synchronous_value_is_refused(config_file: WriteFile, value: str) -> None:
+    key = load_error(config_file(f"[journal]\nsynchronous = {value}\n"))
+    assert key == "journal.synchronous"
+
+
+def test_an_unknown_journal_key_is_refused(config_file: WriteFile) -> None:
+    assert load_error(config_file('[journal]\npath = "x.db"\n')) == "journal.path"
+
+
+def test_a_missing_config_file_is_refused(tmp_path: Path) -> None:
+    assert load_error(tmp_path / "absent.toml") == "--config"
+
+
+def test_a_config_file_that_is_not_toml_is_refused(config_file: WriteFile) -> None:
+    assert load_error(config_file("[limits\nworkers = 3\n")) == "--config"
+
+
+def test_a_token_file_that_is_not_toml_is_refused(token_file: WriteFile) -> None:
+    assert load_error(tokens=token_file("[[client]\n")) == "--tokens"
+
+
+def test_error_messages_name_the_key_and_the_problem(config_file: WriteFile) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.load(config_file("[limits]\nworkers = -2\n"))
+    assert "limits.workers" in str(caught.value)
+    assert "-2" in caught.value.problem
+
+
+# --------------------------------------------------------- client overrides
+
+
+def test_a_client_override_replaces_the_default_caps(config_file: WriteFile) -> None:
+    settings = Settings.load(
+        config_file("[clients.alice]\nconcurrency = 8\nbacklog = 50000\n")
+    )
+    assert settings.limits_for("alice") == ClientLimits(8, 50_000)
+    assert settings.limits_for("bob") == ClientLimits(4, 10_000)
+
+
+def test_a_partial_override_inherits_the_configured_defaults(
+    config_file: WriteFile,
+) -> None:
+    settings = Settings.load(
+        config_file(
+            "[limits]\nclient_concurrency = 2\nclient_backlog = 7\n"
+            "[clients.alice]\nbacklog = 99\n"
+            "[clients.bob]\nconcurrency = 5\n"
+        )
+    )
+    assert settings.limits_for("alice") == ClientLimits(2, 99)
+    assert settings.limits_for("bob") == ClientLimits(5, 7)
+    assert settings.limits_for("carol") == ClientLimits(2, 7)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("concurrency = 0", "clients.alice.concurrency"),
+        ("concurrency = true", "clients.alice.concurrency"),
+        ("backlog = -3", "clients.alice.backlog"),
+        ('backlog = "many"', "clients.alice.backlog"),
+        ("workers = 3", "clients.alice.workers"),
+    ],
+)
+def test_a_bad_client_override_is_refused_naming_the_key(
+    config_file: WriteFile, body: str, key: str
+) -> None:
+    assert load_error(config_file(f"[clients.alice]\n{body}\n")) == key
+
+
+def test_a_client_override_that_is_not_a_table_is_refused(
+    config_file: WriteFile,
+) -> None:
+    assert load_error(config_file("[clients]\nalice = 3\n")) == "clients.alice"
+
+
+def test_a_token_in_the_config_file_is_refused_not_ignored(
+    config_file: WriteFile,
+) -> None:
+    # Tokens belong in the token file; one misplaced in [clients.x] would
+    # otherwise be dropped silently.
+    text = f'[clients.alice]\ntoken = "{TOKEN_A}"\n'
+    assert load_error(config_file(text)) == "clients.alice.token"
+
+
+def test_tool_tables_are_handed_through(config_file: WriteFile) -> None:
+    settings = Settings.load(
+        config_file('[tools.run_command]\nallowed = ["make", "pytest"]\n')
+    )
+    assert dict(settings.tool_config) == {
+        "run_command": {"allowed": ["make", "pytest"]}
+    }
+
+
+def test_a_tool_entry_that_is_not_a_table_is_refused(config_file: WriteFile) -> None:
+    assert load_error(config_file("[tools]\nrun_command = 1\n")) == "tools.run_command"
+
+
+# --------------------------------------------------------------- token file
+
+
+def test_tokens_map_to_client_ids_and_enable_auth(token_file: WriteFile) -> None:
+    settings = Settings.load(
+        tokens=token_file(
+            f'[[client]]\nid = "alice"\ntoken = "{TOKEN_A}"\n'
+            f'[[client]]\nid = "bob"\ntoken = "{TOKEN_B}"\n'
+        )
+    )
+    assert dict(settings.tokens) == {TOKEN_A: "alice", TOKEN_B: "bob"}
+    assert settings.auth_enabled is True
+
+
+def test_caps_in_the_token_file_override_the_config_file(
+    config_file: WriteFile, token_file: WriteFile
+) -> None:
+    settings = Settings.load(
+        config_file("[clients.alice]\nconcurrency = 3\nbacklog = 30\n"),
+        token_file(f'[[client]]\nid = "alice"\ntoken = "{TOKEN_A}"\nbacklog = 70\n'),
+    )
+    assert settings.limits_for("alice") == ClientLimits(3, 70)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (f'[[client]]\nid = "alice"\ntoken = "{"x" * 15}"\n', "client[0].token"),
+        ('[[client]]\nid = "alice"\ntoken = 1234567890123456789\n', "client[0].token"),
+        ('[[client]]\nid = "alice"\n', "client[0].token"),
+        (f'[[client]]\ntoken = "{TOKEN_A}"\n', "client[0].id"),
+        (f'[[client]]\nid = ""\ntoken = "{TOKEN_A}"\n', "client[0].id"),
+        (f'[[client]]\nid = 7\ntoken = "{TOKEN_A}"\n', "client[0].id"),
+        (
+            f'[[client]]\nid = "alice"\ntoken = "{TOKEN_A}"\n'
+            f'[[client]]\nid = "bob"\ntoken = "{TOKEN_A}"\n',
+            "client[1].token",
+        ),
+        ("", "client"),
+        ('client = "alice"\n', "client"),
+        ("client = [1]\n", "client[0]"),
+    ],
+)
+def test_a_bad_token_file_is_refused_naming_the_entry(
+    token_file: WriteFile, text: str, key: str
+) -> None:
+    assert load_error(tokens=token_file(text)) == key
+
+
+def test_a_token_of_sixteen_characters_is_accepted(token_file: WriteFile) -> None:
+    settings = Settings.load(
+        tokens=token_file(f'[[client]]\nid = "alice"\ntoken = "{"x" * 16}"\n')
+    )
+    assert dict(settings.tokens) == {"x" * 16: "alice"}
+
+
+def test_a_bad_cap_in_the_token_file_is_refused_naming_the_entry(
+    token_file: WriteFile,
+) -> None:
+    text = f'[[client]]\nid = "alice"\ntoken = "{TOKEN_A}"\nconcurrency = 0\n'
+    assert load_error(tokens=token_file(text)) == "client[0].concurrency"
+
+
+def test_a_misspelt_key_in_the_token_file_is_refused_not_ignored(
+    token_file: WriteFile,
+) -> None:
+    text = f'[[client]]\nid = "alice"\ntoken = "{TOKEN_A}"\nconcurency = 8\n'
+    assert load_error(tokens=token_file(text)) == "client[0].concurency"
+
+
+# ------------------------------------------------------ limits_for and TTLs
+
+
+def test_limits_for_falls_back_to_the_global_client_caps() -> None:
+    settings = Settings(client_concurrency=3, client_backlog=30)
+    assert settings.limits_for("anyone") == ClientLimits(3, 30)
+
+
+def test_effective_ttl_uses_the_default_when_none_is_requested() -> None:
+    assert Settings(default_ttl_seconds=90.0).effective_ttl(None) == 90.0
+
+
+def test_effective_ttl_grants_a_request_below_the_maximum() -> None:
+    assert Settings(max_ttl_seconds=100.0).effective_ttl(40.0) == 40.0
+
+
+def test_effective_ttl_caps_a_request_at_the_maximum() -> None:
+    assert Settings(max_ttl_seconds=100.0).effective_ttl(1e9) == 100.0
+
+
+def test_an_unlimited_default_is_still_capped_by_the_maximum(
+    config_file: WriteFile,
+) -> None:
+    settings = Settings.load(
+        config_file(
+            '[limits]\ndefault_ttl_seconds = "unlimited"\nmax_ttl_seconds = 50\n'
+        )
+    )
+    assert settings.effective_ttl(None) == 50.0
+
+
+@pytest.mark.parametrize("unlimited", ["0", '"unlimited"'])
+def test_an_unlimited_maximum_grants_any_request(
+    config_file: WriteFile, unlimited: str
+) -> None:
+    settings = Settings.load(config_file(f"[limits]\nmax_ttl_seconds = {unlimited}\n"))
+    assert settings.max_ttl_seconds is None
+    assert settings.effective_ttl(1e12) == 1e12
+    assert settings.effective_ttl(None) == 86_400.0
+
+
+def test_with_both_unlimited_no_request_means_keep_forever(
+    config_file: WriteFile,
+) -> None:
+    settings = Settings.load(
+        config_file("[limits]\ndefault_ttl_seconds = 0\nmax_ttl_seconds = 0\n")
+    )
+    assert settings.effective_ttl(None) is None
+    assert settings.effective_ttl(5.0) == 5.0
+
+
+# ------------------------------------------------------------------ budgets
+
+
+def test_a_budget_table_is_read(config_file: WriteFile) -> None:
+    settings = Settings.load(
+        config_file(
+            "[budgets.openai]\nrequests_per_minute = 500\ntokens_per_minute = 2e5\n"
+            "[budgets.local]\nrequests_per_minute = 10\n"
+        )
+    )
+    assert dict(settings.budgets) == {
+        "openai": BudgetLimits(500.0, 200_000.0),
+        "local": BudgetLimits(10.0, None),
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("requests_per_minute = 0", "budgets.openai.requests_per_minute"),
+        ("tokens_per_minute = true", "budgets.openai.tokens_per_minute"),
+        ("requests_per_hour = 5", "budgets.openai.requests_per_hour"),
+        ("", "budgets.openai"),
+    ],
+)
+def test_a_bad_budget_is_refused_naming_the_key(
+    config_file: WriteFile, body: str, key: str
+) -> None:
+    assert load_error(config_file(f"[budgets.openai]\n{body}\n")) == key
