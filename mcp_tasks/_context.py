@@ -16,7 +16,7 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio.to_thread
 import pydantic
@@ -91,12 +91,14 @@ class RunContext:
     @property
     def client_capabilities(self) -> Mapping[str, Any]:
         caps = self.request_meta.get("clientCapabilities")
-        return caps if isinstance(caps, Mapping) else {}
+        return cast("Mapping[str, Any]", caps) if isinstance(caps, Mapping) else {}
 
     @property
     def preflight(self) -> Mapping[str, Any]:
         gathered = self.request_meta.get("preflight")
-        return gathered if isinstance(gathered, Mapping) else {}
+        return (
+            cast("Mapping[str, Any]", gathered) if isinstance(gathered, Mapping) else {}
+        )
 
     def _next_key(self, kind: str) -> str:
         count = self._counters.get(kind, 0) + 1
@@ -164,19 +166,21 @@ class RunContext:
     async def ask(self, questions: Mapping[str, Question]) -> dict[str, Answer]:
         answers: dict[str, Answer] = {}
         pending: list[tuple[str, Question]] = []
-        preloaded = self.request_meta.get("inputResponses")
-        preloaded = preloaded if isinstance(preloaded, Mapping) else {}
+        raw = self.request_meta.get("inputResponses")
+        preloaded: Mapping[str, Any] = (
+            cast("Mapping[str, Any]", raw) if isinstance(raw, Mapping) else {}
+        )
         for key, question in questions.items():
             recorded = self.recorded_questions.get(key)
             if recorded is not None and recorded.response is not None:
                 answers[key] = to_answer(question, recorded.response)
                 continue
-            given = preloaded.get(key)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+            given = preloaded.get(key)
             if (
                 given is not None
                 and check_response(question.method, question.params, given) is None
             ):
-                answers[key] = to_answer(question, given)  # pyright: ignore[reportUnknownArgumentType]
+                answers[key] = to_answer(question, given)
                 continue
             pending.append((key, question))
         if not pending:

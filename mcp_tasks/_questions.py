@@ -203,7 +203,9 @@ def _check_elicit(params: Mapping[str, Any], answer: Mapping[str, Any]) -> str |
     if not isinstance(content, Mapping):
         return "content: must be an object when action is 'accept'"
     try:
-        jsonschema.validate(content, params.get("requestedSchema") or {})
+        jsonschema.validate(
+            dict(cast(Mapping[str, Any], content)), params.get("requestedSchema") or {}
+        )
     except jsonschema.ValidationError as exc:
         where = ".".join(str(p) for p in exc.absolute_path)
         return f"content{'.' + where if where else ''}: {exc.message}"

@@ -36,7 +36,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, Protocol, cast, final
 
 import anyio
 from anyio.abc import TaskGroup
@@ -534,6 +534,10 @@ class TaskRuntime:
                 return task
             await changed.wait()
 
+    async def awaiting_input(self, owner: OwnerId, limit: int = 100) -> list[TaskId]:
+        """The owner's tasks waiting for answers (to re-offer on a reconnect)."""
+        return await self.journal.awaiting_input(owner, limit)
+
     async def input_requests(
         self, requester: Requester, task_id: str
     ) -> list[InputRequest]:
@@ -597,7 +601,7 @@ class TaskRuntime:
         if data.get("o") != owner or float(data.get("e", 0)) < self._clock():
             return None
         payload = data.get("p")
-        return payload if isinstance(payload, dict) else None
+        return cast("dict[str, Any]", payload) if isinstance(payload, dict) else None
 
     def _cursor_mac(self, owner: OwnerId, packed: bytes) -> bytes:
         message = owner.encode() + b"\0" + packed

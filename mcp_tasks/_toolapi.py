@@ -405,7 +405,10 @@ class ToolSpec:
                 "field": ".".join(str(p) for p in err.absolute_path) or "arguments",
                 "message": err.message,
             }
-            for err in validator.iter_errors(arguments)
+            for err in cast(
+                "list[jsonschema.ValidationError]",
+                list(validator.iter_errors(arguments)),  # pyright: ignore[reportUnknownMemberType]
+            )
         ]
         if errors:
             raise InvalidArgumentsError(self.name, errors)

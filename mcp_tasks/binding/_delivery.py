@@ -65,11 +65,20 @@ def request_channel(ctx: ServerRequestContext[Any, Any]) -> Send:
     return send
 
 
+#: How long a pushed question waits for an answer on a session's standalone
+#: channel. Over HTTP a message sent while no GET stream is open is dropped by
+#: the transport, so a push must not wait forever; the question stays open and
+#: is offered again on tasks/result, on the next session, or by a later push.
+PUSH_TIMEOUT_SECONDS = 600.0
+
+
 def connection_channel(connection: Connection) -> Send:
     """Send on a session's standalone channel (the GET stream on HTTP)."""
 
     async def send(method: str, params: dict[str, Any]) -> dict[str, Any]:
-        return await connection.send_raw_request(method, params)
+        return await connection.send_raw_request(
+            method, params, {"timeout": PUSH_TIMEOUT_SECONDS}
+        )
 
     return send
 

@@ -209,12 +209,15 @@ class ExtensionTasks:
         self, ctx: ServerRequestContext[Any, Any], task_id: str
     ) -> dict[str, Any]:
         """``tasks/get``: the detailed task."""
+        requester = self._requesters.of(ctx)
         try:
-            return detailed_task_json(
-                await self._runtime.get(self._requesters.of(ctx), task_id)
-            )
+            task = await self._runtime.get(requester, task_id)
+            open_requests: list[InputRequest] = []
+            if task.status is TaskStatus.INPUT_REQUIRED:
+                open_requests = await self._runtime.input_requests(requester, task_id)
         except McpTasksError as exc:
             raise rpc_error(exc) from None
+        return detailed_task_json(task, open_requests)
 
     async def cancel(
         self, ctx: ServerRequestContext[Any, Any], task_id: str

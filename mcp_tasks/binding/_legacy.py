@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, cast
 
 import anyio
 import mcp_types as types
@@ -52,6 +52,7 @@ from mcp_tasks.binding._delivery import (
     ask_open_questions,
     connection_channel,
     request_channel,
+    serve_until_terminal,
 )
 
 logger = logging.getLogger("mcp_tasks.binding.legacy")
@@ -60,7 +61,7 @@ CANCELLED_TEXT = "The task was cancelled before it produced a result."
 #: How many preflight rounds one task-augmented call may take.
 MAX_PREFLIGHT_ROUNDS = 10
 
-Job = Callable[[], Awaitable[None]]
+Job = Callable[[], Coroutine[Any, Any, None]]
 
 
 def wire_status(task: Task) -> str:
@@ -177,9 +178,10 @@ class LegacyTasks:
         name = params.get("name")
         if not isinstance(name, str):
             raise invalid_params("name", "must be a string")
-        arguments = params.get("arguments") or {}
-        if not isinstance(arguments, Mapping):
+        raw_arguments: object = params.get("arguments") or {}
+        if not isinstance(raw_arguments, Mapping):
             raise invalid_params("arguments", "must be an object")
+        arguments = cast("Mapping[str, Any]", raw_arguments)
         check_arguments_size(arguments, self._runtime.settings.max_argument_bytes)
         ttl_seconds = _ttl_seconds(params["task"])
         capabilities = ctx.session.client_capabilities
@@ -190,9 +192,11 @@ class LegacyTasks:
                 else {}
             )
         }
-        meta = params.get("_meta")
-        if isinstance(meta, Mapping) and meta.get("progressToken") is not None:
-            request_meta["progressToken"] = meta["progressToken"]
+        meta: object = params.get("_meta")
+        if isinstance(meta, Mapping):
+            token = cast("Mapping[str, Any]", meta).get("progressToken")
+            if token is not None:
+                request_meta["progressToken"] = token
         try:
             spec = self._runtime.tool(name)
             if spec.task_support == "forbidden":
@@ -202,12 +206,12 @@ class LegacyTasks:
                     ctx,
                     spec,
                     arguments,
-                    request_meta["clientCapabilities"],  # pyright: ignore[reportUnknownArgumentType]
+                    request_meta["clientCapabilities"],
                 )
             task = await self._runtime.submit(
                 self._requesters.of(ctx),
                 name,
-                arguments,  # pyright: ignore[reportUnknownArgumentType]
+                arguments,
                 ttl_seconds=ttl_seconds,
                 request_meta=request_meta,
             )
@@ -255,10 +259,18 @@ class LegacyTasks:
         params: types.GetTaskPayloadRequestParams,
     ) -> dict[str, Any]:
         """``tasks/result``: block until terminal, then the call's own answer."""
+        requester = self._requesters.of(ctx)
         try:
-            task = await self._runtime.wait_terminal(
-                self._requesters.of(ctx), params.task_id
+            # Questions of the task go out on this request's stream meanwhile:
+            # the spec's side channel for input during a 2025-11-25 task.
+            await serve_until_terminal(
+                self._runtime,
+                requester,
+                params.task_id,
+                request_channel(ctx),
+                related_task=True,
             )
+            task = await self._runtime.get(requester, params.task_id)
         except McpTasksError as exc:
             raise rpc_error(exc) from None
         related = {RELATED_TASK_META: {"taskId": task.task_id}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,6 +25,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
+from pydantic import AnyHttpUrl
 
 from mcp_tasks._exceptions import McpTasksError, TaskSupportError
 from mcp_tasks._model import Task
@@ -146,7 +147,6 @@ class McpTasksServer:
             version=_version(),
             instructions="Tools here may run as durable tasks: poll tasks/get for status.",
             on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool,
             on_list_prompts=self._list_prompts,
             on_list_resources=self._list_resources,
             on_list_resource_templates=self._list_resource_templates,
@@ -162,6 +162,11 @@ class McpTasksServer:
         server.middleware.append(self._register_connection)
         server.middleware.append(self.legacy.middleware)
         server.middleware.append(self.extension.middleware)
+        # Registered directly: a 2026-07-28 call may answer with the extension's
+        # task result, which the typed on_call_tool signature does not admit.
+        server.add_request_handler(
+            "tools/call", types.CallToolRequestParams, self._call_tool
+        )
         server.add_request_handler(
             "tasks/get", types.GetTaskRequestParams, self._tasks_get
         )
@@ -270,6 +275,7 @@ class McpTasksServer:
             "clientCapabilities": client_capabilities(ctx),
         }
         unsubscribe = self.runtime.subscribe(forward)
+        round_result: str | dict[str, Any] = ""
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._forward_events, ctx, forward)
@@ -322,7 +328,7 @@ class McpTasksServer:
                             event.progress, event.total, event.message
                         )
                     elif event.level in _LOG_LEVELS:
-                        await ctx.session.send_log_message(
+                        await ctx.session.send_log_message(  # pyright: ignore[reportDeprecated]
                             event.level,  # pyright: ignore[reportArgumentType]
                             event.message,
                             "mcp-tasks",
@@ -396,7 +402,7 @@ class McpTasksServer:
         if self.runtime.settings.auth_enabled:
             token_verifier = _TokenFileVerifier(self.runtime.settings.tokens)
             auth = AuthSettings(
-                issuer_url=f"http://{host}:{port}", resource_server_url=None
+                issuer_url=AnyHttpUrl(f"http://{host}:{port}"), resource_server_url=None
             )
         app = self.server.streamable_http_app(
             host=host, auth=auth, token_verifier=token_verifier
@@ -437,7 +443,7 @@ class _EmbeddedUvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: the CLI owns signals."""
 
     @contextmanager
-    def capture_signals(self) -> Iterator[None]:
+    def capture_signals(self) -> Generator[None]:
         yield
 
 

@@ -70,8 +70,11 @@ class Journal(Protocol):
 
     async def requeue(
         self, task_id: TaskId, status_message: str | None, at: float
-    ) -> None:
-        """Put a non-terminal task back in the queue, dropping any lease."""
+    ) -> bool:
+        """Put a ``working`` task back in the queue, dropping any lease.
+
+        Returns False if the task is not ``working`` (finished or waiting for input).
+        """
         ...
 
     async def set_status_message(
@@ -141,8 +144,14 @@ class Journal(Protocol):
         status_message: str,
         reason: str,
         at: float,
+        *,
+        retry: bool = False,
     ) -> bool:
-        """Release a running ``working`` task's lease until ``not_before``."""
+        """Release a running ``working`` task's lease until ``not_before``.
+
+        ``retry`` counts this as a retry (for backoff). Returns False if the
+        task was not running (cancelled meanwhile).
+        """
         ...
 
     async def renew_leases(self, holder: str, lease_expires_at: float) -> None:

@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import sqlite3
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Final, final
@@ -136,7 +136,7 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
 
 
 @contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
+def _exclusive_lock(path: Path) -> Generator[None]:
     """Hold an exclusive lock beside the database for as long as it is open.
 
     One process owns a journal file: it is the single writer, and it may treat
