@@ -41,7 +41,7 @@ from mcp_tasks._toolapi import (
     ToolSpec,
     tool,
 )
-from mcp_tasks._toolloader import load_tools
+from mcp_tasks._toolloader import load_tools, tools_from
 
 __all__ = [
     "Answer",
@@ -81,4 +81,5 @@ __all__ = [
     "UnknownToolError",
     "load_tools",
     "tool",
+    "tools_from",
 ]

@@ -86,6 +86,37 @@ def classify_return(tool: str, value: object) -> Outcome:
         return Outcome(error={"code": INTERNAL_ERROR, "message": message})
 
 
+async def _run_in_thread(
+    spec: ToolSpec,
+    ctx: TaskContext,
+    arguments: dict[str, Any],
+    limiter: anyio.CapacityLimiter | None,
+) -> Any:
+    # A thread cannot be interrupted. On cancellation the body is told (its
+    # ctx.cancelled turns true) and the task keeps its worker until the thread
+    # returns: abandoning the thread would free the slot while it still runs,
+    # and repeated cancels could then pile up threads beyond the worker limit.
+    thread_ctx = ThreadTaskContext(ctx)
+    call = spec.bind(thread_ctx, arguments)
+    value: Any = None
+
+    async def tell_on_cancel() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            thread_ctx.cancel()
+
+    async def run() -> None:
+        nonlocal value
+        value = await anyio.to_thread.run_sync(call, limiter=limiter)
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tell_on_cancel)
+        tg.start_soon(run)
+    return value
+
+
 async def execute(
     spec: ToolSpec,
     ctx: TaskContext,
@@ -102,15 +133,7 @@ async def execute(
         if spec.is_async:
             value = await spec.bind(ctx, arguments)()
         else:
-            thread_ctx = ThreadTaskContext(ctx)
-            call = spec.bind(thread_ctx, arguments)
-            try:
-                value = await anyio.to_thread.run_sync(
-                    call, abandon_on_cancel=True, limiter=thread_limiter
-                )
-            except anyio.get_cancelled_exc_class():
-                thread_ctx.cancel()
-                raise
+            value = await _run_in_thread(spec, ctx, arguments, thread_limiter)
     except anyio.get_cancelled_exc_class():
         raise
     except Exception as exc:

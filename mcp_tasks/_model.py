@@ -121,7 +121,8 @@ class Task:
     """A snapshot of one task as the journal holds it.
 
     ``owner_id`` is the principal the task is bound to (or the fairness key of an
-    anonymous requestor). Durations are in seconds; ``ttl_seconds`` is ``None``
+    anonymous requestor). ``listed`` is False for a synchronous call run
+    through the engine: its caller never learned of a task. Durations are in seconds; ``ttl_seconds`` is ``None``
     for unlimited retention.
     """
 
@@ -135,6 +136,7 @@ class Task:
     ttl_seconds: float | None
     poll_interval_seconds: float
     outcome: Outcome | None = None
+    listed: bool = True
 
     @property
     def is_terminal(self) -> bool:

@@ -197,7 +197,7 @@ class TaskRuntime:
         )
         self._unfinished: dict[OwnerId, int] = {}
         self._running: dict[TaskId, _Running] = {}
-        self._changed: dict[TaskId, anyio.Event] = {}
+        self._changed: dict[TaskId, set[anyio.Event]] = {}
         self._wake_dispatcher = anyio.Event()
         self._idle = anyio.Event()
         self._active_runs = 0
@@ -309,7 +309,12 @@ class TaskRuntime:
             return
         if policy == "restart":
             await self.journal.forget_steps(task.task_id)
-        await self.journal.requeue(task.task_id, "Resuming after a server restart", now)
+        await self.journal.requeue(
+            task.task_id,
+            "Resuming after a server restart",
+            now,
+            reason="server restarted",
+        )
         self._scheduler.push(task.owner_id, task.task_id)
 
     async def _shutdown(self, work: TaskGroup) -> None:
@@ -327,7 +332,10 @@ class TaskRuntime:
         now = self._clock()
         for task_id in interrupted:
             await self.journal.set_status_message(
-                task_id, "Interrupted by server shutdown; will recover at restart", now
+                task_id,
+                "Interrupted by server shutdown; will recover at restart",
+                now,
+                reason="interrupted by shutdown",
             )
 
     # --------------------------------------------------------------- listeners
@@ -338,9 +346,8 @@ class TaskRuntime:
         return lambda: self._listeners.remove(listener)
 
     def _publish(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-        event = self._changed.pop(task.task_id, None)
-        if event is not None:
-            event.set()
+        for waiter in self._changed.pop(task.task_id, set()):
+            waiter.set()
         for listener in list(self._listeners):
             try:
                 listener.task_changed(task, request_meta)
@@ -527,12 +534,23 @@ class TaskRuntime:
     async def _wait_until(
         self, requester: Requester, task_id: str, done: Callable[[Task], bool]
     ) -> Task:
+        # Each waiter has its own event, registered before the read so a change
+        # in between is not missed, and always removed again: waiting leaves no
+        # state behind, whatever the outcome (even for ids that do not exist).
+        key = TaskId(task_id)
         while True:
-            changed = self._changed.setdefault(TaskId(task_id), anyio.Event())
-            task = await self.get(requester, task_id)
-            if done(task):
-                return task
-            await changed.wait()
+            changed = anyio.Event()
+            waiters = self._changed.setdefault(key, set())
+            waiters.add(changed)
+            try:
+                task = await self.get(requester, task_id)
+                if done(task):
+                    return task
+                await changed.wait()
+            finally:
+                waiters.discard(changed)
+                if not waiters and self._changed.get(key) is waiters:
+                    del self._changed[key]
 
     async def awaiting_input(self, owner: OwnerId, limit: int = 100) -> list[TaskId]:
         """The owner's tasks waiting for answers (to re-offer on a reconnect)."""
@@ -704,7 +722,7 @@ class TaskRuntime:
         if resumed is not None:
             self._scheduler.push(resumed.owner_id, resumed.task_id)
             self._wake_dispatcher.set()
-            self._publish(resumed, {})
+            self._publish(resumed, await self.journal.request_meta(resumed.task_id))
         return AnswerReceipt(accepted, ignored, resumed=resumed is not None)
 
     async def _finish(
@@ -730,7 +748,11 @@ class TaskRuntime:
             return None
         self._release_backlog(owner)
         running = self._running.get(task_id)
-        self._publish(task, running.request_meta if running else {})
+        if running is not None:
+            request_meta = running.request_meta
+        else:  # not running (queued, parked, waiting): a cold path, read it back
+            request_meta = await self.journal.request_meta(task_id)
+        self._publish(task, request_meta)
         return task
 
     def _release_backlog(self, owner: OwnerId) -> None:
@@ -899,7 +921,9 @@ class TaskRuntime:
     async def _fire(self, timer: Timer) -> None:
         try:
             if timer.kind == "wake":
-                if await self.journal.requeue(timer.task_id, None, self._clock()):
+                if await self.journal.requeue(
+                    timer.task_id, None, self._clock(), reason="wait over"
+                ):
                     self._scheduler.push(timer.owner_id, timer.task_id)
                     self._wake_dispatcher.set()
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,23 @@ def _import(path: Path) -> object:
             "--tools", f"{path} failed to import: {exc!r}"
         ) from exc
     return module
+
+
+def tools_from(*functions: Callable[..., Any]) -> dict[str, ToolSpec]:
+    """The tools declared with `mcp_tasks.tool` among ``functions``, by name.
+
+    For servers that define their tools in code rather than in tool modules.
+
+    Raises:
+        TypeError: one of ``functions`` is not decorated with `mcp_tasks.tool`.
+    """
+    tools: dict[str, ToolSpec] = {}
+    for function in functions:
+        spec = spec_of(function)
+        if spec is None:
+            raise TypeError(f"{function!r} is not decorated with @mcp_tasks.tool")
+        tools[spec.name] = spec
+    return tools
 
 
 def load_tools(

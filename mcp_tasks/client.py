@@ -67,12 +67,14 @@ import anyio
 import httpx2
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.lowlevel import Server
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
     MCP_PROTOCOL_VERSION_HEADER,
     encode_header_value,
 )
+from mcp.shared.memory import create_client_server_memory_streams
 from mcp.shared.message import ClientMessageMetadata, SessionMessage
 from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
@@ -428,6 +430,51 @@ class TaskClient:
                 http=observer,
             ) as client:
                 yield client
+
+    @classmethod
+    @asynccontextmanager
+    async def in_process(
+        cls,
+        server: Server[Any],
+        *,
+        wire: Wire = LEGACY_WIRE,
+        capabilities: Mapping[str, Any] | None = None,
+        declare_tasks_extension: bool = True,
+        on_request: ServerRequestHandler | None = None,
+        client_info: Mapping[str, Any] | None = None,
+    ) -> AsyncGenerator[Self]:
+        """Serve a lowlevel mcp ``Server`` in this process and connect to it.
+
+        The server runs over in-memory streams (both eras, as over stdio) for
+        as long as the block lasts. Arguments as for :meth:`stdio`.
+        """
+
+        @asynccontextmanager
+        async def transport() -> AsyncGenerator[
+            tuple[_MessageReceiver, _MessageSender]
+        ]:
+            async with (
+                create_client_server_memory_streams() as (
+                    client_streams,
+                    server_streams,
+                ),
+                anyio.create_task_group() as tg,
+            ):
+                options = server.create_initialization_options()
+                tg.start_soon(server.run, server_streams[0], server_streams[1], options)
+                yield client_streams
+                tg.cancel_scope.cancel()
+
+        async with cls._open(
+            transport(),
+            wire=wire,
+            capabilities=capabilities,
+            declare_tasks_extension=declare_tasks_extension,
+            on_request=on_request,
+            client_info=client_info,
+            http=None,
+        ) as client:
+            yield client
 
     @classmethod
     @asynccontextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 
-from mcp_tasks import TaskContext, tool
+from mcp_tasks import TaskContext, ToolError, tool
 
 
 @tool(task_support="optional")
@@ -14,8 +14,6 @@ async def wait(ctx: TaskContext, seconds: float) -> str:
     Cancellable at any moment. Useful to try tasks out and to test clients.
     """
     if not 0 <= seconds <= 86_400:
-        from mcp_tasks import ToolError
-
         raise ToolError("seconds must be between 0 and 86400")
     await ctx.report_progress(0, seconds, f"waiting {seconds:g} s")
     waited = 0.0
@@ -23,5 +21,7 @@ async def wait(ctx: TaskContext, seconds: float) -> str:
         step = min(1.0, seconds - waited)
         await anyio.sleep(step)
         waited += step
-        await ctx.report_progress(waited, seconds, f"waited {waited:g} of {seconds:g} s")
+        await ctx.report_progress(
+            waited, seconds, f"waited {waited:g} of {seconds:g} s"
+        )
     return f"Waited {seconds:g} seconds."

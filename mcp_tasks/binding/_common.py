@@ -268,10 +268,12 @@ class PushChannels:
             self._send.send_nowait(_Push(connection, method, dict(params)))
         except anyio.WouldBlock:
             logger.warning("push queue full; dropped %s", method)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the server is shutting down
 
     async def run(self) -> None:
         """Send queued notifications until cancelled."""
-        async with self._receive:
+        async with self._send, self._receive:
             async for item in self._receive:
                 try:
                     await item.connection.notify(item.method, item.params)

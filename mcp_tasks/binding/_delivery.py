@@ -177,8 +177,8 @@ async def serve_until_terminal(
 ) -> None:
     """Wait for the task to end, asking its questions over ``send`` meanwhile."""
     in_flight: set[str] = set()
+    task = await runtime.get(requester, task_id)  # outside the group: errors stay bare
     async with anyio.create_task_group() as tg:
-        task = await runtime.get(requester, task_id)
         while not task.is_terminal:
             if task.status is TaskStatus.INPUT_REQUIRED:
                 tg.start_soon(

@@ -151,7 +151,7 @@ class LegacyTasks:
 
     async def run(self) -> None:
         """Run push jobs (questions sent to live sessions) until cancelled."""
-        async with anyio.create_task_group() as tg, self._jobs_out:
+        async with anyio.create_task_group() as tg, self._jobs_in, self._jobs_out:
             async for job in self._jobs_out:
                 tg.start_soon(job)
 
@@ -328,8 +328,8 @@ class LegacyTasks:
         them, because common clients only poll ``tasks/get`` and never open
         ``tasks/result`` before the task ends.
         """
-        if "syncCall" in request_meta:
-            return  # a synchronous call: its caller is not told of a task
+        if not task.listed:
+            return  # a synchronous call: its caller never learned of a task
         payload = task_json(task)
         for connection in self._pushes.connections(task.owner_id):
             if connection.protocol_version == LEGACY_VERSION:
@@ -346,7 +346,7 @@ class LegacyTasks:
             for task_id in await self._runtime.awaiting_input(owner):
                 self._push_questions(connection, owner, task_id)
 
-        self._jobs_in.send_nowait(offer)
+        self._queue(offer)
 
     def _push_questions(
         self, connection: Connection, owner: OwnerId, task_id: TaskId
@@ -365,7 +365,13 @@ class LegacyTasks:
                 check_capabilities=True,
             )
 
-        self._jobs_in.send_nowait(push)
+        self._queue(push)
+
+    def _queue(self, job: Job) -> None:
+        try:
+            self._jobs_in.send_nowait(job)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the server is shutting down
 
     def task_log(self, event: LogEvent) -> None:
         """Relay a background task's log messages to the session that created it."""

@@ -276,20 +276,29 @@ class McpTasksServer:
         }
         unsubscribe = self.runtime.subscribe(forward)
         round_result: str | dict[str, Any] = ""
+        failure: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._forward_events, ctx, forward)
-                if ctx.protocol_version == MODERN_VERSION:
-                    round_result = await self.extension.mrtr.call(
-                        ctx, requester, spec, arguments, request_meta
-                    )
-                else:
-                    round_result = await self._call_with_requests(
-                        ctx, requester, spec, arguments, request_meta
-                    )
+                try:
+                    if ctx.protocol_version == MODERN_VERSION:
+                        round_result = await self.extension.mrtr.call(
+                            ctx, requester, spec, arguments, request_meta
+                        )
+                    else:
+                        round_result = await self._call_with_requests(
+                            ctx, requester, spec, arguments, request_meta
+                        )
+                except Exception as exc:
+                    # Raised outside the task group, so the SDK sees the error
+                    # itself and not an ExceptionGroup (which it maps to -32603).
+                    failure = exc
                 tg.cancel_scope.cancel()
         finally:
             unsubscribe()
+            forward.send.close()
+        if failure is not None:
+            raise failure
         if isinstance(round_result, dict):
             return round_result  # input_required: the client answers and calls again
         task = await self.runtime.get(requester, round_result)

@@ -45,6 +45,10 @@ class Journal(Protocol):
         """
         ...
 
+    async def request_meta(self, task_id: TaskId) -> dict[str, Any]:
+        """What the binding stored with the request that created the task."""
+        ...
+
     async def seq_of(self, owner_id: OwnerId, task_id: TaskId) -> int | None:
         """The list position of ``task_id`` if it exists and belongs to ``owner_id``."""
         ...
@@ -69,7 +73,11 @@ class Journal(Protocol):
         ...
 
     async def requeue(
-        self, task_id: TaskId, status_message: str | None, at: float
+        self,
+        task_id: TaskId,
+        status_message: str | None,
+        at: float,
+        reason: str = "requeued",
     ) -> bool:
         """Put a ``working`` task back in the queue, dropping any lease.
 
@@ -78,9 +86,9 @@ class Journal(Protocol):
         ...
 
     async def set_status_message(
-        self, task_id: TaskId, message: str, at: float
+        self, task_id: TaskId, message: str, at: float, reason: str | None = None
     ) -> None:
-        """Record a new status message on a non-terminal task."""
+        """Record a new status message on a non-terminal task (and an event, given a reason)."""
         ...
 
     async def unfinished(self) -> list[UnfinishedTask]:

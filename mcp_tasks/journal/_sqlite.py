@@ -55,7 +55,7 @@ UPDATE tasks SET status = ?, status_message = ?, updated_at = ?, phase = 'done',
                          ELSE created_at + MAX(ttl_seconds, ? - created_at) END
 WHERE task_id = ? AND status IN (?, ?)
 RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
-          updated_at, ttl_seconds, poll_interval_seconds, outcome
+          updated_at, ttl_seconds, poll_interval_seconds, outcome, listed
 """
 
 _ACTIVE_SQL = """
@@ -66,7 +66,7 @@ UPDATE tasks SET status = ?, status_message = ?, updated_at = ?,
                                THEN lease_expires_at END
 WHERE task_id = ? AND status IN (?, ?)
 RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
-          updated_at, ttl_seconds, poll_interval_seconds, outcome
+          updated_at, ttl_seconds, poll_interval_seconds, outcome, listed
 """
 
 
@@ -81,9 +81,19 @@ def _outcome_json(outcome: Outcome | None) -> str | None:
 
 
 def _task_from_row(row: Any) -> Task:
-    (task_id, owner_id, tool, status, message, created, updated, ttl, poll, outcome) = (
-        row
-    )
+    (
+        task_id,
+        owner_id,
+        tool,
+        status,
+        message,
+        created,
+        updated,
+        ttl,
+        poll,
+        outcome,
+        listed,
+    ) = row
     parsed = None
     if outcome is not None:
         data = json.loads(outcome)
@@ -99,6 +109,7 @@ def _task_from_row(row: Any) -> Task:
         ttl_seconds=ttl,
         poll_interval_seconds=poll,
         outcome=parsed,
+        listed=bool(listed),
     )
 
 
@@ -248,6 +259,7 @@ class SqliteJournal:
             last_updated_at=created,
             ttl_seconds=task.ttl_seconds,
             poll_interval_seconds=task.poll_interval_seconds,
+            listed=task.listed,
         )
 
     async def get(self, task_id: TaskId) -> Task | None:
@@ -259,6 +271,10 @@ class SqliteJournal:
     ) -> list[tuple[int, Task]]:
         rows = await self._read("list_owned", owner_id, after_seq, limit)
         return [(row[0], _task_from_row(row[1:])) for row in rows]
+
+    async def request_meta(self, task_id: TaskId) -> dict[str, Any]:
+        rows = await self._read("request_meta_of", task_id)
+        return json.loads(rows[0][0]) if rows else {}
 
     async def seq_of(self, owner_id: OwnerId, task_id: TaskId) -> int | None:
         rows = await self._read("task_seq", task_id, owner_id)
@@ -349,24 +365,36 @@ class SqliteJournal:
         return record
 
     async def requeue(
-        self, task_id: TaskId, status_message: str | None, at: float
+        self,
+        task_id: TaskId,
+        status_message: str | None,
+        at: float,
+        reason: str = "requeued",
     ) -> bool:
         sql = self._sql["requeue"]
+        event = self._sql["insert_event"]
 
         async def apply(db: aiosqlite.Connection) -> bool:
-            rows = await db.execute_fetchall(sql, (status_message, at, task_id))
-            return bool(list(rows))
+            rows = list(await db.execute_fetchall(sql, (status_message, at, task_id)))
+            if rows:
+                await db.execute(
+                    event, (task_id, "working", status_message, reason, at)
+                )
+            return bool(rows)
 
         requeued: bool = await self._writer.write(apply)
         return requeued
 
     async def set_status_message(
-        self, task_id: TaskId, message: str, at: float
+        self, task_id: TaskId, message: str, at: float, reason: str | None = None
     ) -> None:
         sql = self._sql["set_status_message"]
+        event = self._sql["insert_event"]
 
         async def apply(db: aiosqlite.Connection) -> None:
             await db.execute(sql, (message, at, task_id))
+            if reason is not None:
+                await db.execute(event, (task_id, "working", message, reason, at))
 
         await self._writer.write(apply)
 

@@ -14,7 +14,7 @@ VALUES (?, ?, ?, ?, ?)
 
 -- get_task --
 SELECT task_id, owner_id, tool_name, status, status_message, created_at,
-       updated_at, ttl_seconds, poll_interval_seconds, outcome
+       updated_at, ttl_seconds, poll_interval_seconds, outcome, listed
 FROM tasks WHERE task_id = ?
 
 -- get_run --
@@ -23,7 +23,7 @@ FROM tasks WHERE task_id = ?
 
 -- list_owned --
 SELECT seq, task_id, owner_id, tool_name, status, status_message, created_at,
-       updated_at, ttl_seconds, poll_interval_seconds, outcome
+       updated_at, ttl_seconds, poll_interval_seconds, outcome, listed
 FROM tasks WHERE owner_id = ? AND listed = 1 AND seq > ?
 ORDER BY seq LIMIT ?
 
@@ -48,7 +48,7 @@ RETURNING attempts
 UPDATE tasks SET phase = 'queued', lease_holder = NULL, lease_expires_at = NULL,
        not_before = NULL, status_message = ?, updated_at = ?
 WHERE task_id = ? AND status = 'working' AND phase != 'done'
-RETURNING task_id
+RETURNING task_id, status_message
 
 -- set_status_message --
 UPDATE tasks SET status_message = ?, updated_at = ?
@@ -130,3 +130,6 @@ ORDER BY i.expires_at
 -- awaiting_input --
 SELECT task_id FROM tasks
 WHERE owner_id = ? AND status = 'input_required' ORDER BY seq LIMIT ?
+
+-- request_meta_of --
+SELECT request_meta FROM tasks WHERE task_id = ?

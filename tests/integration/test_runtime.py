@@ -1,0 +1,1127 @@
+"""`TaskRuntime` on a real SQLite journal: lifecycle, cancel, caps, fairness,
+backlog, listing, retention, restart recovery and listeners.
+
+Tool bodies wait on events the test opens (`gated_tools.Gates`), so nothing
+sleeps to synchronise. `settle` lets the dispatcher and the journal writer
+drain; every wait that could hang is bounded by ``anyio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from mcp_tasks import (
+    CapacityError,
+    ClientLimits,
+    InvalidCursorError,
+    OwnerId,
+    Settings,
+    Task,
+    TaskId,
+    TaskNotFoundError,
+    TaskStatus,
+    TaskTerminalError,
+)
+from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
+
+from .gated_tools import Gates, make_tools
+
+TIMEOUT = 5.0
+ALICE = Requester(OwnerId("alice"))
+BOB = Requester(OwnerId("bob"))
+T0 = 1_700_000_000.0
+
+#: Tests leave gated bodies running at exit; shutdown waits this long for them.
+GRACE = 0.05
+
+OpenRuntime = Callable[..., AbstractAsyncContextManager[TaskRuntime]]
+
+
+def make_settings(**changes: Any) -> Settings:
+    """Test settings: cheap commits and a short shutdown grace, plus ``changes``."""
+    base: dict[str, Any] = {"synchronous": "NORMAL", "shutdown_grace_seconds": GRACE}
+    return Settings(**(base | changes))
+
+
+class FakeClock:
+    """A settable clock for TTL tests: ``clock.now += 61``."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """A `RuntimeListener` that keeps everything it hears."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[TaskId, TaskStatus, Mapping[str, Any]]] = []
+        self.progress: list[ProgressEvent] = []
+        self.logs: list[LogEvent] = []
+
+    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
+        self.changes.append((task.task_id, task.status, request_meta))
+
+    def task_progress(self, event: ProgressEvent) -> None:
+        self.progress.append(event)
+
+    def task_log(self, event: LogEvent) -> None:
+        self.logs.append(event)
+
+
+@pytest.fixture
+def gates() -> Gates:
+    return Gates()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "tasks.db"
+
+
+@pytest.fixture
+def open_runtime(db_path: Path, gates: Gates) -> OpenRuntime:
+    """Open a runtime on the test's database file with the gated tools."""
+    tools = make_tools(gates)
+
+    @asynccontextmanager
+    async def open_(
+        settings: Settings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> AsyncGenerator[TaskRuntime]:
+        settings = settings or make_settings()
+        async with TaskRuntime.open(db_path, settings, tools, clock=clock) as runtime:
+            try:
+                yield runtime
+            finally:
+                gates.release_threads()  # never leave a worker thread blocked
+
+    return open_
+
+
+async def settle(runtime: TaskRuntime) -> None:
+    """Let the dispatcher start what it may and the journal commit what it has."""
+    with anyio.fail_after(TIMEOUT):
+        for _ in range(4):
+            await anyio.wait_all_tasks_blocked()
+            # A no-op write: the writer is FIFO, so once it returns every write
+            # queued before it has committed and its caller has been woken.
+            await runtime.journal.set_status_message(TaskId("-"), "", 0.0)
+        await anyio.wait_all_tasks_blocked()
+
+
+async def finish(runtime: TaskRuntime, requester: Requester, task_id: str) -> Task:
+    with anyio.fail_after(TIMEOUT):
+        return await runtime.wait_terminal(requester, task_id)
+
+
+async def submit_gate(
+    runtime: TaskRuntime,
+    key: str,
+    requester: Requester = ALICE,
+    group: str = "",
+    **kwargs: Any,
+) -> Task:
+    return await runtime.submit(
+        requester, "gate", {"key": key, "group": group}, **kwargs
+    )
+
+
+def text_of(task: Task) -> str:
+    assert task.outcome is not None
+    assert task.outcome.result is not None
+    return str(task.outcome.result["content"][0]["text"])
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+async def test_submitted_task_completes_with_the_tools_result(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        task = await submit_gate(runtime, "k")
+        assert task.status is TaskStatus.WORKING
+        assert task.owner_id == "alice"
+        assert task.tool_name == "gate"
+        await gates.wait_started("k")
+        assert (await runtime.get(ALICE, task.task_id)).status is TaskStatus.WORKING
+
+        gates.open("k")
+        done = await finish(runtime, ALICE, task.task_id)
+
+        assert done.status is TaskStatus.COMPLETED
+        assert done.outcome is not None
+        assert done.outcome.error is None
+        assert done.outcome.result == {
+            "content": [{"type": "text", "text": "done k"}],
+            "isError": False,
+        }
+        assert await runtime.get(ALICE, task.task_id) == done
+        assert gates.finished == ["k"]
+
+
+async def test_structured_return_value_becomes_structured_content(
+    open_runtime: OpenRuntime,
+) -> None:
+    async with open_runtime() as runtime:
+        task = await runtime.submit(ALICE, "structured", {"count": 3})
+        done = await finish(runtime, ALICE, task.task_id)
+        assert done.status is TaskStatus.COMPLETED
+        assert done.outcome is not None
+        assert done.outcome.result is not None
+        assert done.outcome.result["structuredContent"] == {"count": 3}
+
+
+async def test_tool_error_completes_with_an_is_error_result(
+    open_runtime: OpenRuntime,
+) -> None:
+    async with open_runtime() as runtime:
+        task = await runtime.submit(ALICE, "raises", {"kind": "tool"})
+        done = await finish(runtime, ALICE, task.task_id)
+        assert done.status is TaskStatus.COMPLETED
+        assert done.outcome is not None
+        assert done.outcome.is_tool_error
+        assert text_of(done) == "the input was wrong"
+
+
+async def test_protocol_error_fails_the_task_with_that_error(
+    open_runtime: OpenRuntime,
+) -> None:
+    async with open_runtime() as runtime:
+        task = await runtime.submit(ALICE, "raises", {"kind": "protocol"})
+        done = await finish(runtime, ALICE, task.task_id)
+        assert done.status is TaskStatus.FAILED
+        assert done.outcome is not None
+        assert done.outcome.result is None
+        assert done.outcome.error == {
+            "code": -32001,
+            "message": "no such resource",
+            "data": {"id": 7},
+        }
+        assert done.status_message == "no such resource"
+
+
+async def test_unexpected_exception_completes_with_an_is_error_result(
+    open_runtime: OpenRuntime,
+) -> None:
+    async with open_runtime() as runtime:
+        task = await runtime.submit(ALICE, "raises", {"kind": "crash"})
+        done = await finish(runtime, ALICE, task.task_id)
+        assert done.status is TaskStatus.COMPLETED
+        assert done.outcome is not None
+        assert done.outcome.is_tool_error
+        assert "RuntimeError: boom" in text_of(done)
+
+
+async def test_sync_tool_runs_in_a_thread_while_the_loop_keeps_serving(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        blocked = await runtime.submit(ALICE, "blocking", {"key": "t"})
+        await gates.wait_started("t")  # the thread is now blocked on its gate
+
+        # The loop is free: another task starts, runs and finishes meanwhile.
+        other = await submit_gate(runtime, "a", BOB)
+        await gates.wait_started("a")
+        gates.open("a")
+        assert (await finish(runtime, BOB, other.task_id)).status is (
+            TaskStatus.COMPLETED
+        )
+        still = await runtime.get(ALICE, blocked.task_id)
+        assert still.status is TaskStatus.WORKING
+
+        gates.open("t")  # sets the threading.Event from the loop
+        done = await finish(runtime, ALICE, blocked.task_id)
+
+    assert text_of(done) == "thread done t"
+    assert gates.thread_names["t"] != threading.main_thread().name
+    assert gates.started == ["t", "a"]
+    assert gates.finished == ["a", "t"]
+
+
+async def test_wait_change_returns_on_the_next_status(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        task = await submit_gate(runtime, "k")
+        await gates.wait_started("k")
+        seen = await runtime.get(ALICE, task.task_id)
+        changed: list[Task] = []
+
+        async def watch() -> None:
+            changed.append(await runtime.wait_change(ALICE, task.task_id, seen))
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch)
+                await settle(runtime)
+                assert changed == []  # still working: nothing to report yet
+                gates.open("k")
+
+        assert [t.status for t in changed] == [TaskStatus.COMPLETED]
+        again = await runtime.wait_change(ALICE, task.task_id, changed[0])
+        assert again.status is TaskStatus.COMPLETED  # terminal: returns at once
+
+
+# --------------------------------------------------------------------- cancel
+
+
+async def test_cancel_running_task_records_cancelled_and_stops_the_body(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        task = await submit_gate(runtime, "k")
+        await gates.wait_started("k")
+
+        cancelled = await runtime.cancel(ALICE, task.task_id)
+
+        assert cancelled.status is TaskStatus.CANCELLED
+        stored = await runtime.journal.get(task.task_id)
+        assert stored is not None
+        assert stored.status is TaskStatus.CANCELLED
+        await gates.wait_ended("k")
+        assert gates.cancelled == ["k"]
+        assert gates.finished == []
+
+        gates.open("k")
+        await settle(runtime)
+        final = await runtime.get(ALICE, task.task_id)
+        assert final.status is TaskStatus.CANCELLED
+        assert final.outcome is None
+        events = await runtime.journal.events(task.task_id)
+        assert [e.status for e in events] == [
+            TaskStatus.WORKING,
+            TaskStatus.CANCELLED,
+        ]
+
+
+async def test_a_body_that_swallows_cancellation_cannot_complete_the_task(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        task = await runtime.submit(ALICE, "stubborn", {"key": "s"})
+        await gates.wait_started("s")
+
+        await runtime.cancel(ALICE, task.task_id)
+        await gates.wait_ended("s")  # the body returned "finished after all"
+        await settle(runtime)
+
+        final = await runtime.get(ALICE, task.task_id)
+        assert final.status is TaskStatus.CANCELLED
+        assert final.outcome is None
+        events = await runtime.journal.events(task.task_id)
+        assert events[-1].status is TaskStatus.CANCELLED
+        assert TaskStatus.COMPLETED not in {e.status for e in events}
+
+
+async def test_cancelled_sync_task_discards_the_threads_late_return(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        task = await runtime.submit(ALICE, "blocking", {"key": "t"})
+        await gates.wait_started("t")
+
+        await runtime.cancel(ALICE, task.task_id)
+        gates.open("t")
+        await gates.wait_ended("t")  # the thread returned its value
+        await settle(runtime)
+
+        final = await runtime.get(ALICE, task.task_id)
+        assert final.status is TaskStatus.CANCELLED
+        assert final.outcome is None
+
+
+async def test_cancel_queued_task_means_it_never_starts(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime(make_settings(workers=1)) as runtime:
+        first = await submit_gate(runtime, "first")
+        queued = await submit_gate(runtime, "queued")
+        await gates.wait_started("first")
+
+        cancelled = await runtime.cancel(ALICE, queued.task_id)
+        assert cancelled.status is TaskStatus.CANCELLED
+
+        gates.open("first", "queued")
+        await finish(runtime, ALICE, first.task_id)
+        await settle(runtime)
+        assert gates.started == ["first"]
+        assert (await runtime.get(ALICE, queued.task_id)).status is (
+            TaskStatus.CANCELLED
+        )
+        assert runtime.statistics().scheduler.queued == 0
+
+
+async def test_cancel_of_a_terminal_task_raises_and_changes_nothing(
+    open_runtime: OpenRuntime,
+) -> None:
+    async with open_runtime() as runtime:
+        task = await runtime.submit(ALICE, "structured", {"count": 1})
+        done = await finish(runtime, ALICE, task.task_id)
+
+        with pytest.raises(TaskTerminalError) as raised:
+            await runtime.cancel(ALICE, task.task_id)
+
+        assert raised.value.status == "completed"
+        assert await runtime.get(ALICE, task.task_id) == done
+
+
+async def test_unknown_or_foreign_task_is_not_found(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        task = await submit_gate(runtime, "k")
+        with pytest.raises(TaskNotFoundError):
+            await runtime.cancel(ALICE, "no-such-task")
+        with pytest.raises(TaskNotFoundError):
+            await runtime.get(ALICE, "no-such-task")
+        with pytest.raises(TaskNotFoundError):
+            await runtime.cancel(BOB, task.task_id)
+        with pytest.raises(TaskNotFoundError):
+            await runtime.get(BOB, task.task_id)
+        with pytest.raises(TaskNotFoundError):
+            await runtime.wait_terminal(BOB, task.task_id)
+
+        await gates.wait_started("k")
+        assert (await runtime.get(ALICE, task.task_id)).status is TaskStatus.WORKING
+        assert gates.cancelled == []
+
+
+async def test_unscoped_requester_reads_and_cancels_by_id_but_cannot_list(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    anonymous = Requester(OwnerId("anonymous"), scoped=False)
+    async with open_runtime() as runtime:
+        task = await submit_gate(runtime, "k")
+        await gates.wait_started("k")
+
+        seen = await runtime.get(anonymous, task.task_id)
+        assert seen.task_id == task.task_id
+        cancelled = await runtime.cancel(anonymous, task.task_id)
+        assert cancelled.status is TaskStatus.CANCELLED
+        with pytest.raises(PermissionError):
+            await runtime.list(anonymous)
+        with pytest.raises(TaskNotFoundError):
+            await runtime.get(anonymous, "no-such-task")
+        await gates.wait_ended("k")
+        assert gates.cancelled == ["k"]
+
+
+# ----------------------------------------------------------------------- caps
+
+
+async def test_client_concurrency_one_runs_one_task_of_an_owner_at_a_time(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    settings = make_settings(workers=4, client_concurrency=1)
+    async with open_runtime(settings) as runtime:
+        tasks = [await submit_gate(runtime, f"a{i}", group="alice") for i in range(3)]
+        await gates.wait_started("a0")
+        await settle(runtime)
+        assert gates.started == ["a0"]
+
+        gates.open("a0")
+        await gates.wait_started("a1")
+        await settle(runtime)
+        assert gates.started == ["a0", "a1"]
+
+        gates.open("a1", "a2")
+        for task in tasks:
+            await finish(runtime, ALICE, task.task_id)
+
+    assert gates.started == ["a0", "a1", "a2"]
+    assert gates.peak["alice"] == 1
+
+
+async def test_per_client_override_raises_one_clients_cap(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    settings = make_settings(
+        workers=4, client_concurrency=1, client_overrides={"bob": ClientLimits(2, 100)}
+    )
+    async with open_runtime(settings) as runtime:
+        bobs = [await submit_gate(runtime, f"b{i}", BOB, "bob") for i in range(3)]
+        alices = [await submit_gate(runtime, f"a{i}", group="alice") for i in range(2)]
+        await gates.wait_started("b1")
+        await gates.wait_started("a0")
+        await settle(runtime)
+        assert sorted(gates.started) == ["a0", "b0", "b1"]
+        assert runtime.statistics().scheduler.running == 3
+
+        gates.open("b0", "b1", "b2", "a0", "a1")
+        for task in bobs:
+            await finish(runtime, BOB, task.task_id)
+        for task in alices:
+            await finish(runtime, ALICE, task.task_id)
+
+    assert gates.peak == {"bob": 2, "alice": 1}
+
+
+async def test_global_worker_limit_is_honoured(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    settings = make_settings(workers=2, client_concurrency=4)
+    owners = [Requester(OwnerId(f"owner{i}")) for i in range(3)]
+    async with open_runtime(settings) as runtime:
+        submitted: list[tuple[Requester, Task]] = []
+        for owner in owners:
+            for i in range(2):
+                key = f"{owner.owner_id}-{i}"
+                submitted.append((owner, await submit_gate(runtime, key, owner, "all")))
+        await settle(runtime)
+        assert len(gates.started) == 2
+        stats = runtime.statistics().scheduler
+        assert (stats.running, stats.queued, stats.worker_limit) == (2, 4, 2)
+
+        gates.open(*(f"{owner.owner_id}-{i}" for owner in owners for i in range(2)))
+        for owner, task in submitted:
+            await finish(runtime, owner, task.task_id)
+
+    assert len(gates.started) == 6
+    assert gates.peak["all"] == 2
+
+
+async def test_cancelled_sync_task_keeps_its_worker_until_the_thread_ends(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    # A cancelled threaded body cannot be interrupted and keeps running. If its
+    # worker is handed to the next task at once, every cancel adds one more
+    # blocked thread beyond `workers`.
+    settings = make_settings(workers=1, client_concurrency=1)
+    async with open_runtime(settings) as runtime:
+        first = await runtime.submit(ALICE, "blocking", {"key": "t1"})
+        await gates.wait_started("t1")
+        await runtime.cancel(ALICE, first.task_id)
+        second = await runtime.submit(ALICE, "blocking", {"key": "t2"})
+        await settle(runtime)
+        overlap = "t2" in gates.started  # t1's thread has not returned yet
+
+        gates.open("t1", "t2")
+        await finish(runtime, ALICE, second.task_id)
+        await gates.wait_ended("t1")
+
+    assert not overlap
+    assert gates.peak["thread"] == 1
+
+
+# ------------------------------------------------------------------- fairness
+
+
+async def test_newcomer_runs_next_after_a_busy_clients_current_task(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    settings = make_settings(workers=1, client_concurrency=1)
+    async with open_runtime(settings) as runtime:
+        for i in range(200):
+            await submit_gate(runtime, f"a{i}")
+        await gates.wait_started("a0")
+        await submit_gate(runtime, "b0", BOB)
+        await settle(runtime)
+        assert gates.started == ["a0"]
+
+        gates.open("a0")
+        await settle(runtime)
+        order = list(gates.started)
+
+    # Alice already had her turn (a0); Bob, waiting since, must go before a1.
+    assert order == ["a0", "b0"]
+
+
+async def test_queued_tasks_report_working_with_their_queue_position(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    settings = make_settings(workers=1, client_concurrency=1)
+    async with open_runtime(settings) as runtime:
+        tasks = [await submit_gate(runtime, f"a{i}") for i in range(4)]
+        await gates.wait_started("a0")
+
+        running = await runtime.get(ALICE, tasks[0].task_id)
+        third = await runtime.get(ALICE, tasks[3].task_id)
+        listed, _ = await runtime.list(ALICE)
+
+    assert running.status is TaskStatus.WORKING
+    assert running.status_message is None or "Queued" not in running.status_message
+    assert third.status is TaskStatus.WORKING
+    assert third.status_message is not None
+    assert "Queued" in third.status_message
+    assert "position 3 of 3" in third.status_message
+    assert [t.status_message for t in listed[1:]] == [
+        f"Queued: position {i} of 3 in this client's queue; 1 of 1 workers busy"
+        for i in (1, 2, 3)
+    ]
+
+
+# -------------------------------------------------------------------- backlog
+
+
+async def test_backlog_refuses_the_fourth_submit_and_stores_nothing(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    settings = make_settings(client_backlog=3)
+    async with open_runtime(settings) as runtime:
+        tasks = [await submit_gate(runtime, f"a{i}") for i in range(3)]
+
+        with pytest.raises(CapacityError) as raised:
+            await submit_gate(runtime, "refused")
+
+        assert raised.value.limit == 3
+        assert len(await runtime.journal.list_owned(ALICE.owner_id, 0, 100)) == 3
+        assert runtime.statistics().unfinished == 3
+        other = await submit_gate(runtime, "bob", BOB)  # the cap is per client
+
+        gates.open("a0")
+        await finish(runtime, ALICE, tasks[0].task_id)
+        accepted = await submit_gate(runtime, "a3")
+        assert accepted.status is TaskStatus.WORKING
+        assert len(await runtime.journal.list_owned(ALICE.owner_id, 0, 100)) == 4
+
+        gates.open("a1", "a2", "a3", "bob")
+        for task in [*tasks, accepted]:
+            await finish(runtime, ALICE, task.task_id)
+        await finish(runtime, BOB, other.task_id)
+    assert "refused" not in gates.started
+
+
+async def test_concurrent_submits_cannot_over_admit(
+    open_runtime: OpenRuntime,
+) -> None:
+    settings = make_settings(client_backlog=3)
+    accepted: list[Task] = []
+    refused: list[CapacityError] = []
+
+    async def one(runtime: TaskRuntime, i: int) -> None:
+        try:
+            accepted.append(await submit_gate(runtime, f"c{i}"))
+        except CapacityError as exc:
+            refused.append(exc)
+
+    async with open_runtime(settings) as runtime:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as group:
+                for i in range(10):
+                    group.start_soon(one, runtime, i)
+
+        assert (len(accepted), len(refused)) == (3, 7)
+        assert len(await runtime.journal.list_owned(ALICE.owner_id, 0, 100)) == 3
+        assert runtime.statistics().unfinished == 3
+
+
+# ----------------------------------------------------------- slot accounting
+
+
+async def test_slots_and_backlog_never_leak(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    settings = make_settings(workers=2, client_concurrency=2, client_backlog=8)
+    async with open_runtime(settings) as runtime:
+        raising = [
+            await runtime.submit(ALICE, "raises", {"kind": kind})
+            for kind in ("tool", "protocol", "crash")
+        ]
+        for task in raising:
+            await finish(runtime, ALICE, task.task_id)
+
+        running = await submit_gate(runtime, "running")
+        stubborn = await runtime.submit(ALICE, "stubborn", {"key": "stubborn"})
+        queued = await submit_gate(runtime, "queued")
+        await gates.wait_started("running")
+        await gates.wait_started("stubborn")
+        await runtime.cancel(ALICE, queued.task_id)
+        await runtime.cancel(ALICE, running.task_id)
+        await runtime.cancel(ALICE, stubborn.task_id)
+        await gates.wait_ended("running")
+        await gates.wait_ended("stubborn")
+        threaded = await runtime.submit(ALICE, "blocking", {"key": "thread"})
+        await gates.wait_started("thread")
+        await runtime.cancel(ALICE, threaded.task_id)
+        gates.open("thread")
+        await gates.wait_ended("thread")
+        await settle(runtime)
+
+        stats = runtime.statistics()
+        assert (stats.scheduler.running, stats.scheduler.queued) == (0, 0)
+        assert stats.unfinished == 0
+        assert "queued" not in gates.started
+
+        # The full backlog and both workers are available again.
+        fresh = [await submit_gate(runtime, f"f{i}", group="fresh") for i in range(8)]
+        gates.open(*(f"f{i}" for i in range(8)))
+        for task in fresh:
+            done = await finish(runtime, ALICE, task.task_id)
+            assert done.status is TaskStatus.COMPLETED
+        await settle(runtime)
+        assert runtime.statistics().unfinished == 0
+        assert runtime.statistics().scheduler.running == 0
+
+
+# ----------------------------------------------------------------------- call
+
+
+async def test_call_returns_the_terminal_task_and_is_not_listed(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        gates.open("k")
+        with anyio.fail_after(TIMEOUT):
+            done = await runtime.call(ALICE, "gate", {"key": "k"})
+
+        assert done.status is TaskStatus.COMPLETED
+        assert text_of(done) == "done k"
+        listed, cursor = await runtime.list(ALICE)
+        assert (listed, cursor) == ([], None)
+        assert (await runtime.get(ALICE, done.task_id)).status is TaskStatus.COMPLETED
+        assert runtime.statistics().unfinished == 0
+
+
+async def test_cancelling_the_caller_of_call_cancels_the_task(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as group:
+                group.start_soon(runtime.call, ALICE, "gate", {"key": "k"})
+                await gates.wait_started("k")
+                group.cancel_scope.cancel()
+
+        await gates.wait_ended("k")
+        assert gates.cancelled == ["k"]
+        task = await runtime.get(ALICE, gates.task_ids["k"])
+        assert task.status is TaskStatus.CANCELLED
+        assert runtime.statistics().unfinished == 0
+
+
+# ----------------------------------------------------------------------- list
+
+
+async def test_list_pages_in_submission_order_per_owner(
+    open_runtime: OpenRuntime,
+) -> None:
+    async with open_runtime() as runtime:
+        mine: list[str] = []
+        for i in range(5):
+            mine.append(
+                (await runtime.submit(ALICE, "structured", {"count": i})).task_id
+            )
+            await runtime.submit(BOB, "structured", {"count": i})
+
+        pages: list[list[str]] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await runtime.list(ALICE, cursor, limit=2)
+            pages.append([t.task_id for t in page])
+            if cursor is None:
+                break
+
+        assert pages == [mine[0:2], mine[2:4], mine[4:5]]
+        bobs, _ = await runtime.list(BOB)
+        assert len(bobs) == 5
+        assert not {t.task_id for t in bobs} & set(mine)
+
+
+def _tampered(cursor: str) -> str:
+    flipped = "A" if cursor[3] != "A" else "B"
+    return cursor[:3] + flipped + cursor[4:]
+
+
+def _truncated(cursor: str) -> str:
+    return cursor[:-2]
+
+
+def _garbage(cursor: str) -> str:
+    return "garbage!"
+
+
+def _bad_padding(cursor: str) -> str:
+    return "a"
+
+
+def _empty(cursor: str) -> str:
+    return ""
+
+
+def _non_ascii(cursor: str) -> str:
+    return "é" * len(cursor)
+
+
+@pytest.mark.parametrize(
+    "make_cursor",
+    [_tampered, _truncated, _garbage, _bad_padding, _empty, _non_ascii],
+)
+async def test_bad_cursors_are_refused(
+    open_runtime: OpenRuntime, make_cursor: Callable[[str], str]
+) -> None:
+    async with open_runtime() as runtime:
+        for i in range(3):
+            await runtime.submit(ALICE, "structured", {"count": i})
+        _, cursor = await runtime.list(ALICE, limit=1)
+        assert cursor is not None
+
+        with pytest.raises(InvalidCursorError):
+            await runtime.list(ALICE, make_cursor(cursor), limit=1)
+
+
+async def test_another_owners_cursor_is_refused(open_runtime: OpenRuntime) -> None:
+    async with open_runtime() as runtime:
+        for i in range(3):
+            await runtime.submit(ALICE, "structured", {"count": i})
+            await runtime.submit(BOB, "structured", {"count": i})
+        _, cursor = await runtime.list(ALICE, limit=1)
+        assert cursor is not None
+
+        with pytest.raises(InvalidCursorError):
+            await runtime.list(BOB, cursor, limit=1)
+
+
+async def test_cursor_survives_a_restart(open_runtime: OpenRuntime) -> None:
+    async with open_runtime() as runtime:
+        for i in range(3):
+            await runtime.submit(ALICE, "structured", {"count": i})
+        first, cursor = await runtime.list(ALICE, limit=1)
+    async with open_runtime() as runtime:
+        rest, _ = await runtime.list(ALICE, cursor, limit=10)
+    assert len(first) == 1
+    assert len(rest) == 2
+
+
+# ------------------------------------------------------------------------ TTL
+
+
+async def test_sweep_purges_only_terminal_tasks_past_ttl_and_grace(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    clock = FakeClock()
+    settings = make_settings(default_ttl_seconds=10, max_ttl_seconds=1000)
+    async with open_runtime(settings, clock) as runtime:
+        short = await runtime.submit(ALICE, "structured", {"count": 1})
+        long = await runtime.submit(ALICE, "structured", {"count": 2}, ttl_seconds=500)
+        running = await submit_gate(runtime, "r")
+        await finish(runtime, ALICE, short.task_id)
+        await finish(runtime, ALICE, long.task_id)
+        await gates.wait_started("r")
+        assert short.ttl_seconds == 10
+
+        clock.now = T0 + 59  # past the TTL of 10 s, inside the 60 s grace
+        assert await runtime.sweep() == []
+        clock.now = T0 + 61
+        assert await runtime.sweep() == [short.task_id]
+        with pytest.raises(TaskNotFoundError):
+            await runtime.get(ALICE, short.task_id)
+        assert await runtime.journal.events(short.task_id) == []
+
+        clock.now = T0 + 499
+        assert await runtime.sweep() == []
+        clock.now = T0 + 1000  # the running task's TTL is long gone
+        assert await runtime.sweep() == [long.task_id]
+        still = await runtime.get(ALICE, running.task_id)
+        assert still.status is TaskStatus.WORKING
+
+        gates.open("r")  # finishes at T0 + 1000: kept for the grace period
+        await finish(runtime, ALICE, running.task_id)
+        assert await runtime.sweep() == []
+        clock.now = T0 + 1059
+        assert await runtime.sweep() == []
+        clock.now = T0 + 1061
+        assert await runtime.sweep() == [running.task_id]
+
+
+async def test_requested_ttl_is_capped_and_reported(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    settings = make_settings(default_ttl_seconds=30, max_ttl_seconds=100)
+    async with open_runtime(settings) as runtime:
+        capped = await submit_gate(runtime, "k", ttl_seconds=1e9)
+        default = await runtime.submit(ALICE, "structured", {"count": 1})
+        within = await runtime.submit(ALICE, "structured", {"count": 1}, ttl_seconds=50)
+        await gates.wait_started("k")
+
+        assert capped.ttl_seconds == 100
+        assert (await runtime.get(ALICE, capped.task_id)).ttl_seconds == 100
+        assert default.ttl_seconds == 30
+        assert within.ttl_seconds == 50
+
+
+# -------------------------------------------------------------------- restart
+
+
+def _rows(db_path: Path) -> dict[str, tuple[str, int, str | None]]:
+    """``task_id -> (phase, attempts, status_message)``, read with plain sqlite3."""
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute(
+            "SELECT task_id, phase, attempts, status_message FROM tasks"
+        ).fetchall()
+    return {
+        task_id: (phase, attempts, message)
+        for task_id, phase, attempts, message in rows
+    }
+
+
+async def test_restart_resumes_every_unfinished_task(
+    open_runtime: OpenRuntime, gates: Gates, db_path: Path
+) -> None:
+    settings = make_settings(workers=1, client_concurrency=1)
+    async with open_runtime(settings) as runtime:
+        interrupted = await submit_gate(runtime, "r")
+        queued = [
+            await submit_gate(runtime, "q1"),
+            await submit_gate(runtime, "q2"),
+            await submit_gate(runtime, "q3", BOB),
+        ]
+        await gates.wait_started("r")
+        plain = await runtime.submit(ALICE, "structured", {"count": 1})
+
+    # The running body was stopped once the grace ran out, and its row says so.
+    assert gates.started == ["r"]
+    assert gates.cancelled == ["r"]
+    phase, attempts, message = _rows(db_path)[interrupted.task_id]
+    assert (phase, attempts) == ("running", 1)
+    assert message is not None
+    assert "interrupted" in message.lower()
+
+    gates.reset_started("r")
+    async with open_runtime(settings) as runtime:
+        await gates.wait_started("r")
+        resumed = await runtime.get(ALICE, interrupted.task_id)
+        assert resumed.status is TaskStatus.WORKING
+        assert resumed.status_message == "Resuming after a server restart"
+
+        gates.open("r", "q1", "q2", "q3")
+        results = [await finish(runtime, ALICE, interrupted.task_id)]
+        results += [await finish(runtime, ALICE, t.task_id) for t in queued[:2]]
+        results.append(await finish(runtime, BOB, queued[2].task_id))
+        results.append(await finish(runtime, ALICE, plain.task_id))
+        await settle(runtime)
+        stats = runtime.statistics()
+
+    assert [text_of(r) for r in results] == [
+        "done r",
+        "done q1",
+        "done q2",
+        "done q3",
+        '{"count":1}',
+    ]
+    assert [r.status for r in results] == [TaskStatus.COMPLETED] * 5
+    assert (stats.unfinished, stats.scheduler.running, stats.scheduler.queued) == (
+        0,
+        0,
+        0,
+    )
+    assert {attempts for _, attempts, _ in _rows(db_path).values()} == {1, 2}
+    assert _rows(db_path)[interrupted.task_id][1] == 2
+
+
+async def test_queued_tasks_are_not_claimed_during_shutdown(
+    open_runtime: OpenRuntime, gates: Gates, db_path: Path
+) -> None:
+    settings = make_settings(workers=1, client_concurrency=4)
+    async with open_runtime(settings) as runtime:
+        await submit_gate(runtime, "r")
+        queued = [await submit_gate(runtime, f"q{i}") for i in range(5)]
+        await gates.wait_started("r")
+        await settle(runtime)
+
+    # Shutdown must not start queued work: no body runs, no claim is journaled.
+    rows = _rows(db_path)
+    assert gates.started == ["r"]
+    assert [rows[t.task_id][:2] for t in queued] == [("queued", 0)] * 5
+
+
+async def test_shutdown_lets_a_running_task_finish_within_the_grace(
+    open_runtime: OpenRuntime, gates: Gates, db_path: Path
+) -> None:
+    settings = make_settings(workers=1, shutdown_grace_seconds=TIMEOUT)
+
+    async def open_gate_once_draining(runtime: TaskRuntime) -> None:
+        with anyio.fail_after(TIMEOUT):
+            while not runtime.draining:
+                await anyio.wait_all_tasks_blocked()
+        gates.open("r")
+
+    submitted: list[Task] = []
+    async with anyio.create_task_group() as group:
+        async with open_runtime(settings) as runtime:
+            submitted.append(await submit_gate(runtime, "r"))
+            submitted.append(await submit_gate(runtime, "q"))
+            await gates.wait_started("r")
+            group.start_soon(open_gate_once_draining, runtime)
+
+    running, queued = submitted
+    rows = _rows(db_path)
+    assert gates.finished == ["r"]
+    assert gates.started == ["r"]
+    assert rows[running.task_id][0] == "done"
+    assert rows[queued.task_id][:2] == ("queued", 0)
+
+    gates.open("q")
+    async with open_runtime(settings) as runtime:
+        done = await finish(runtime, ALICE, running.task_id)
+        later = await finish(runtime, ALICE, queued.task_id)
+    assert text_of(done) == "done r"
+    assert text_of(later) == "done q"
+
+
+async def test_a_tool_that_cannot_resume_fails_after_a_restart(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        task = await runtime.submit(ALICE, "fragile", {"key": "f"})
+        await gates.wait_started("f")
+
+    gates.reset_started("f")
+    async with open_runtime() as runtime:
+        failed = await finish(runtime, ALICE, task.task_id)
+        await settle(runtime)
+        stats = runtime.statistics()
+
+    assert failed.status is TaskStatus.FAILED
+    assert failed.status_message is not None
+    assert "restarted" in failed.status_message
+    assert gates.started == ["f"]  # not run a second time
+    assert stats.unfinished == 0
+
+
+async def test_restart_recovers_a_task_left_running_by_a_crash(
+    open_runtime: OpenRuntime, gates: Gates, db_path: Path
+) -> None:
+    async with open_runtime() as runtime:
+        task = await submit_gate(runtime, "r")
+    # Simulate a crash mid-run: the row says a (dead) worker holds the task.
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "UPDATE tasks SET phase = 'running', lease_holder = 'dead', "
+            "lease_expires_at = 1, attempts = 1 WHERE task_id = ?",
+            (task.task_id,),
+        )
+
+    gates.reset_started("r")
+    async with open_runtime() as runtime:
+        await gates.wait_started("r")
+        resumed = await runtime.get(ALICE, task.task_id)
+        assert resumed.status_message == "Resuming after a server restart"
+        gates.open("r")
+        done = await finish(runtime, ALICE, task.task_id)
+    assert done.status is TaskStatus.COMPLETED
+
+
+# ------------------------------------------------------------------ listeners
+
+
+async def test_listener_hears_transitions_and_progress(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    recorder = Recorder()
+    meta = {"progressToken": "p1"}
+    async with open_runtime() as runtime:
+        unsubscribe = runtime.subscribe(recorder)
+
+        task = await runtime.submit(ALICE, "progress", {"key": "p"}, request_meta=meta)
+        await gates.wait_started("p")
+        assert [(e.progress, e.total, e.message) for e in recorder.progress] == [
+            (1, 2, "half way")
+        ]
+        assert recorder.progress[0].request_meta == meta
+        assert recorder.progress[0].task_id == task.task_id
+        shown = await runtime.get(ALICE, task.task_id)
+        assert shown.status_message == "half way"
+
+        gates.open("p")
+        await finish(runtime, ALICE, task.task_id)
+        assert [(e.progress, e.total) for e in recorder.progress] == [(1, 2), (2, 2)]
+
+        doomed = await submit_gate(runtime, "c")
+        await gates.wait_started("c")
+        await runtime.cancel(ALICE, doomed.task_id)
+
+        threaded = await runtime.submit(ALICE, "blocking_progress", {"key": "t"})
+        await gates.wait_started("t")
+        assert recorder.progress[-1].message == "thread half way"
+        gates.open("t")
+        await finish(runtime, ALICE, threaded.task_id)
+
+        unsubscribe()
+        quiet = await runtime.submit(ALICE, "structured", {"count": 0})
+        await finish(runtime, ALICE, quiet.task_id)
+
+    assert recorder.changes == [
+        (task.task_id, TaskStatus.COMPLETED, meta),
+        (doomed.task_id, TaskStatus.CANCELLED, {}),
+        (threaded.task_id, TaskStatus.COMPLETED, {}),
+    ]
+
+
+async def test_listener_gets_the_request_meta_when_a_queued_task_is_cancelled(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    recorder = Recorder()
+    meta = {"progressToken": "q"}
+    settings = make_settings(workers=1)
+    async with open_runtime(settings) as runtime:
+        runtime.subscribe(recorder)
+        await submit_gate(runtime, "busy")
+        queued = await submit_gate(runtime, "q", request_meta=meta)
+        await gates.wait_started("busy")
+        await runtime.cancel(ALICE, queued.task_id)
+
+    assert recorder.changes == [(queued.task_id, TaskStatus.CANCELLED, meta)]
+
+
+async def test_waiting_for_a_task_leaves_no_state_behind(
+    open_runtime: OpenRuntime,
+) -> None:
+    # Every call() and every tasks/result waits with wait_terminal; the wake-up
+    # event it registers must not outlive the wait.
+    async with open_runtime() as runtime:
+        task = await runtime.submit(ALICE, "structured", {"count": 0})
+        await finish(runtime, ALICE, task.task_id)
+        await runtime.wait_terminal(ALICE, task.task_id)
+        await runtime.call(ALICE, "structured", {"count": 1})
+        leftover = dict(runtime._changed)
+    assert leftover == {}
+
+
+async def test_waiting_on_unknown_ids_leaves_no_state_behind(
+    open_runtime: OpenRuntime,
+) -> None:
+    # A client may ask for results of ids it does not own or that never
+    # existed (tasks/result); each refused wait must not grow the runtime.
+    async with open_runtime() as runtime:
+        task = await runtime.submit(BOB, "structured", {"count": 0})
+        for i in range(50):
+            with pytest.raises(TaskNotFoundError):
+                await runtime.wait_terminal(ALICE, f"no-such-task-{i}")
+        with pytest.raises(TaskNotFoundError):
+            await runtime.wait_change(ALICE, task.task_id, task)
+        await finish(runtime, BOB, task.task_id)
+        leftover = {k: v for k, v in runtime._changed.items() if k != task.task_id}
+    assert leftover == {}
+
+
+async def test_failing_listener_does_not_break_the_runtime(
+    open_runtime: OpenRuntime,
+) -> None:
+    class Broken:
+        def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
+            raise RuntimeError("listener bug")
+
+        def task_progress(self, event: ProgressEvent) -> None:
+            raise RuntimeError("listener bug")
+
+        def task_log(self, event: LogEvent) -> None:
+            raise RuntimeError("listener bug")
+
+    async with open_runtime() as runtime:
+        runtime.subscribe(Broken())
+        task = await runtime.submit(ALICE, "structured", {"count": 0})
+        done = await finish(runtime, ALICE, task.task_id)
+    assert done.status is TaskStatus.COMPLETED

@@ -1,0 +1,70 @@
+"""The ``wait`` tool: progress while waiting, refusal of bad input, cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from mcp_tasks import Task, TaskStatus, ToolError
+from mcp_tasks._runtime import LogEvent, ProgressEvent
+
+from .support import TESTER, TIMEOUT, FakeContext, load_tool, open_runtime
+
+
+async def test_reports_progress_until_done() -> None:
+    ctx = FakeContext()
+    with anyio.fail_after(TIMEOUT):
+        text = await load_tool("wait").fn(ctx, seconds=0.05)
+    assert text == "Waited 0.05 seconds."
+    assert ctx.progress == [
+        (0, 0.05, "waiting 0.05 s"),
+        (0.05, 0.05, "waited 0.05 of 0.05 s"),
+    ]
+
+
+@pytest.mark.parametrize("seconds", [-1, 86_401])
+async def test_refuses_out_of_range_durations(seconds: float) -> None:
+    with pytest.raises(ToolError, match="between 0 and 86400"):
+        await load_tool("wait").fn(FakeContext(), seconds=seconds)
+
+
+class FirstProgress:
+    """A runtime listener that signals the first progress report it hears."""
+
+    def __init__(self) -> None:
+        self.events: list[ProgressEvent] = []
+        self.heard = anyio.Event()
+
+    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
+        pass
+
+    def task_progress(self, event: ProgressEvent) -> None:
+        self.events.append(event)
+        self.heard.set()
+
+    def task_log(self, event: LogEvent) -> None:
+        pass
+
+
+async def test_runtime_cancel_stops_a_long_wait(tmp_path: Path) -> None:
+    async with open_runtime(tmp_path) as runtime:
+        listener = FirstProgress()
+        runtime.subscribe(listener)
+        task = await runtime.submit(TESTER, "wait", {"seconds": 3600})
+        with anyio.fail_after(TIMEOUT):
+            await listener.heard.wait()
+        assert (listener.events[0].progress, listener.events[0].total) == (0, 3600)
+        running = await runtime.get(TESTER, task.task_id)
+        assert running.status_message == "waiting 3600 s"
+        cancelled = await runtime.cancel(TESTER, task.task_id)
+        assert cancelled.status is TaskStatus.CANCELLED
+        # The body unwinds and gives its worker back.
+        with anyio.fail_after(TIMEOUT):
+            while runtime.statistics().scheduler.running:
+                await anyio.wait_all_tasks_blocked()
+                await anyio.lowlevel.checkpoint()

@@ -1,0 +1,408 @@
+"""The ``run_command`` tool: runs an allow-listed program and reports its output.
+
+Disabled unless the server config has a ``[tools.run_command]`` table::
+
+    [tools.run_command]
+    allowed = ["make", "pytest", "/opt/ci/check.sh"]  # names (PATH) or absolute paths
+    default_timeout_seconds = 600   # when the call gives none; omit for no limit
+    cwd = "/srv/checkout"           # the call's cwd must stay inside this folder
+    kill_grace_seconds = 2          # SIGTERM → SIGKILL delay when stopping
+    [tools.run_command.env]         # added to (and overriding) the server's env
+    CI = "1"
+
+The program runs without a shell, in a new session (its own process group), so
+stopping it stops everything it started: when the task is cancelled, when it
+times out, and when the program exits while helpers it left behind still run.
+Its stdout and stderr are merged; the last lines show up as the task's
+``statusMessage`` while it runs, and the result carries the exit code, the
+output tail and the duration.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Final, NoReturn, cast
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+from pydantic import Field
+
+from mcp_tasks import TaskContext, ToolError, ToolResult, tool
+
+#: How much of the output the result keeps (the end of it).
+OUTPUT_TAIL_BYTES: Final = 64 * 1024
+#: How many of the last output lines the status message shows.
+STATUS_LINES: Final = 20
+#: Cap on the status message, so one endless line cannot flood ``tasks/get``.
+STATUS_CHARS: Final = 4000
+#: Minimum time between two status updates.
+STATUS_INTERVAL_SECONDS: Final = 0.25
+#: Default delay between SIGTERM and SIGKILL when stopping the process group.
+KILL_GRACE_SECONDS: Final = 2.0
+#: How long to wait for the output pipe to close after the program exited.
+DRAIN_SECONDS: Final = 1.0
+
+_CONFIG_KEYS = frozenset(
+    {"allowed", "default_timeout_seconds", "cwd", "env", "kill_grace_seconds"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The validated ``[tools.run_command]`` table."""
+
+    allowed: tuple[str, ...]
+    default_timeout_seconds: float | None = None
+    root: Path | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: dict[str, str]())
+    kill_grace_seconds: float = KILL_GRACE_SECONDS
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Policy:
+        """Validate the tool's config table; raise `ToolError` naming the key.
+
+        The runtime hands tool tables over unvalidated, so a mistake surfaces
+        on the first call rather than at start-up.
+        """
+        unknown = sorted(set(config) - _CONFIG_KEYS)
+        if unknown:
+            _misconfigured(unknown[0], "is not a known setting")
+        root = config.get("cwd")
+        if root is not None and not isinstance(root, str):
+            _misconfigured("cwd", "must be a string")
+        return cls(
+            allowed=_allowed(config.get("allowed")),
+            default_timeout_seconds=_optional_seconds(
+                "default_timeout_seconds", config.get("default_timeout_seconds")
+            ),
+            root=Path(root).resolve() if root is not None else None,
+            env=_env(config.get("env", {})),
+            kill_grace_seconds=_optional_seconds(
+                "kill_grace_seconds", config.get("kill_grace_seconds")
+            )
+            or KILL_GRACE_SECONDS,
+        )
+
+
+def _misconfigured(key: str, problem: str) -> NoReturn:
+    raise ToolError(
+        f"run_command is misconfigured: [tools.run_command] {key} {problem}"
+    )
+
+
+def _allowed(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return _misconfigured("allowed", "must be a list of command names or paths")
+    entries = cast("list[object]", value)
+    for entry in entries:
+        # A relative path such as "./build.sh" would depend on the call's cwd,
+        # which the caller controls: only bare names and absolute paths.
+        if not isinstance(entry, str) or not entry:
+            _misconfigured("allowed", f"has a non-string entry {entry!r}")
+        elif os.sep in entry and not os.path.isabs(entry):
+            _misconfigured("allowed", f"entry {entry!r} is a relative path")
+    return tuple(cast("list[str]", entries))
+
+
+def _optional_seconds(key: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return _misconfigured(key, f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _env(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return _misconfigured("env", "must be a table of strings")
+    table = cast("dict[object, object]", value)
+    if not all(isinstance(v, str) for v in table.values()):
+        _misconfigured("env", "must be a table of strings")
+    return cast("dict[str, str]", table)
+
+
+# ----------------------------------------------------------------- launching
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything needed to start the program, checked."""
+
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    timeout_seconds: float | None
+
+
+async def authorize(ctx: TaskContext, policy: Policy, command: str) -> None:
+    """Decide whether ``command`` may run; raise `ToolError` if not.
+
+    The single gate for permission: asking the requestor to approve a command
+    that is not on an auto-approve list belongs here, which is why it is async
+    and takes the context.
+    """
+    del ctx  # needed once approval is asked for
+    if command not in policy.allowed:
+        allowed = ", ".join(policy.allowed) or "(nothing)"
+        raise ToolError(f"{command!r} is not an allowed command; allowed: {allowed}")
+
+
+def _executable(command: str, env: Mapping[str, str]) -> str:
+    if os.path.isabs(command):
+        if not os.access(command, os.X_OK):
+            raise ToolError(f"{command!r} is not an executable file")
+        return command
+    # Resolve against the PATH the program will see, not the server's.
+    found = shutil.which(command, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise ToolError(f"{command!r} is allowed but was not found on PATH")
+    return found
+
+
+def _working_directory(requested: str | None, root: Path | None) -> Path:
+    if root is None:
+        path = Path(requested) if requested else Path.cwd()
+    else:
+        path = root / requested if requested else root
+    # Resolving first means neither ".." nor a symlink can leave the root.
+    resolved = path.resolve()
+    if root is not None and not resolved.is_relative_to(root):
+        raise ToolError(f"cwd {requested!r} is outside the allowed folder {root}")
+    if not resolved.is_dir():
+        raise ToolError(f"cwd {str(resolved)!r} is not a directory")
+    return resolved
+
+
+def prepare(
+    policy: Policy,
+    command: str,
+    args: Sequence[str],
+    cwd: str | None,
+    timeout_seconds: float | None,
+) -> Launch:
+    """Resolve the program, the working directory, the environment and timeout."""
+    env = {**os.environ, **policy.env}
+    return Launch(
+        argv=[_executable(command, env), *args],
+        cwd=_working_directory(cwd, policy.root),
+        env=env,
+        timeout_seconds=(
+            timeout_seconds
+            if timeout_seconds is not None
+            else policy.default_timeout_seconds
+        ),
+    )
+
+
+# -------------------------------------------------------------------- output
+
+
+class OutputTail:
+    """The end of the merged output, bounded, plus a "something new" event."""
+
+    def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
+        self._limit = limit
+        self._buffer = bytearray()
+        self.total_bytes = 0
+        self.changed = anyio.Event()
+
+    def feed(self, data: bytes) -> None:
+        """Append a chunk of output, forgetting what falls out of the window."""
+        self.total_bytes += len(data)
+        self._buffer += data
+        if len(self._buffer) > self._limit:
+            del self._buffer[: len(self._buffer) - self._limit]
+        self.changed.set()
+
+    @property
+    def truncated(self) -> bool:
+        """Whether earlier output was dropped."""
+        return self.total_bytes > len(self._buffer)
+
+    def text(self) -> str:
+        """The kept output as text (invalid UTF-8 replaced)."""
+        return self._buffer.decode("utf-8", errors="replace")
+
+    def last_lines(self, count: int = STATUS_LINES) -> str:
+        """The last ``count`` lines, capped at `STATUS_CHARS` characters."""
+        window = bytes(self._buffer[-STATUS_CHARS * 4 :])
+        lines = window.decode("utf-8", errors="replace").splitlines()
+        return "\n".join(lines[-count:])[-STATUS_CHARS:]
+
+
+async def _read_output(
+    stream: ByteReceiveStream, tail: OutputTail, done: anyio.Event
+) -> None:
+    try:
+        async for chunk in stream:
+            tail.feed(chunk)
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass
+    finally:
+        done.set()
+
+
+async def _publish_status(ctx: TaskContext, tail: OutputTail) -> None:
+    # Throttled with a trailing update: output that arrives during the pause is
+    # shown right after it, so the status never lags behind for long.
+    while True:
+        await tail.changed.wait()
+        tail.changed = anyio.Event()
+        await ctx.set_status(tail.last_lines())
+        await anyio.sleep(STATUS_INTERVAL_SECONDS)
+
+
+# ------------------------------------------------------------------- stopping
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def stop_group(process: Process, grace_seconds: float) -> None:
+    """Stop the program's whole process group: SIGTERM, then SIGKILL.
+
+    The program gets ``grace_seconds`` to exit after SIGTERM; then whatever is
+    left of the group is killed. Safe to call when everything already ended.
+    """
+    pgid = process.pid  # start_new_session makes the program its group leader
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+    with anyio.move_on_after(grace_seconds):
+        await process.wait()
+    _signal_group(pgid, signal.SIGKILL)
+    await process.wait()
+
+
+# -------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    exit_code: int
+    timed_out: bool
+
+
+async def _supervise(
+    ctx: TaskContext, process: Process, launch: Launch, policy: Policy, tail: OutputTail
+) -> _Ending:
+    assert process.stdout is not None
+    drained = anyio.Event()
+    deadline = anyio.move_on_after(launch.timeout_seconds)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_read_output, process.stdout, tail, drained)
+        tg.start_soon(_publish_status, ctx, tail)
+        with deadline:
+            await process.wait()
+        # Also stops helpers the program left behind, which would otherwise
+        # keep the output pipe open.
+        await stop_group(process, policy.kill_grace_seconds)
+        with anyio.move_on_after(DRAIN_SECONDS):
+            await drained.wait()
+        tg.cancel_scope.cancel()
+    return _Ending(await process.wait(), deadline.cancelled_caught)
+
+
+async def _spawn(launch: Launch) -> Process:
+    # Shielded so that a cancellation cannot strike between the fork and the
+    # moment we hold the handle we need to stop it.
+    with anyio.CancelScope(shield=True):
+        return await anyio.open_process(
+            launch.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=launch.cwd,
+            env=launch.env,
+            start_new_session=True,
+        )
+    raise AssertionError("unreachable: nothing cancels a shielded scope")
+
+
+async def _run(
+    ctx: TaskContext, launch: Launch, policy: Policy, tail: OutputTail
+) -> _Ending:
+    process = await _spawn(launch)
+    try:
+        await ctx.set_status(f"Started {_display(launch.argv)} (pid {process.pid})")
+        return await _supervise(ctx, process, launch, policy, tail)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stop_group(process, policy.kill_grace_seconds)
+            await process.aclose()
+
+
+def _display(argv: Sequence[str]) -> str:
+    return " ".join(argv)
+
+
+def _result(
+    launch: Launch, ending: _Ending, tail: OutputTail, duration: float
+) -> ToolResult:
+    if ending.timed_out:
+        headline = (
+            f"Timed out after {launch.timeout_seconds:g} s; the process group "
+            "was stopped."
+        )
+    else:
+        headline = f"Exited with code {ending.exit_code} after {duration:.1f} s."
+    output = tail.text()
+    structured: dict[str, Any] = {
+        "command": launch.argv,
+        "cwd": str(launch.cwd),
+        "exit_code": ending.exit_code,
+        "timed_out": ending.timed_out,
+        "duration_seconds": round(duration, 3),
+        "output": output,
+        "output_bytes": tail.total_bytes,
+        "output_truncated": tail.truncated,
+    }
+    cut = " (earlier output omitted)" if tail.truncated else ""
+    text = f"$ {_display(launch.argv)}\n{headline}\n--- output{cut} ---\n{output}"
+    return ToolResult(
+        [{"type": "text", "text": text}],
+        structured,
+        is_error=ending.timed_out or ending.exit_code != 0,
+    )
+
+
+@tool(task_support="optional", requires_config=True)
+async def run_command(
+    ctx: TaskContext,
+    command: Annotated[
+        str, Field(description="Program to run: a name or path on the allow-list")
+    ],
+    args: Annotated[
+        Sequence[str], Field(description="Arguments, passed as is (no shell)")
+    ] = (),
+    cwd: Annotated[
+        str | None, Field(description="Working directory (inside the allowed root)")
+    ] = None,
+    timeout_seconds: Annotated[
+        float | None, Field(gt=0, description="Stop the program after this long")
+    ] = None,
+) -> ToolResult:
+    """Run an allow-listed program (no shell) and return its exit code and output.
+
+    While it runs, the task's status message shows the last lines of output.
+    A non-zero exit code or a timeout makes the result an error. Cancelling
+    the task stops the program and everything it started.
+    """
+    policy = Policy.from_config(ctx.config)
+    await authorize(ctx, policy, command)
+    launch = prepare(policy, command, args, cwd, timeout_seconds)
+    tail = OutputTail()
+    started = time.monotonic()
+    ending = await _run(ctx, launch, policy, tail)
+    return _result(launch, ending, tail, time.monotonic() - started)
