@@ -989,10 +989,27 @@ class TaskRuntime:
     async def _heartbeat_loop(self) -> None:
         while True:
             await anyio.sleep(LEASE_SECONDS / 3)
-            if self._running:
-                await self.journal.renew_leases(
-                    self._holder, self._clock() + LEASE_SECONDS
-                )
+            try:
+                await self.heartbeat()
+            except Exception:
+                logger.exception("heartbeat failed")
+
+    async def heartbeat(self) -> None:
+        """Renew this process's leases, then recover tasks whose lease ran out.
+
+        Live work always has its lease renewed here first, so an expired lease
+        means the worker is gone (a crashed process sharing the database, or a
+        run lost to a bug); such a task is recovered by its tool's policy
+        rather than left ``working`` forever.
+        """
+        now = self._clock()
+        if self._running:
+            await self.journal.renew_leases(self._holder, now + LEASE_SECONDS)
+        for task in await self.journal.expired_leases(now):
+            if task.task_id not in self._running:
+                logger.warning("task %s lost its worker; recovering it", task.task_id)
+                await self._recover_orphan(task, now)
+                self._wake_dispatcher.set()
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -95,6 +95,10 @@ class Journal(Protocol):
         """Every non-terminal task, in submission order."""
         ...
 
+    async def expired_leases(self, now: float) -> list[UnfinishedTask]:
+        """Running tasks whose lease ran out before ``now``: their worker is gone."""
+        ...
+
     async def events(self, task_id: TaskId) -> list[TaskEvent]:
         """The task's transition journal, oldest first."""
         ...

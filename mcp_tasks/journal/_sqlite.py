@@ -146,6 +146,21 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
         )
 
 
+def _unfinished_rows(rows: list[Any]) -> list[UnfinishedTask]:
+    return [
+        UnfinishedTask(
+            task_id=TaskId(r[0]),
+            owner_id=OwnerId(r[1]),
+            phase=r[2],
+            status=TaskStatus(r[3]),
+            not_before=r[4],
+            lease_expires_at=r[5],
+            tool_name=r[6],
+        )
+        for r in rows
+    ]
+
+
 @contextmanager
 def _exclusive_lock(path: Path) -> Generator[None]:
     """Hold an exclusive lock beside the database for as long as it is open.
@@ -399,19 +414,10 @@ class SqliteJournal:
         await self._writer.write(apply)
 
     async def unfinished(self) -> list[UnfinishedTask]:
-        rows = await self._read("unfinished")
-        return [
-            UnfinishedTask(
-                task_id=TaskId(r[0]),
-                owner_id=OwnerId(r[1]),
-                phase=r[2],
-                status=TaskStatus(r[3]),
-                not_before=r[4],
-                lease_expires_at=r[5],
-                tool_name=r[6],
-            )
-            for r in rows
-        ]
+        return _unfinished_rows(await self._read("unfinished"))
+
+    async def expired_leases(self, now: float) -> list[UnfinishedTask]:
+        return _unfinished_rows(await self._read("expired_leases", now))
 
     async def events(self, task_id: TaskId) -> list[TaskEvent]:
         rows = await self._read("events_of", task_id)

@@ -133,3 +133,7 @@ WHERE owner_id = ? AND status = 'input_required' ORDER BY seq LIMIT ?
 
 -- request_meta_of --
 SELECT request_meta FROM tasks WHERE task_id = ?
+
+-- expired_leases --
+SELECT task_id, owner_id, phase, status, not_before, lease_expires_at, tool_name
+FROM tasks WHERE phase = 'running' AND lease_expires_at < ? ORDER BY seq
