@@ -21,6 +21,7 @@ output tail and the duration.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -50,8 +51,22 @@ KILL_GRACE_SECONDS: Final = 2.0
 DRAIN_SECONDS: Final = 1.0
 
 _CONFIG_KEYS = frozenset(
-    {"allowed", "default_timeout_seconds", "cwd", "env", "kill_grace_seconds"}
+    {
+        "allowed",
+        "auto_approve",
+        "default_timeout_seconds",
+        "cwd",
+        "env",
+        "kill_grace_seconds",
+    }
 )
+
+#: The approval question's answer: one boolean.
+APPROVAL_SCHEMA: Final = {
+    "type": "object",
+    "properties": {"approve": {"type": "boolean", "title": "Run it?"}},
+    "required": ["approve"],
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +74,7 @@ class Policy:
     """The validated ``[tools.run_command]`` table."""
 
     allowed: tuple[str, ...]
+    auto_approve: tuple[str, ...] = ()
     default_timeout_seconds: float | None = None
     root: Path | None = None
     env: Mapping[str, str] = field(default_factory=lambda: dict[str, str]())
@@ -79,6 +95,7 @@ class Policy:
             _misconfigured("cwd", "must be a string")
         return cls(
             allowed=_allowed(config.get("allowed")),
+            auto_approve=_allowed(config.get("auto_approve", []), "auto_approve"),
             default_timeout_seconds=_optional_seconds(
                 "default_timeout_seconds", config.get("default_timeout_seconds")
             ),
@@ -97,17 +114,17 @@ def _misconfigured(key: str, problem: str) -> NoReturn:
     )
 
 
-def _allowed(value: object) -> tuple[str, ...]:
+def _allowed(value: object, key: str = "allowed") -> tuple[str, ...]:
     if not isinstance(value, list):
-        return _misconfigured("allowed", "must be a list of command names or paths")
+        return _misconfigured(key, "must be a list of command names or paths")
     entries = cast("list[object]", value)
     for entry in entries:
         # A relative path such as "./build.sh" would depend on the call's cwd,
         # which the caller controls: only bare names and absolute paths.
         if not isinstance(entry, str) or not entry:
-            _misconfigured("allowed", f"has a non-string entry {entry!r}")
+            _misconfigured(key, f"has a non-string entry {entry!r}")
         elif os.sep in entry and not os.path.isabs(entry):
-            _misconfigured("allowed", f"entry {entry!r} is a relative path")
+            _misconfigured(key, f"entry {entry!r} is a relative path")
     return tuple(cast("list[str]", entries))
 
 
@@ -141,17 +158,31 @@ class Launch:
     timeout_seconds: float | None
 
 
-async def authorize(ctx: TaskContext, policy: Policy, command: str) -> None:
-    """Decide whether ``command`` may run; raise `ToolError` if not.
-
-    The single gate for permission: asking the requestor to approve a command
-    that is not on an auto-approve list belongs here, which is why it is async
-    and takes the context.
-    """
-    del ctx  # needed once approval is asked for
+def check_allowed(policy: Policy, command: str) -> None:
+    """Refuse a command that is not on the allow-list; raise `ToolError`."""
     if command not in policy.allowed:
         allowed = ", ".join(policy.allowed) or "(nothing)"
         raise ToolError(f"{command!r} is not an allowed command; allowed: {allowed}")
+
+
+async def approve(
+    ctx: TaskContext, policy: Policy, command: str, launch: Launch
+) -> None:
+    """Have the requestor approve this exact command line unless auto-approved.
+
+    The task waits in ``input_required`` (holding no worker) until the answer.
+    Anything but an explicit approval raises `ToolError`: nothing runs.
+    """
+    if command in policy.auto_approve:
+        return
+    shown = " ".join(shlex.quote(part) for part in [command, *launch.argv[1:]])
+    answer = await ctx.elicit(
+        f"Run `{shown}` in {launch.cwd}?", APPROVAL_SCHEMA, key="approve"
+    )
+    if not (answer.accepted and answer.content.get("approve") is True):
+        raise ToolError(
+            f"Not run: the user did not approve `{shown}` ({answer.action})"
+        )
 
 
 def _executable(command: str, env: Mapping[str, str]) -> str:
@@ -377,7 +408,8 @@ def _result(
     )
 
 
-@tool(task_support="optional", requires_config=True)
+# Commands are not assumed idempotent: one interrupted by a crash is not re-run.
+@tool(task_support="optional", requires_config=True, recovery="fail")
 async def run_command(
     ctx: TaskContext,
     command: Annotated[
@@ -400,8 +432,9 @@ async def run_command(
     the task stops the program and everything it started.
     """
     policy = Policy.from_config(ctx.config)
-    await authorize(ctx, policy, command)
+    check_allowed(policy, command)
     launch = prepare(policy, command, args, cwd, timeout_seconds)
+    await approve(ctx, policy, command, launch)
     tail = OutputTail()
     started = time.monotonic()
     ending = await _run(ctx, launch, policy, tail)

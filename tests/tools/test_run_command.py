@@ -56,8 +56,8 @@ while True:
 
 
 def config(**extra: Any) -> dict[str, Any]:
-    """A ``[tools.run_command]`` table allowing the test interpreter."""
-    return {"allowed": [PYTHON], **extra}
+    """A ``[tools.run_command]`` table allowing (and auto-approving) the interpreter."""
+    return {"allowed": [PYTHON], "auto_approve": [PYTHON], **extra}
 
 
 async def run(ctx: FakeContext, *args: str, **kwargs: Any) -> ToolResult:
@@ -170,7 +170,11 @@ async def test_runs_a_name_found_on_the_configured_path(tmp_path: Path) -> None:
     bin_dir.mkdir()
     (bin_dir / "mytool").symlink_to(PYTHON)
     ctx = FakeContext(
-        {"allowed": ["mytool"], "env": {"PATH": str(bin_dir), "GREETING": "hi"}}
+        {
+            "allowed": ["mytool"],
+            "auto_approve": ["mytool"],
+            "env": {"PATH": str(bin_dir), "GREETING": "hi"},
+        }
     )
     spec = load_tool("run_command", ctx.config)
     code = "import os; print(os.environ['GREETING'])"
