@@ -61,22 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     tools = load_tools(args.tools or [default_tools_path()], settings.tool_config)
     transport = Transport.HTTP if args.http else Transport.STDIO
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, tg.cancel_scope)
-        async with TaskRuntime.open(args.db, settings, tools) as runtime:
-            server = McpTasksServer(runtime, transport)
-            logger.info(
-                "serving %d tools (%s) over %s, journal %s",
-                len(tools),
-                ", ".join(sorted(tools)),
-                f"http://{args.http[0]}:{args.http[1]}/mcp" if args.http else "stdio",
-                args.db,
-            )
+    # The journal opens before any task group, so a start-up error (bad file,
+    # newer schema, lock held) surfaces as itself and maps to its exit code.
+    async with TaskRuntime.open(args.db, settings, tools) as runtime:
+        server = McpTasksServer(runtime, transport)
+        logger.info(
+            "serving %d tools (%s) over %s, journal %s",
+            len(tools),
+            ", ".join(sorted(tools)),
+            f"http://{args.http[0]}:{args.http[1]}/mcp" if args.http else "stdio",
+            args.db,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
             if args.http:
                 await server.serve_http(*args.http)
             else:
                 await server.serve_stdio()
-        tg.cancel_scope.cancel()
+            tg.cancel_scope.cancel()
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:
@@ -85,6 +87,20 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             logger.info("received %s; shutting down", signal.Signals(signum).name)
             scope.cancel()
             return
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
+    try:
+        anyio.run(_serve, args, settings, backend="asyncio")
+    except BaseExceptionGroup as group:
+        # A start-up error raised inside a task group arrives wrapped; one
+        # known error alone is reported as itself (a clear line, an exit code).
+        leaves = group.exceptions
+        if len(leaves) == 1 and isinstance(
+            leaves[0], ConfigurationError | JournalError
+        ):
+            raise leaves[0] from None
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.load(args.config, args.tokens)
         if args.tokens is not None and not args.http:
             raise ConfigurationError("--tokens", "bearer tokens apply to --http only")
-        anyio.run(_serve, args, settings, backend="asyncio")
+        _run(args, settings)
     except ConfigurationError as exc:
         print(f"mcp-tasks: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -346,13 +346,16 @@ class TaskRuntime:
         return lambda: self._listeners.remove(listener)
 
     def _publish(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-        for waiter in self._changed.pop(task.task_id, set()):
-            waiter.set()
+        self._wake_waiters(task.task_id)
         for listener in list(self._listeners):
             try:
                 listener.task_changed(task, request_meta)
             except Exception:
                 logger.exception("listener failed on task %s", task.task_id)
+
+    def _wake_waiters(self, task_id: TaskId) -> None:
+        for waiter in self._changed.pop(task_id, set()):
+            waiter.set()
 
     def report_progress(
         self, ctx: RunContext, progress: float, total: float | None, message: str | None
@@ -381,6 +384,7 @@ class TaskRuntime:
         running = self._running.get(task_id)
         if running is not None:
             running.status_message = message
+            self._wake_waiters(task_id)
 
     # ------------------------------------------------------------------ submit
 
@@ -509,11 +513,11 @@ class TaskRuntime:
 
     async def wait_terminal(self, requester: Requester, task_id: str) -> Task:
         """Block until the task is terminal; return it."""
-        return await self._wait_until(requester, task_id, lambda t: t.is_terminal)
+        return await self.wait_for(requester, task_id, lambda t: t.is_terminal)
 
     async def wait_settled(self, requester: Requester, task_id: str) -> Task:
         """Block until the task is terminal or waits for input; return it."""
-        return await self._wait_until(
+        return await self.wait_for(
             requester,
             task_id,
             lambda t: t.is_terminal or t.status is TaskStatus.INPUT_REQUIRED,
@@ -521,7 +525,7 @@ class TaskRuntime:
 
     async def wait_change(self, requester: Requester, task_id: str, seen: Task) -> Task:
         """Block until the task moved since ``seen`` (any transition); return it."""
-        return await self._wait_until(
+        return await self.wait_for(
             requester,
             task_id,
             lambda t: (
@@ -531,9 +535,13 @@ class TaskRuntime:
             ),
         )
 
-    async def _wait_until(
+    async def wait_for(
         self, requester: Requester, task_id: str, done: Callable[[Task], bool]
     ) -> Task:
+        """Block until ``done(task)`` holds for the task as `get` shows it; return it.
+
+        Re-checked on every transition and every status message change.
+        """
         # Each waiter has its own event, registered before the read so a change
         # in between is not missed, and always removed again: waiting leaves no
         # state behind, whatever the outcome (even for ids that do not exist).

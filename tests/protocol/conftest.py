@@ -13,7 +13,8 @@ import pytest
 from mcp_tasks import Settings, TaskRuntime, tools_from
 from mcp_tasks.binding import McpTasksServer, Transport
 from mcp_tasks.client import TaskClient
-from tests.protocol import protocol_tools
+
+from . import protocol_tools
 
 TOOLS = [
     protocol_tools.echo,

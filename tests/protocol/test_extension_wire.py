@@ -8,12 +8,13 @@ import anyio
 import pytest
 
 from mcp_tasks.client import RpcError, TaskClient
-from tests.protocol import protocol_tools
-from tests.protocol.conftest import Connect
+
+from . import protocol_tools
+from .conftest import Connect
 
 MODERN = "2026-07-28"
 EXTENSION = "io.modelcontextprotocol/tasks"
-FORM = {"elicitation": {"form": {}}}
+FORM: dict[str, Any] = {"elicitation": {"form": {}}}
 
 
 async def settle(client: TaskClient, task_id: str, *statuses: str) -> dict[str, Any]:

@@ -8,8 +8,9 @@ import anyio
 import pytest
 
 from mcp_tasks.client import RpcError, TaskClient
-from tests.protocol import protocol_tools
-from tests.protocol.conftest import Connect
+
+from . import protocol_tools
+from .conftest import Connect
 
 RELATED = "io.modelcontextprotocol/related-task"
 
@@ -120,7 +121,7 @@ async def test_an_optional_tool_without_a_task_answers_synchronously(
 
 async def test_bad_inputs_get_specific_errors(connect: Connect) -> None:
     async with connect() as client:
-        cases = [
+        cases: list[tuple[str, dict[str, Any], int, str]] = [
             ("tasks/get", {"taskId": "no-such-task"}, -32602, "not found"),
             ("tasks/list", {"cursor": "garbage"}, -32602, "cursor"),
             (
@@ -191,7 +192,7 @@ async def test_a_question_is_asked_and_answered_on_tasks_result(
         asked.append({"method": method, **params})
         return {"action": "accept", "content": {"ok": True}}
 
-    caps = {"elicitation": {"form": {}}}
+    caps: dict[str, Any] = {"elicitation": {"form": {}}}
     async with connect(capabilities=caps, on_request=on_request) as client:
         task_id = await created(client, "confirm", {"what": "launch"})
         with anyio.fail_after(5):

@@ -99,16 +99,8 @@ async def open_runtime(
 async def wait_for_task(
     runtime: TaskRuntime, task_id: str, predicate: Callable[[Task], bool]
 ) -> Task:
-    """Poll ``runtime.get`` until ``predicate`` holds.
-
-    The runtime publishes no event when a running tool changes its status
-    message, so reading it back is the only way to observe it.
-    """
-    while True:
-        task = await runtime.get(TESTER, task_id)
-        if predicate(task):
-            return task
-        await anyio.sleep(0.01)
+    """Wait (on the runtime's change events, not by polling) until ``predicate`` holds."""
+    return await runtime.wait_for(TESTER, task_id, predicate)
 
 
 def is_gone(pid: int) -> bool:

@@ -9,10 +9,11 @@ from typing import Any
 import anyio
 
 from mcp_tasks import TaskStatus
-from tests.tools.support import TESTER, open_runtime
+
+from .support import TESTER, open_runtime
 
 PYTHON = sys.executable
-CAN_ASK = {"clientCapabilities": {"elicitation": {"form": {}}}}
+CAN_ASK: dict[str, Any] = {"clientCapabilities": {"elicitation": {"form": {}}}}
 
 
 #: The interpreter is allowed but not auto-approved, so every run asks first.
