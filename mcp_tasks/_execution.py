@@ -99,6 +99,7 @@ async def _run_in_thread(
     thread_ctx = ThreadTaskContext(ctx)
     call = spec.bind(thread_ctx, arguments)
     value: Any = None
+    raised: BaseException | None = None
 
     async def tell_on_cancel() -> None:
         try:
@@ -107,13 +108,22 @@ async def _run_in_thread(
             thread_ctx.cancel()
 
     async def run() -> None:
-        nonlocal value
-        value = await anyio.to_thread.run_sync(call, limiter=limiter)
+        nonlocal value, raised
+        try:
+            value = await anyio.to_thread.run_sync(call, limiter=limiter)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # TaskSuspended too: re-raised bare below
+            raised = exc
         tg.cancel_scope.cancel()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(tell_on_cancel)
         tg.start_soon(run)
+    if raised is not None:
+        # Outside the task group, so callers see the body's own exception
+        # (ToolError, RetryLater, TaskSuspended) and not an ExceptionGroup.
+        raise raised
     return value
 
 

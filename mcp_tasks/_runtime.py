@@ -785,7 +785,11 @@ class TaskRuntime:
         self._active_runs += 1
         try:
             await self._claim_and_execute(owner, task_id)
-        except Exception:
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            if not _is_task_failure(exc):
+                raise  # cancellation or the process going away: not this task's fault
             # Nothing from one task may reach the shared task group: record the
             # failure on the task (if the journal still works) and carry on.
             logger.exception("running task %s failed inside the engine", task_id)
@@ -1045,6 +1049,14 @@ class TaskRuntime:
             journal_batches=getattr(writer, "batches", 0),
             journal_writes=getattr(writer, "writes", 0),
         )
+
+
+def _is_task_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is one task's failure (not cancellation or an exit)."""
+    if isinstance(exc, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        return group.subgroup(anyio.get_cancelled_exc_class()) is None
+    return isinstance(exc, Exception)
 
 
 def _budget_message(name: str, seconds: float) -> str:

@@ -196,7 +196,8 @@ class Requesters:
             return Requester(LOCAL_OWNER)
         token = get_access_token()
         if token is not None:
-            return Requester(OwnerId(f"client:{token.client_id}"))
+            # The plain client id: per-client limits are configured by it.
+            return Requester(OwnerId(token.client_id))
         if self.auth:
             # The auth middleware admits no unauthenticated request; be safe anyway.
             raise MCPError(INVALID_REQUEST, "Authentication required")

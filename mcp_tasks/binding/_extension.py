@@ -28,7 +28,7 @@ from pydantic import Field
 from mcp_tasks._exceptions import McpTasksError, TaskTerminalError
 from mcp_tasks._model import Task, TaskStatus
 from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
-from mcp_tasks._toolapi import ToolSpec
+from mcp_tasks._toolapi import ProtocolError, ToolError, ToolSpec
 from mcp_tasks.binding._common import (
     HEADER_MISMATCH,
     MISSING_REQUIRED_CLIENT_CAPABILITY,
@@ -198,6 +198,12 @@ class ExtensionTasks:
                 )
             except AskClient as ask:
                 return ask.result
+            except ToolError as exc:  # the preflight declined: a tool error, no task
+                return types.CallToolResult(
+                    content=[types.TextContent(text=str(exc))], is_error=True
+                )
+            except ProtocolError as exc:
+                raise MCPError(exc.code, exc.message, exc.data) from None
         task = await self._runtime.submit(
             requester, spec.name, arguments, request_meta=request_meta
         )

@@ -35,7 +35,7 @@ from mcp_tasks._exceptions import McpTasksError, TaskSupportError
 from mcp_tasks._model import OwnerId, Task, TaskId, TaskStatus
 from mcp_tasks._preflight import run_preflight
 from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
-from mcp_tasks._toolapi import ToolSpec
+from mcp_tasks._toolapi import ProtocolError, ToolError, ToolSpec
 from mcp_tasks.binding._common import (
     LEGACY_VERSION,
     RELATED_TASK_META,
@@ -202,7 +202,7 @@ class LegacyTasks:
             if spec.task_support == "forbidden":
                 raise TaskSupportError(name, required=False)
             if spec.preflight is not None:
-                request_meta["preflight"] = await self._preflight(
+                request_meta["preflight"] = await self._refusable_preflight(
                     ctx,
                     spec,
                     arguments,
@@ -219,6 +219,23 @@ class LegacyTasks:
             raise rpc_error(exc) from None
         self._origins[task.task_id] = connection_of(ctx)
         return {"task": task_json(task)}
+
+    async def _refusable_preflight(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        spec: ToolSpec,
+        arguments: Mapping[str, Any],
+        capabilities: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        # A preflight that declines the call refuses the task: no task is stored.
+        try:
+            return await self._preflight(ctx, spec, arguments, capabilities)
+        except ToolError as exc:
+            raise MCPError(
+                -32602, f"Tool {spec.name!r} refused the call: {exc}"
+            ) from None
+        except ProtocolError as exc:
+            raise MCPError(exc.code, exc.message, exc.data) from None
 
     async def _preflight(
         self,

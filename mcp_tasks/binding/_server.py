@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import warnings
 from collections.abc import Generator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -24,10 +25,10 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from pydantic import AnyHttpUrl
 
-from mcp_tasks._exceptions import McpTasksError, TaskSupportError
+from mcp_tasks._exceptions import InvalidArgumentsError, McpTasksError, TaskSupportError
 from mcp_tasks._model import Task
 from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
 from mcp_tasks._toolapi import ToolSpec
@@ -179,6 +180,11 @@ class McpTasksServer:
         server.add_request_handler(
             "tasks/list", types.PaginatedRequestParams, self._tasks_list
         )
+        # 2025-11-25 clients set a level; the 2026-07-28 wire has no such method
+        # (the SDK's per-version gate answers -32601 there by itself).
+        server.add_request_handler(
+            "logging/setLevel", types.SetLevelRequestParams, self._set_log_level
+        )
         self.extension.install(server)
         return server
 
@@ -245,6 +251,15 @@ class McpTasksServer:
         check_arguments_size(arguments, self.runtime.settings.max_argument_bytes)
         try:
             spec = self.runtime.tool(params.name)
+            try:
+                spec.validate(arguments)
+            except InvalidArgumentsError as exc:
+                # Input validation errors are tool execution errors (2025-11-25
+                # server/tools, SEP-1303): the model reads which field was wrong
+                # and can correct itself. Nothing is stored.
+                return types.CallToolResult(
+                    content=[types.TextContent(text=str(exc))], is_error=True
+                )
             if ctx.protocol_version == MODERN_VERSION:
                 return await self.extension.call_tool(ctx, params, spec, self.call_now)
             if (
@@ -336,13 +351,8 @@ class McpTasksServer:
                         await ctx.session.report_progress(
                             event.progress, event.total, event.message
                         )
-                    elif event.level in _LOG_LEVELS:
-                        await ctx.session.send_log_message(  # pyright: ignore[reportDeprecated]
-                            event.level,  # pyright: ignore[reportArgumentType]
-                            event.message,
-                            "mcp-tasks",
-                            related_request_id=ctx.request_id,
-                        )
+                    else:
+                        await _forward_log(ctx, event)
                 except Exception:  # the caller may be gone; these are advisory
                     logger.debug("forwarding to the caller failed", exc_info=True)
 
@@ -423,17 +433,60 @@ class McpTasksServer:
             log_level="warning",
             lifespan="on",
             access_log=False,
+            # Open streams (a client blocked in tasks/result) must not hold up
+            # shutdown: the journal keeps the state, and clients reconnect.
+            timeout_graceful_shutdown=2,
         )
         http_server = _EmbeddedUvicorn(config)
+        stopped = anyio.Event()
+
+        async def serve() -> None:
+            # Shielded: on shutdown uvicorn is asked to exit (it stops accepting,
+            # closes connections and runs the app's lifespan shutdown), not torn
+            # down mid-flight by a cancellation.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await http_server.serve()
+                finally:
+                    stopped.set()
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.pushes.run)
             tg.start_soon(self.legacy.run)
+            tg.start_soon(serve)
             if ready is not None:
                 tg.start_soon(_signal_when_started, http_server, ready)
             try:
-                await http_server.serve()
+                await stopped.wait()
             finally:
+                http_server.should_exit = True
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await stopped.wait()
                 tg.cancel_scope.cancel()
+
+
+async def _forward_log(ctx: ServerRequestContext[Any, Any], event: LogEvent) -> None:
+    """Send a tool's log message on the call's stream, if the client wants it.
+
+    2025-11-25: at or above the level the client set with ``logging/setLevel``.
+    2026-07-28: only when this request's ``_meta`` opted in (the SDK's gate).
+    """
+    if event.level not in _LOG_LEVELS:
+        return
+    wanted = connection_of(ctx).state.get("logLevel")
+    if wanted in _LOG_LEVELS and _LOG_LEVELS.index(event.level) < _LOG_LEVELS.index(
+        wanted
+    ):
+        return
+    with warnings.catch_warnings():
+        # Logging is deprecated from 2026-07-28 on, but 2025-11-25 clients use it.
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        await ctx.session.send_log_message(  # pyright: ignore[reportDeprecated]
+            event.level,  # pyright: ignore[reportArgumentType]
+            event.message,
+            "mcp-tasks",
+            related_request_id=ctx.request_id,
+        )
 
 
 def _call_result(task: Task) -> types.CallToolResult:

@@ -244,9 +244,13 @@ class SqliteJournal:
                     finally:
                         journal._writer.close()
             finally:
-                await reader_db.close()
+                with anyio.CancelScope(
+                    shield=True
+                ):  # threads must not outlive the loop
+                    await reader_db.close()
         finally:
-            await writer_db.close()
+            with anyio.CancelScope(shield=True):
+                await writer_db.close()
 
     @property
     def writer(self) -> GroupCommitWriter:
