@@ -13,7 +13,7 @@ import secrets
 import warnings
 from collections.abc import Generator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import mcp_types as types
@@ -459,6 +459,8 @@ class McpTasksServer:
             try:
                 await stopped.wait()
             finally:
+                with anyio.CancelScope(shield=True):
+                    await _end_sessions(self.server)
                 http_server.should_exit = True
                 with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                     await stopped.wait()
@@ -499,6 +501,23 @@ def _call_result(task: Task) -> types.CallToolResult:
             content=[types.TextContent(text=CANCELLED_TEXT)], is_error=True
         )
     return types.CallToolResult.model_validate(outcome.result, by_name=False)
+
+
+async def _end_sessions(server: Server[Any]) -> None:
+    """End every open Streamable HTTP session, so shutdown need not wait on them.
+
+    A session's GET stream stays open as long as its client is connected;
+    uvicorn would wait for it and then cancel it with an error in the log.
+    mcp 2.3 has no public "end all sessions", so the manager's session table
+    is read here, in this one place (pinned to mcp 2.3.x; the SIGTERM e2e test
+    fails if this stops working). Clients see their session end and reconnect.
+    """
+    instances = getattr(server.session_manager, "_server_instances", {})
+    for transport in list(cast("dict[str, Any]", instances).values()):
+        try:
+            await transport.terminate()
+        except Exception:
+            logger.debug("ending a session at shutdown failed", exc_info=True)
 
 
 class _EmbeddedUvicorn(uvicorn.Server):

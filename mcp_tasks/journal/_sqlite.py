@@ -161,6 +161,14 @@ def _unfinished_rows(rows: list[Any]) -> list[UnfinishedTask]:
     ]
 
 
+def _check_location(path: Path) -> None:
+    """Refuse paths that cannot hold a database, before any driver thread starts."""
+    if path.is_dir():
+        raise JournalError(f"{path} is a folder, not a database file")
+    if not path.parent.is_dir():
+        raise JournalError(f"{path}: the folder {path.parent} does not exist")
+
+
 @contextmanager
 def _exclusive_lock(path: Path) -> Generator[None]:
     """Hold an exclusive lock beside the database for as long as it is open.
@@ -216,6 +224,7 @@ class SqliteJournal:
         path = Path(path)
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        _check_location(path)
         with _exclusive_lock(path):
             async with cls._open_locked(path, synchronous) as journal:
                 yield journal

@@ -1,0 +1,92 @@
+"""Tools the end-to-end tests serve (``mcp-tasks serve --tools e2e_tools.py``).
+
+Loaded by path into a real server subprocess, so this module imports only the
+public ``mcp_tasks`` API. ``gate`` is the one that waits: it blocks until a file
+named after its ``key`` appears in the folder ``[tools.gate] dir`` of the
+server config, or until it is cancelled. It reports what it does (started,
+released, stopped) as one line per event over the Unix socket
+``[tools.gate] events``, where the test listens; so a test learns that the body
+really started or really stopped from the body itself, without polling.
+
+The other tools end at once: ``echo`` (structured result), ``progress``
+(reports progress ``steps`` times), ``tool_error`` (an ``isError`` result),
+``protocol_error`` (a JSON-RPC error), ``task_only`` (``task_support`` is
+``required``) and ``no_task`` (``forbidden``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from mcp_tasks import ProtocolError, TaskContext, ToolError, tool
+
+#: How often ``gate`` looks for its release file (inside the server only).
+GATE_POLL_SECONDS = 0.01
+
+
+async def _emit(ctx: TaskContext, kind: str, key: str) -> None:
+    """Tell the test ``<kind> <key> <attempt>``; silently skipped if nobody listens."""
+    path = ctx.config.get("events")
+    if not isinstance(path, str):
+        return
+    try:
+        async with await anyio.connect_unix(path) as stream:
+            await stream.send(f"{kind} {key} {ctx.attempt}\n".encode())
+    except OSError:
+        pass
+
+
+@tool(task_support="optional")
+async def gate(ctx: TaskContext, key: str) -> str:
+    """Wait until the file ``<dir>/<key>`` exists (or the task is cancelled)."""
+    release = anyio.Path(str(ctx.config["dir"])) / key
+    await _emit(ctx, "started", key)
+    try:
+        while not await release.exists():  # noqa: ASYNC110 - a file is the gate
+            await anyio.sleep(GATE_POLL_SECONDS)
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            await _emit(ctx, "stopped", key)
+        raise
+    await _emit(ctx, "released", key)
+    return f"released {key}"
+
+
+@tool(task_support="optional")
+async def echo(text: str, repeat: int = 1) -> dict[str, Any]:
+    """Return the text, repeated."""
+    return {"text": text * repeat, "repeat": repeat}
+
+
+@tool(task_support="optional")
+async def progress(ctx: TaskContext, steps: int) -> str:
+    """Report progress ``steps`` times, then return."""
+    for step in range(1, steps + 1):
+        await ctx.report_progress(step, steps, f"step {step} of {steps}")
+    return f"{steps} steps"
+
+
+@tool(task_support="optional")
+async def tool_error(message: str) -> str:
+    """End with a tool execution error (``isError: true``) saying ``message``."""
+    raise ToolError(message)
+
+
+@tool(task_support="optional")
+async def protocol_error(code: int, message: str) -> str:
+    """End with the JSON-RPC error ``code``/``message`` (data names the tool)."""
+    raise ProtocolError(code, message, {"tool": "protocol_error"})
+
+
+@tool(task_support="required")
+async def task_only(text: str) -> str:
+    """Only runs as a task."""
+    return f"task_only: {text}"
+
+
+@tool(task_support="forbidden")
+async def no_task(text: str) -> str:
+    """Never runs as a task."""
+    return f"no_task: {text}"
