@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,8 +13,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(autouse=True)
-def _scrub_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _scrub_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("MCP_TASKS_"):
             monkeypatch.delenv(name)
-    yield

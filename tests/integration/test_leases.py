@@ -7,7 +7,15 @@ from pathlib import Path
 
 import anyio
 
-from mcp_tasks import OwnerId, Requester, Settings, TaskId, TaskRuntime, tool, tools_from
+from mcp_tasks import (
+    OwnerId,
+    Requester,
+    Settings,
+    TaskId,
+    TaskRuntime,
+    tool,
+    tools_from,
+)
 from mcp_tasks.journal import NewTask
 
 
@@ -49,9 +57,13 @@ async def test_heartbeat_recovers_a_task_whose_lease_ran_out(tmp_path: Path) -> 
     assert "server restarted" in events  # the recovery is journaled
 
 
-async def test_heartbeat_fails_an_orphan_whose_tool_cannot_resume(tmp_path: Path) -> None:
+async def test_heartbeat_fails_an_orphan_whose_tool_cannot_resume(
+    tmp_path: Path,
+) -> None:
     requester = Requester(OwnerId("local"))
-    async with TaskRuntime.open(tmp_path / "t.db", Settings(), tools_from(fragile)) as rt:
+    async with TaskRuntime.open(
+        tmp_path / "t.db", Settings(), tools_from(fragile)
+    ) as rt:
         task_id = await orphan(rt, "fragile")
         await rt.heartbeat()
         task = await rt.get(requester, task_id)
