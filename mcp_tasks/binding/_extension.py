@@ -215,14 +215,17 @@ class ExtensionTasks:
         self, ctx: ServerRequestContext[Any, Any], task_id: str
     ) -> dict[str, Any]:
         """``tasks/get``: the detailed task."""
-        requester = self._requesters.of(ctx)
         try:
-            task = await self._runtime.get(requester, task_id)
-            open_requests: list[InputRequest] = []
-            if task.status is TaskStatus.INPUT_REQUIRED:
-                open_requests = await self._runtime.input_requests(requester, task_id)
+            return await self.render(self._requesters.of(ctx), task_id)
         except McpTasksError as exc:
             raise rpc_error(exc) from None
+
+    async def render(self, requester: Requester, task_id: str) -> dict[str, Any]:
+        """The ``DetailedTask`` this requestor sees (``tasks/get`` and notifications)."""
+        task = await self._runtime.get(requester, task_id)
+        open_requests: list[InputRequest] = []
+        if task.status is TaskStatus.INPUT_REQUIRED:
+            open_requests = await self._runtime.input_requests(requester, task_id)
         return detailed_task_json(task, open_requests)
 
     async def cancel(
@@ -259,7 +262,7 @@ class ExtensionTasks:
     # ----------------------------------------------------------- engine events
 
     def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-        """Status notifications on this wire need ``subscriptions/listen``."""
+        """Status notifications on this wire go out on listen streams (`_listen`)."""
         return
 
     def task_progress(self, event: ProgressEvent) -> None:

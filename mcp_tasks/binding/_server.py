@@ -44,8 +44,13 @@ from mcp_tasks.binding._common import (
     rpc_error,
 )
 from mcp_tasks.binding._delivery import request_channel, serve_until_terminal
-from mcp_tasks.binding._extension import ExtensionTasks
+from mcp_tasks.binding._extension import (
+    ExtensionTasks,
+    declares_extension,
+    missing_extension_error,
+)
 from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
+from mcp_tasks.binding._listen import TaskNotifications
 from mcp_tasks.binding._mrtr import client_capabilities
 
 logger = logging.getLogger("mcp_tasks.server")
@@ -85,6 +90,31 @@ class _TasksServer(Server[Any]):
         )
         options.capabilities.tasks = self.legacy_tasks_capability
         return options
+
+    def get_capabilities(
+        self,
+        notification_options: Any = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
+        # mcp 2.3 derives listChanged on 2026-07-28 from serving
+        # subscriptions/listen. We serve it for task notifications, but our
+        # tool, prompt and resource lists never change: say so.
+        capabilities = super().get_capabilities(
+            notification_options,
+            experimental_capabilities,
+            extensions,
+            protocol_version=protocol_version,
+        )
+        for listing in (capabilities.tools, capabilities.prompts):
+            if listing is not None:
+                listing.list_changed = False
+        if capabilities.resources is not None:
+            capabilities.resources.list_changed = False
+            capabilities.resources.subscribe = False
+        return capabilities
 
 
 def tool_json(spec: ToolSpec, version: str) -> types.Tool:
@@ -138,8 +168,15 @@ class McpTasksServer:
         self.pushes = PushChannels()
         self.legacy = LegacyTasks(runtime, self.requesters, self.pushes)
         self.extension = ExtensionTasks(runtime, self.requesters, self.pushes)
+        self.notifications = TaskNotifications(
+            self.requesters,
+            self.extension.render,
+            declares_extension,
+            missing_extension_error,
+        )
         runtime.subscribe(self.legacy)
         runtime.subscribe(self.extension)
+        runtime.subscribe(self.notifications)
         self.server = self._build()
 
     def _build(self) -> _TasksServer:
@@ -179,6 +216,11 @@ class McpTasksServer:
         )
         server.add_request_handler(
             "tasks/list", types.PaginatedRequestParams, self._tasks_list
+        )
+        server.add_request_handler(
+            "subscriptions/listen",
+            types.SubscriptionsListenRequestParams,
+            self.notifications.listen,
         )
         # 2025-11-25 clients set a level; the 2026-07-28 wire has no such method
         # (the SDK's per-version gate answers -32601 there by itself).

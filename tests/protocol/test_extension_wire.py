@@ -192,3 +192,38 @@ async def test_a_task_created_on_one_wire_is_polled_and_cancelled_on_the_other(
         assert other["resultType"] == "task"
         await settle(modern, client_task["taskId"])
         assert (await legacy.get_task(client_task["taskId"]))["status"] == "completed"
+
+
+async def test_task_notifications_stream_on_subscriptions_listen(connect: Connect) -> None:
+    async with connect(wire=MODERN) as client:
+        created = client.created_task(await client.call_tool("gate", {"key": "n"}))
+        assert created is not None
+        task_id = created["taskId"]
+        with anyio.fail_after(5):
+            await protocol_tools.STARTED["n"].wait()
+        async with anyio.create_task_group() as tg:
+            listen = {"notifications": {"taskIds": [task_id, "not-mine-or-unknown"]}}
+            tg.start_soon(client.request, "subscriptions/listen", listen)
+            with anyio.fail_after(5):
+                ack = await client.next_notification(
+                    "notifications/subscriptions/acknowledged"
+                )
+                now = await client.next_notification("notifications/tasks")
+                protocol_tools.GATES["n"].set()
+                done = await client.next_notification("notifications/tasks")
+            tg.cancel_scope.cancel()
+    assert ack["params"]["notifications"]["taskIds"] == [task_id]
+    assert now["params"]["status"] == "working"
+    assert done["params"]["status"] == "completed"
+    assert done["params"]["result"]["content"][0]["text"] == "opened n"
+    subscription = ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"]
+    assert done["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == subscription
+
+
+async def test_task_notifications_need_the_extension(connect: Connect) -> None:
+    async with connect(wire=MODERN, declare_tasks_extension=False) as client:
+        with anyio.fail_after(5), pytest.raises(RpcError) as caught:
+            await client.request(
+                "subscriptions/listen", {"notifications": {"taskIds": ["any"]}}
+            )
+    assert caught.value.code == -32021
