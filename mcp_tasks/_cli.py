@@ -29,7 +29,7 @@ logger = logging.getLogger("mcp_tasks")
 
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--http",
         metavar="HOST:PORT",
         type=_host_port,
-        help="serve Streamable HTTP at http://HOST:PORT/mcp (default: stdio)",
+        help="serve Streamable HTTP at http://HOST:PORT/mcp (default: stdio); port 0 picks a free one",
     )
     serve.add_argument("--db", type=Path, default=Path(DEFAULT_DB), help="journal file")
     serve.add_argument("--config", type=Path, help="TOML config file (limits, tools)")

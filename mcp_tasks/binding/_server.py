@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import warnings
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -479,7 +480,7 @@ class McpTasksServer:
             # shutdown: the journal keeps the state, and clients reconnect.
             timeout_graceful_shutdown=2,
         )
-        http_server = _EmbeddedUvicorn(config)
+        http_server = _EmbeddedUvicorn(config, on_started=_announce(host, ready))
         stopped = anyio.Event()
 
         async def serve() -> None:
@@ -496,8 +497,6 @@ class McpTasksServer:
             tg.start_soon(self.pushes.run)
             tg.start_soon(self.legacy.run)
             tg.start_soon(serve)
-            if ready is not None:
-                tg.start_soon(_signal_when_started, http_server, ready)
             try:
                 await stopped.wait()
             finally:
@@ -562,18 +561,39 @@ async def _end_sessions(server: Server[Any]) -> None:
             logger.debug("ending a session at shutdown failed", exc_info=True)
 
 
+def _announce(host: str, ready: anyio.Event | None) -> Callable[[int], None]:
+    def started(port: int) -> None:
+        # The line operators and tests wait for: the socket accepts connections.
+        # With port 0 it names the port the system picked.
+        logger.info("listening on http://%s:%d/mcp", host, port)
+        if ready is not None:
+            ready.set()
+
+    return started
+
+
 class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: the CLI owns signals."""
+    """uvicorn without its own signal handling (the CLI owns signals).
+
+    It reports when it is listening through ``on_started`` rather than a
+    flag someone would have to poll.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, on_started: Callable[[int], None]
+    ) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:
+            bound = [s.getsockname()[1] for srv in self.servers for s in srv.sockets]
+            self._on_started(bound[0] if bound else self.config.port)
 
     @contextmanager
     def capture_signals(self) -> Generator[None]:
         yield
-
-
-async def _signal_when_started(server: uvicorn.Server, ready: anyio.Event) -> None:
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
-        await anyio.sleep(0.01)
-    ready.set()
 
 
 class _TokenFileVerifier:
