@@ -33,7 +33,6 @@ from mcp_tasks.binding._common import (
     HEADER_MISMATCH,
     MISSING_REQUIRED_CLIENT_CAPABILITY,
     MODERN_VERSION,
-    PushChannels,
     Requesters,
     iso,
     milliseconds,
@@ -122,12 +121,9 @@ class ExtensionTasks:
 
     identifier: Final = EXTENSION_ID
 
-    def __init__(
-        self, runtime: TaskRuntime, requesters: Requesters, pushes: PushChannels
-    ) -> None:
+    def __init__(self, runtime: TaskRuntime, requesters: Requesters) -> None:
         self._runtime = runtime
         self._requesters = requesters
-        self._pushes = pushes
         self.mrtr = Mrtr(runtime)
 
     def install(self, server: Server[Any]) -> None:

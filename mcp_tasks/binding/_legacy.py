@@ -202,7 +202,7 @@ class LegacyTasks:
             if spec.task_support == "forbidden":
                 raise TaskSupportError(name, required=False)
             if spec.preflight is not None:
-                request_meta["preflight"] = await self._refusable_preflight(
+                request_meta["preflight"] = await self._preflight(
                     ctx,
                     spec,
                     arguments,
@@ -220,23 +220,6 @@ class LegacyTasks:
         self._origins[task.task_id] = connection_of(ctx)
         return {"task": task_json(task)}
 
-    async def _refusable_preflight(
-        self,
-        ctx: ServerRequestContext[Any, Any],
-        spec: ToolSpec,
-        arguments: Mapping[str, Any],
-        capabilities: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        # A preflight that declines the call refuses the task: no task is stored.
-        try:
-            return await self._preflight(ctx, spec, arguments, capabilities)
-        except ToolError as exc:
-            raise MCPError(
-                -32602, f"Tool {spec.name!r} refused the call: {exc}"
-            ) from None
-        except ProtocolError as exc:
-            raise MCPError(exc.code, exc.message, exc.data) from None
-
     async def _preflight(
         self,
         ctx: ServerRequestContext[Any, Any],
@@ -245,15 +228,23 @@ class LegacyTasks:
         capabilities: Mapping[str, Any],
     ) -> dict[str, Any]:
         # Before the task exists, questions go out on this call's own stream,
-        # and each round runs the preflight again with every answer so far.
+        # and each round runs the preflight again with every answer so far. A
+        # preflight that declines the call refuses the task: nothing is stored.
         send = request_channel(ctx)
         answers: dict[str, Any] = {}
-        for _ in range(MAX_PREFLIGHT_ROUNDS):
-            result = await run_preflight(spec, arguments, answers, capabilities)
-            if result.questions is None:
-                return result.gathered or {}
-            for key, question in result.questions.items():
-                answers[key] = await send(question.method, dict(question.params))
+        try:
+            for _ in range(MAX_PREFLIGHT_ROUNDS):
+                result = await run_preflight(spec, arguments, answers, capabilities)
+                if result.questions is None:
+                    return result.gathered or {}
+                for key, question in result.questions.items():
+                    answers[key] = await send(question.method, dict(question.params))
+        except ToolError as exc:
+            raise MCPError(
+                -32602, f"Tool {spec.name!r} refused the call: {exc}"
+            ) from None
+        except ProtocolError as exc:
+            raise MCPError(exc.code, exc.message, exc.data) from None
         raise MCPError(
             -32603,
             f"Tool {spec.name!r}: preflight asked more than {MAX_PREFLIGHT_ROUNDS} rounds",

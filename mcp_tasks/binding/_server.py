@@ -168,7 +168,7 @@ class McpTasksServer:
         self.requesters = Requesters(transport, runtime.settings.auth_enabled)
         self.pushes = PushChannels()
         self.legacy = LegacyTasks(runtime, self.requesters, self.pushes)
-        self.extension = ExtensionTasks(runtime, self.requesters, self.pushes)
+        self.extension = ExtensionTasks(runtime, self.requesters)
         self.notifications = TaskNotifications(
             self.requesters,
             self.extension.render,
