@@ -22,7 +22,12 @@ from typing import Any
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
-from mcp_tasks._exceptions import McpTasksError, TaskNotFoundError, TaskTerminalError
+from mcp_tasks._exceptions import (
+    InvalidArgumentsError,
+    McpTasksError,
+    TaskNotFoundError,
+    TaskTerminalError,
+)
 from mcp_tasks._model import TaskStatus
 from mcp_tasks._preflight import run_preflight
 from mcp_tasks._questions import InvalidAnswerError, Question
@@ -118,6 +123,8 @@ class Mrtr:
             result = await run_preflight(
                 spec, arguments, answers, client_capabilities(ctx)
             )
+        except InvalidArgumentsError:
+            raise  # the caller answers with a tool error naming the fields
         except McpTasksError as exc:
             raise rpc_error(exc) from None
         if result.questions is not None:

@@ -294,15 +294,6 @@ class McpTasksServer:
         check_arguments_size(arguments, self.runtime.settings.max_argument_bytes)
         try:
             spec = self.runtime.tool(params.name)
-            try:
-                spec.validate(arguments)
-            except InvalidArgumentsError as exc:
-                # Input validation errors are tool execution errors (2025-11-25
-                # server/tools, SEP-1303): the model reads which field was wrong
-                # and can correct itself. Nothing is stored.
-                return types.CallToolResult(
-                    content=[types.TextContent(text=str(exc))], is_error=True
-                )
             if ctx.protocol_version == MODERN_VERSION:
                 return await self.extension.call_tool(ctx, params, spec, self.call_now)
             if (
@@ -311,6 +302,13 @@ class McpTasksServer:
             ):
                 raise TaskSupportError(spec.name, required=True)
             return await self.call_now(ctx, self.requesters.of(ctx), spec, arguments)
+        except InvalidArgumentsError as exc:
+            # Input validation errors are tool execution errors (2025-11-25
+            # server/tools, SEP-1303): the model reads which field was wrong and
+            # can correct itself. Raised by submit, so nothing was stored.
+            return types.CallToolResult(
+                content=[types.TextContent(text=str(exc))], is_error=True
+            )
         except McpTasksError as exc:
             raise rpc_error(exc) from None
 

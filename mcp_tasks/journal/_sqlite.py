@@ -366,9 +366,9 @@ class SqliteJournal:
         self, task_id: TaskId, holder: str, lease_expires_at: float
     ) -> RunRecord | None:
         claim_sql = self._sql["claim"]
-        run_sql = self._sql["get_run"]
 
         async def apply(db: aiosqlite.Connection) -> RunRecord | None:
+            # One statement: the claim returns what the worker needs.
             rows = list(
                 await db.execute_fetchall(
                     claim_sql, (holder, lease_expires_at, task_id)
@@ -376,9 +376,7 @@ class SqliteJournal:
             )
             if not rows:
                 return None
-            ((tid, owner, tool, args, meta, attempts, retries),) = list(
-                await db.execute_fetchall(run_sql, (task_id,))
-            )
+            ((tid, owner, tool, args, meta, attempts, retries),) = rows
             return RunRecord(
                 task_id=TaskId(tid),
                 owner_id=OwnerId(owner),

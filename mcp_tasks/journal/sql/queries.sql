@@ -17,10 +17,6 @@ SELECT task_id, owner_id, tool_name, status, status_message, created_at,
        updated_at, ttl_seconds, poll_interval_seconds, outcome, listed
 FROM tasks WHERE task_id = ?
 
--- get_run --
-SELECT task_id, owner_id, tool_name, arguments, request_meta, attempts, retries
-FROM tasks WHERE task_id = ?
-
 -- list_owned --
 SELECT seq, task_id, owner_id, tool_name, status, status_message, created_at,
        updated_at, ttl_seconds, poll_interval_seconds, outcome, listed
@@ -42,7 +38,7 @@ FROM tasks WHERE phase != 'done' ORDER BY seq
 UPDATE tasks SET phase = 'running', lease_holder = ?, lease_expires_at = ?,
        attempts = attempts + 1
 WHERE task_id = ? AND phase = 'queued' AND status = 'working'
-RETURNING attempts
+RETURNING task_id, owner_id, tool_name, arguments, request_meta, attempts, retries
 
 -- requeue --
 UPDATE tasks SET phase = 'queued', lease_holder = NULL, lease_expires_at = NULL,
