@@ -236,15 +236,20 @@ class McpTasksServer:
     async def _register_connection(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
-        # Every request from a handshake connection makes it a push channel of
-        # its owner: notifications reach whichever session the owner uses now.
-        if ctx.request_id is not None and ctx.protocol_version != MODERN_VERSION:
-            if ctx.session.client_params is not None:
-                requester = self.requesters.of(ctx)
-                connection = connection_of(ctx)
-                if self.pushes.register(requester.owner_id, connection):
-                    self.legacy.connection_opened(requester.owner_id, connection)
-        return await call_next(ctx)
+        result = await call_next(ctx)
+        # Once its handshake is done, a handshake-era connection is a push
+        # channel of its owner (from notifications/initialized on, and on every
+        # request), so questions and status reach whichever session the owner
+        # uses now, even one that only listens.
+        if (
+            ctx.protocol_version != MODERN_VERSION
+            and ctx.session.client_params is not None
+        ):
+            requester = self.requesters.of(ctx)
+            connection = connection_of(ctx)
+            if self.pushes.register(requester.owner_id, connection):
+                self.legacy.connection_opened(requester.owner_id, connection)
+        return result
 
     # ------------------------------------------------------------------ tools
 
