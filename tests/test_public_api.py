@@ -13,6 +13,13 @@ import mcp_tasks
 
 PACKAGE_DIR = Path(mcp_tasks.__file__).parent
 SDK = {"mcp", "mcp_types"}
+#: The runtime's modules, each importing only those before it.
+ENGINE_LAYERS = (
+    "mcp_tasks._dispatch",
+    "mcp_tasks._worker",
+    "mcp_tasks._lifecycle",
+    "mcp_tasks._runtime",
+)
 
 
 def test_all_lists_exactly_the_public_names_sorted() -> None:
@@ -88,6 +95,9 @@ def test_the_import_scan_sees_the_whole_package() -> None:
         "mcp_tasks",
         "mcp_tasks._model",
         "mcp_tasks._runtime",
+        *ENGINE_LAYERS,
+        "mcp_tasks._events",
+        "mcp_tasks._tokens",
         "mcp_tasks._scheduler",
         "mcp_tasks.client",
         "mcp_tasks.journal",
@@ -96,6 +106,7 @@ def test_the_import_scan_sees_the_whole_package() -> None:
     ):
         assert expected in modules
     assert _imports_from("mcp_tasks._runtime", "mcp_tasks.journal")
+    assert _imports_from("mcp_tasks._worker", "mcp_tasks._dispatch")
     assert _imports_from("mcp_tasks._model", "mcp_tasks._exceptions")
     assert any(_imports_from(m, *SDK) for m in _modules_under("mcp_tasks.binding"))
 
@@ -120,10 +131,17 @@ def test_the_model_imports_nothing_from_the_package_but_the_exceptions() -> None
 @pytest.mark.parametrize(
     ("importer", "forbidden"),
     [
-        ("mcp_tasks.journal", ("mcp_tasks._runtime", "mcp_tasks._scheduler")),
+        ("mcp_tasks.journal", ("mcp_tasks._scheduler", *ENGINE_LAYERS)),
         ("mcp_tasks.journal", ("mcp_tasks.binding",)),
         ("mcp_tasks._scheduler", ("mcp_tasks.journal",)),
         ("mcp_tasks._runtime", ("mcp_tasks.binding",)),
+        # The engine behind the runtime facade, lowest layer first:
+        # events, tokens → dispatch → worker → lifecycle → runtime.
+        ("mcp_tasks._events", ("mcp_tasks.binding", *ENGINE_LAYERS)),
+        ("mcp_tasks._tokens", ("mcp_tasks.binding", *ENGINE_LAYERS)),
+        ("mcp_tasks._dispatch", ("mcp_tasks.binding", *ENGINE_LAYERS[1:])),
+        ("mcp_tasks._worker", ("mcp_tasks.binding", *ENGINE_LAYERS[2:])),
+        ("mcp_tasks._lifecycle", ("mcp_tasks.binding", *ENGINE_LAYERS[3:])),
     ],
 )
 def test_lower_layers_do_not_import_higher_ones(

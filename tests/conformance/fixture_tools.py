@@ -151,6 +151,13 @@ def _content_json(content: Any) -> str:
 # ------------------------------------------------------- tasks extension tools
 
 
+async def _take(seconds: float) -> None:
+    """Let ``seconds`` pass (cancellable): a body that lasts, not a synchronisation."""
+    if seconds > 0:
+        with anyio.move_on_after(seconds):
+            await anyio.sleep_forever()
+
+
 @tool(task_support="forbidden")
 async def greet(name: str) -> str:
     """Greet someone by name (synchronous; never a task)."""
@@ -162,8 +169,7 @@ async def slow_compute(
     seconds: Annotated[float, pydantic.Field(ge=0)], label: str = ""
 ) -> str:
     """Sleep ``seconds`` seconds (cancellable), then report it; ``0`` returns at once."""
-    if seconds > 0:
-        await anyio.sleep(seconds)
+    await _take(seconds)
     suffix = f" ({label})" if label else ""
     return f"Computed for {seconds:g} s{suffix}."
 
@@ -171,7 +177,7 @@ async def slow_compute(
 @tool(task_support="required")
 async def failing_job() -> str:
     """Run for about a second, then end with a tool execution error (isError)."""
-    await anyio.sleep(1)
+    await _take(1)
     raise ToolError("failing_job failed on purpose (tool execution error)")
 
 
@@ -393,9 +399,9 @@ async def test_error_handling() -> str:
 async def test_tool_with_progress(ctx: TaskContext) -> str:
     """Report progress 0, 50 and 100 of 100, about 50 ms apart."""
     await ctx.report_progress(0, 100)
-    await anyio.sleep(0.05)
+    await _take(0.05)
     await ctx.report_progress(50, 100)
-    await anyio.sleep(0.05)
+    await _take(0.05)
     await ctx.report_progress(100, 100)
     return "Progress test completed."
 
@@ -404,9 +410,9 @@ async def test_tool_with_progress(ctx: TaskContext) -> str:
 async def test_tool_with_logging(ctx: TaskContext) -> str:
     """Send three info log messages about 50 ms apart."""
     await ctx.log("info", "Tool execution started")
-    await anyio.sleep(0.05)
+    await _take(0.05)
     await ctx.log("info", "Tool processing data")
-    await anyio.sleep(0.05)
+    await _take(0.05)
     await ctx.log("info", "Tool execution completed")
     return "Logging test completed."
 

@@ -4,10 +4,11 @@ Server start-up costs about a second, so the servers most tests share are
 started once per session (HTTP, plain and with a token file) or once per
 module (the stdio client, whose process lives as long as its connection).
 Every server has its own journal under the session's temporary folder and
-serves ``e2e_tools.py``; the ``gate`` tool of every one of them watches the
-same gate folder and reports to the same event socket, where the module's
-`EventHub` listens. Each test makes its own gate keys, so tests never
-interfere, and every gate a test made is released when it ends.
+serves ``e2e_tools.py``; the ``gate`` tool of every one of them reports to and
+waits on the same Unix socket, where the module's `EventHub` listens. Each
+test makes its own gate keys, so tests never interfere, and every gate a test
+made is released when it ends. HTTP servers listen on port 0 and are ready
+once they log the port they got.
 
 Finalizers always terminate the server processes (SIGTERM, then SIGKILL).
 """
@@ -66,13 +67,6 @@ def e2e_root() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def gates_dir(e2e_root: Path) -> Path:
-    path = e2e_root / "gates"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture(scope="session")
 def events_path(e2e_root: Path) -> Path:
     return e2e_root / "events.sock"
 
@@ -89,9 +83,7 @@ class ServerFilesFactory(Protocol):
 
 
 @pytest.fixture(scope="session")
-def server_files(
-    e2e_root: Path, gates_dir: Path, events_path: Path
-) -> ServerFilesFactory:
+def server_files(e2e_root: Path, events_path: Path) -> ServerFilesFactory:
     """A factory: config (and token) files for a server instance named ``name``.
 
     Limits default to `SHARED_LIMITS`; ``limits`` overrides some of them.
@@ -106,7 +98,6 @@ def server_files(
     ) -> ServerFiles:
         return make_server_files(
             e2e_root / name,
-            gates=gates_dir,
             events=events_path,
             limits={**SHARED_LIMITS, **(limits or {})},
             tokens=tokens,
@@ -177,10 +168,10 @@ async def shared_stdio(
 
 
 @pytest.fixture
-def gates(gates_dir: Path, request: pytest.FixtureRequest) -> Iterator[Gates]:
+async def gates(hub: EventHub, request: pytest.FixtureRequest) -> AsyncGenerator[Gates]:
     """Gate keys for this test; all released at its end."""
     name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")
-    gates = Gates(gates_dir, name[-40:])
+    gates = Gates(hub, name[-40:])
     try:
         yield gates
     finally:

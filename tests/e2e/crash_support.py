@@ -2,30 +2,34 @@
 
 `Workspace` is one test's folder: the journal, a config file whose
 ``[tools.<name>]`` tables point the tools in ``crash_tools.py`` at a side file
-and a gate folder, and a bearer-token file (so the owner of the tasks is the
-same client in every server process, and ``tasks/list`` works). `Server` runs
-``mcp-tasks serve --http`` on a fresh port as a subprocess that a test can
-``kill -9``. `SideLog` reads what the tool bodies recorded; `snapshot_journal`
-copies the journal of a killed server aside and reads what it had committed.
+and at the test's `ToolChannel` socket, and a bearer-token file (so the owner
+of the tasks is the same client in every server process, and ``tasks/list``
+works). `Server` runs ``mcp-tasks serve --http 127.0.0.1:0`` as a subprocess
+that a test can ``kill -9``; it is ready once it logs the port it got.
+`SideLog` reads what the tool bodies recorded; `snapshot_journal` copies the
+journal of a killed server aside and reads what it had committed.
 
-Synchronisation never sleeps blindly: a test waits for a marker file the
-server writes (`wait_for`, which polls only files and process state of a
-subprocess) or blocks on a protocol call such as ``tasks/result``.
+Synchronisation never sleeps or polls: the tools report to the test over a
+Unix socket (each side-file line; each gate they reach, where they then block
+until the test opens it), the test awaits those reports with a deadline, and
+otherwise it blocks on a protocol call such as ``tasks/result`` or on a
+process ending (``Popen.wait``, pidfd).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
+import tempfile
+import weakref
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +37,13 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import httpx2
+from anyio.abc import SocketListener, SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcp_tasks.client import RpcError, TaskClient
+
+from .crash_tools import gate_name
+from .support import ServerOutput, spawn_http_server
 
 TOOLS_FILE = Path(__file__).resolve().with_name("crash_tools.py")
 TOOL_NAMES = (
@@ -49,39 +58,132 @@ TOKEN = "crash-recovery-test-token-0123456789"
 CLIENT_ID = "crash-tester"
 #: Bound on any single wait for the server (start-up, a gate, a result).
 DEADLINE = 15.0
-POLL_SECONDS = 0.02
 #: Tasks live long enough for any test; the value only matters to retention.
 TASK_TTL_MS = 600_000
 EXIT_JOURNAL = 3
 
 
-def wait_for(
-    predicate: Callable[[], bool], timeout: float = DEADLINE, what: str = "condition"
-) -> None:
-    """Poll ``predicate`` every 20 ms until true; raise `TimeoutError` after ``timeout``.
-
-    Only for observing an external process (its files, its port, its exit).
-    """
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(POLL_SECONDS)
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _accepts(port: int) -> bool:
+async def process_ended(pid: int) -> None:
+    """Wait until child process ``pid`` has exited (Linux pidfd, no polling)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already reaped
+    try:
+        await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------- channel
+
+
+class ToolChannel:
+    """The test's end of the Unix socket the crash tools report to.
+
+    A tool connects once per message; the first line says what it is. ``log
+    <json>`` is a side-file line (also appended to the file), kept in
+    `entries`. ``gate <name> <pid>`` is a tool of server ``pid`` holding at
+    gate ``name``: it is kept in `reached`, and answered ``go`` once the test
+    opened that gate (at once if it already had). The connection ends when
+    the tool does, so a server killed at a gate leaves nothing behind.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: list[Entry] = []
+        self.reached: list[tuple[str, int]] = []
+        self._opened: set[str] = set()
+        self._changed: anyio.Event | None = None
+
+    def open(self, name: str) -> None:
+        """Let tools holding at gate ``name`` (now or later) go on."""
+        self._opened.add(name)
+        self._note_change()
+
+    def _note_change(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def _next_change(self) -> None:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    async def wait_until(self, predicate: Callable[[], bool], what: str) -> None:
+        """Wait (up to `DEADLINE`) until ``predicate`` holds, woken by each report."""
+        try:
+            with anyio.fail_after(DEADLINE):
+                while not predicate():
+                    await self._next_change()
+        except TimeoutError:
+            raise TimeoutError(
+                f"timed out after {DEADLINE:g} s waiting for {what}"
+            ) from None
+
+    @asynccontextmanager
+    async def listening(self) -> AsyncGenerator[None]:
+        """Listen on the socket for the duration of the block."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        listener = await anyio.create_unix_listener(self.path)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._serve, listener)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self.path.unlink(missing_ok=True)
+
+    async def _serve(self, listener: SocketListener) -> None:
+        async with listener:
+            await listener.serve(self._handle)
+
+    async def _handle(self, stream: SocketStream) -> None:
+        async with stream:
+            lines = BufferedByteReceiveStream(stream)
+            with suppress(
+                anyio.EndOfStream,
+                anyio.IncompleteRead,
+                anyio.DelimiterNotFound,
+                anyio.BrokenResourceError,
+            ):
+                while True:
+                    line = (await lines.receive_until(b"\n", 65536)).decode()
+                    kind, _, rest = line.partition(" ")
+                    if kind == "gate":
+                        name, pid = rest.split()
+                        await self._hold(stream, lines, name, int(pid))
+                        return
+                    assert kind == "log", f"unknown report {line!r}"
+                    self.entries.append(Entry(**json.loads(rest)))
+                    self._note_change()
+
+    async def _hold(
+        self,
+        stream: SocketStream,
+        lines: BufferedByteReceiveStream,
+        name: str,
+        pid: int,
+    ) -> None:
+        self.reached.append((name, pid))
+        self._note_change()
+
+        async def answer() -> None:
+            while name not in self._opened:
+                await self._next_change()
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.send(b"go\n")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer)
+            # Ends when the tool closes its end: after "go", or when it is gone.
+            with suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                await lines.receive()
+            tg.cancel_scope.cancel()
 
 
 # --------------------------------------------------------------- workspace
@@ -89,14 +191,19 @@ def _accepts(port: int) -> bool:
 
 @dataclass
 class Workspace:
-    """The files of one test: journal, config, tokens, side file, gate folder."""
+    """The files of one test: journal, config, tokens, side file; its channel."""
 
     root: Path
     retry_after: float = 0.05
+    workers: int = 16
+    channel: ToolChannel = field(init=False)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.gates.mkdir(exist_ok=True)
+        # A short folder of its own: Unix socket paths must stay under ~100 bytes.
+        folder = tempfile.mkdtemp(prefix="mcpt-crash-")
+        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+        self.channel = ToolChannel(Path(folder) / "tools.sock")
         self.write_config()
         self.tokens.write_text(
             f'[[client]]\nid = "{CLIENT_ID}"\ntoken = "{TOKEN}"\n', encoding="utf-8"
@@ -118,28 +225,21 @@ class Workspace:
     def log(self) -> Path:
         return self.root / "side.jsonl"
 
-    @property
-    def gates(self) -> Path:
-        return self.root / "gates"
-
     def write_config(self) -> None:
         """(Re)write the config file: one ``[tools.<name>]`` table per tool."""
         tables = [
             f"[tools.{name}]\n"
             f"log = {json.dumps(str(self.log))}\n"
-            f"gates = {json.dumps(str(self.gates))}\n"
+            f"channel = {json.dumps(str(self.channel.path))}\n"
             f"retry_after = {self.retry_after!r}\n"
             for name in TOOL_NAMES
         ]
-        text = "[limits]\nworkers = 16\nclient_concurrency = 16\n\n" + "\n".join(tables)
-        self.config.write_text(text, encoding="utf-8")
-
-    def reached(self, key: str, point: str) -> Path:
-        return self.gates / f"{key}.{point}.reached"
+        limits = f"[limits]\nworkers = {self.workers}\nclient_concurrency = 16\n\n"
+        self.config.write_text(limits + "\n".join(tables), encoding="utf-8")
 
     def open_gate(self, key: str, point: str) -> None:
         """Let a tool holding (now or later) at gate ``point`` of ``key`` go on."""
-        (self.gates / f"{key}.{point}.go").write_text("go")
+        self.channel.open(gate_name(key, point))
 
     def side_log(self) -> SideLog:
         return SideLog.read(self.log)
@@ -150,25 +250,26 @@ class Workspace:
 
 @dataclass
 class Server:
-    """``mcp-tasks serve --http`` as a subprocess on a fresh port."""
+    """``mcp-tasks serve --http`` as a subprocess on the port it picked."""
 
     workspace: Workspace
     process: subprocess.Popen[bytes]
+    output: ServerOutput
     port: int
     stderr_path: Path
 
     @classmethod
     def start(cls, workspace: Workspace, *, label: str = "server") -> Server:
-        """Start a server on the workspace's journal; return once it accepts."""
-        port = free_port()
-        stderr_path = workspace.root / f"{label}-{port}.stderr"
+        """Start a server on the workspace's journal; return once it listens."""
+        number = len(list(workspace.root.glob(f"{label}-*.stderr")))
+        stderr_path = workspace.root / f"{label}-{number}.stderr"
         command = [
             sys.executable,
             "-m",
             "mcp_tasks",
             "serve",
             "--http",
-            f"127.0.0.1:{port}",
+            "127.0.0.1:0",
             "--db",
             str(workspace.db),
             "--config",
@@ -178,26 +279,21 @@ class Server:
             "--tools",
             str(TOOLS_FILE),
         ]
-        with stderr_path.open("wb") as stderr:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        server = cls(workspace, process, port, stderr_path)
+        process, output = spawn_http_server(command, stderr_path)
+        server = cls(workspace, process, output, 0, stderr_path)
         try:
-            wait_for(
-                lambda: process.poll() is not None or _accepts(port),
-                what=f"the server to listen on port {port}",
-            )
+            port = output.port(DEADLINE)
         except TimeoutError:
             server.kill()
-            raise
-        if process.poll() is not None:
+            raise TimeoutError(
+                f"server not listening after {DEADLINE:g} s:\n{server.stderr()}"
+            ) from None
+        if port is None:
+            server.kill()
             raise AssertionError(
                 f"server exited with {process.returncode} at start-up:\n{server.stderr()}"
             )
+        server.port = port
         return server
 
     @property
@@ -215,25 +311,34 @@ class Server:
         return self.process.poll() is None
 
     def kill(self) -> None:
-        """``kill -9`` the server and reap it."""
+        """``kill -9`` the server and reap it (its output copied in full)."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=DEADLINE)
+        self.output.join()
 
-    def wait_reached(self, key: str, point: str) -> None:
-        """Wait until a tool of this server reached gate ``point`` of ``key``."""
-        marker = self.workspace.reached(key, point)
+    async def wait_until(self, predicate: Callable[[], bool], what: str) -> None:
+        """`ToolChannel.wait_until`, failing at once if this server dies meanwhile."""
+        died = False
 
-        def ready() -> bool:
-            if not self.alive():
-                raise AssertionError(f"server died:\n{self.stderr()}")
-            return marker.exists()
+        async def watch(scope: anyio.CancelScope) -> None:
+            nonlocal died
+            await process_ended(self.pid)
+            died = True
+            scope.cancel()
 
-        wait_for(ready, what=f"gate {marker.name}")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg.cancel_scope)
+            await self.workspace.channel.wait_until(predicate, what)
+            tg.cancel_scope.cancel()
+        if died:
+            raise AssertionError(f"server died waiting for {what}:\n{self.stderr()}")
 
     async def reached(self, key: str, point: str) -> None:
-        """`wait_reached` without blocking the event loop."""
-        await anyio.to_thread.run_sync(self.wait_reached, key, point)
+        """Wait until a tool of this server reached gate ``point`` of ``key``."""
+        name = gate_name(key, point)
+        reached = self.workspace.channel.reached
+        await self.wait_until(lambda: (name, self.pid) in reached, f"gate {name}")
 
     @asynccontextmanager
     async def client(self) -> AsyncGenerator[TaskClient]:
@@ -262,19 +367,19 @@ class Server:
 async def serving(
     workspace: Workspace, *, label: str = "server"
 ) -> AsyncGenerator[Server]:
-    """A started `Server`, killed (if still alive) when the block ends."""
-    server = await anyio.to_thread.run_sync(
-        functools.partial(Server.start, workspace, label=label)
-    )
-    try:
-        yield server
-    finally:
-        server.kill()
+    """A started `Server`, killed (if still alive) when the block ends.
 
-
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """`wait_for` in a worker thread, so the event loop keeps serving clients."""
-    await anyio.to_thread.run_sync(functools.partial(wait_for, predicate, what=what))
+    The workspace's channel listens for as long; the server is killed before
+    it closes, so no tool ever sees its test go away.
+    """
+    async with workspace.channel.listening():
+        server = await anyio.to_thread.run_sync(
+            functools.partial(Server.start, workspace, label=label)
+        )
+        try:
+            yield server
+        finally:
+            server.kill()
 
 
 def run_cli(*args: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
@@ -447,18 +552,6 @@ async def outcomes(client: TaskClient, task_ids: Mapping[str, str]) -> dict[str,
         for name, task_id in task_ids.items():
             tg.start_soon(one, name, task_id)
     return found
-
-
-async def wait_status_message(
-    client: TaskClient, task_id: str, text: str
-) -> dict[str, Any]:
-    """Poll ``tasks/get`` (bounded) until the status message contains ``text``."""
-    with anyio.fail_after(DEADLINE):
-        while True:
-            task = await client.get_task(task_id)
-            if text in str(task.get("statusMessage")):
-                return task
-            await anyio.sleep(POLL_SECONDS)
 
 
 async def list_all(client: TaskClient) -> list[dict[str, Any]]:

@@ -6,10 +6,13 @@ Every tool reads its ``[tools.<name>]`` table from the server config:
     The side file. Each execution of a step body (and each run of a tool body)
     appends one JSON line ``{"pid", "task", "key", "what", "phase", "at"}``, so a test
     can count how often each body ran and in which server process.
-``gates``
-    A folder of marker files. A gate named ``G`` writes ``G.reached`` and then
-    waits until ``G.go`` exists, so the test can kill the server at that exact
-    point ("mid-step", "between steps") without sleeping.
+``channel``
+    The Unix socket where the test listens. Every side-file line is also sent
+    there (``log <line>``), so a test learns of progress as it happens. A gate
+    named ``G`` connects and says ``gate G <pid>`` ("reached"), then blocks on
+    the socket until the test answers ``go``, so the test can kill the server
+    at that exact point ("mid-step", "between steps") without sleeping; a kill
+    simply closes the connection.
 ``retry_after``
     Seconds `crash_retry` asks to wait before its second attempt.
 
@@ -23,9 +26,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,12 +39,32 @@ from mcp_tasks import RetryLater, TaskContext, ToolError, tool
 
 #: A gate gives up (failing the tool) after this long, so nothing hangs forever.
 GATE_LIMIT_SECONDS = 60.0
-GATE_POLL_SECONDS = 0.02
 
 
 def gate_name(key: str, point: str) -> str:
-    """The marker-file stem of gate ``point`` of the call with ``key``."""
+    """The name of gate ``point`` of the call with ``key``."""
     return f"{key}.{point}"
+
+
+def _connect(config: Mapping[str, Any]) -> socket.socket:
+    """A blocking connection to the test's channel socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(GATE_LIMIT_SECONDS)
+        sock.connect(str(config["channel"]))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _tell(config: Mapping[str, Any], line: str) -> None:
+    """Send ``line`` to the test; nobody listening is no error (the file has it)."""
+    try:
+        with _connect(config) as sock:
+            sock.sendall(line.encode() + b"\n")
+    except OSError:
+        pass
 
 
 def _log(config: Mapping[str, Any], task: str, key: str, what: str, phase: str) -> None:
@@ -56,18 +80,23 @@ def _log(config: Mapping[str, Any], task: str, key: str, what: str, phase: str) 
     )
     with open(config["log"], "a", encoding="utf-8") as file:
         file.write(line + "\n")
+    _tell(config, f"log {line}")
 
 
 def _gate(config: Mapping[str, Any], name: str) -> None:
-    """Blocking: mark ``name`` reached, then wait for its go file."""
-    gates = Path(config["gates"])
-    go = gates / f"{name}.go"
-    (gates / f"{name}.reached").write_text(str(os.getpid()))
-    deadline = time.monotonic() + GATE_LIMIT_SECONDS
-    while not go.exists():
-        if time.monotonic() > deadline:
-            raise ToolError(f"gate {name} was never opened")
-        time.sleep(GATE_POLL_SECONDS)
+    """Blocking: tell the test ``name`` was reached, then wait for its ``go``."""
+    try:
+        sock = _connect(config)
+    except OSError as exc:
+        raise ToolError(f"gate {name}: no test to open it ({exc})") from None
+    with sock:
+        sock.sendall(f"gate {name} {os.getpid()}\n".encode())
+        try:
+            reply = sock.recv(16)
+        except TimeoutError:
+            raise ToolError(f"gate {name} was never opened") from None
+    if not reply:
+        raise ToolError(f"gate {name}: the test went away")
 
 
 def _step_body(
@@ -83,7 +112,7 @@ def _step_body(
     if hold:
         _gate(config, gate_name(key, f"in-{step}"))
     if pause:
-        time.sleep(pause)
+        threading.Event().wait(pause)  # the step's work takes this long
     _log(config, task, key, step, "end")
     return {"step": step, "value": index * index + len(key)}
 

@@ -1,12 +1,13 @@
 """Tools the end-to-end tests serve (``mcp-tasks serve --tools e2e_tools.py``).
 
 Loaded by path into a real server subprocess, so this module imports only the
-public ``mcp_tasks`` API. ``gate`` is the one that waits: it blocks until a file
-named after its ``key`` appears in the folder ``[tools.gate] dir`` of the
-server config, or until it is cancelled. It reports what it does (started,
-released, stopped) as one line per event over the Unix socket
-``[tools.gate] events``, where the test listens; so a test learns that the body
-really started or really stopped from the body itself, without polling.
+public ``mcp_tasks`` API. ``gate`` is the one that waits. It talks to the test
+over the Unix socket ``[tools.gate] events`` of the server config, where the
+test's `EventHub` listens: it reports what it does (started, released,
+stopped) as one line per event, and it waits for the test to release its
+``key`` on a connection of its own (``wait <key>``, answered ``go``), blocked
+on the socket until then or until it is cancelled. So a test learns that the
+body really started or really stopped from the body itself, without polling.
 
 The other tools end at once: ``echo`` (structured result), ``progress``
 (reports progress ``steps`` times), ``tool_error`` (an ``isError`` result),
@@ -22,9 +23,6 @@ import anyio
 
 from mcp_tasks import ProtocolError, TaskContext, ToolError, tool
 
-#: How often ``gate`` looks for its release file (inside the server only).
-GATE_POLL_SECONDS = 0.01
-
 
 async def _emit(ctx: TaskContext, kind: str, key: str) -> None:
     """Tell the test ``<kind> <key> <attempt>``; silently skipped if nobody listens."""
@@ -38,14 +36,26 @@ async def _emit(ctx: TaskContext, kind: str, key: str) -> None:
         pass
 
 
+async def _released(ctx: TaskContext, key: str) -> None:
+    """Block until the test releases ``key`` (cancellable)."""
+    try:
+        stream = await anyio.connect_unix(str(ctx.config["events"]))
+    except OSError as exc:
+        raise ToolError(f"gate {key}: no test to release it ({exc})") from None
+    async with stream:
+        await stream.send(f"wait {key}\n".encode())
+        try:
+            await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            raise ToolError(f"gate {key}: the test went away") from None
+
+
 @tool(task_support="optional")
 async def gate(ctx: TaskContext, key: str) -> str:
-    """Wait until the file ``<dir>/<key>`` exists (or the task is cancelled)."""
-    release = anyio.Path(str(ctx.config["dir"])) / key
+    """Wait until the test releases ``key`` (or the task is cancelled)."""
     await _emit(ctx, "started", key)
     try:
-        while not await release.exists():  # noqa: ASYNC110 - a file is the gate
-            await anyio.sleep(GATE_POLL_SECONDS)
+        await _released(ctx, key)
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
             await _emit(ctx, "stopped", key)

@@ -2,16 +2,16 @@
 
 Every server here is a real ``python -m mcp_tasks serve`` process with its
 journal under the test's temporary directory, serving ``tools/ask.py`` and
-``hitl_tools.py``. HTTP servers get a free loopback port and are ready once a
-TCP connect succeeds (bounded retries); stdio servers are spawned by
-`TaskClient.stdio` itself. Server output goes to a log file next to the
-journal, whose tail is shown when a server fails to start.
+``hitl_tools.py``. HTTP servers listen on port 0 and are ready once they log
+the port they got (``listening on ...``, awaited with a deadline); stdio
+servers are spawned by `TaskClient.stdio` itself. Server output goes to a log
+file next to the journal, whose tail is shown when a server fails to start.
 """
 
 from __future__ import annotations
 
+import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import anyio.to_thread
 from anyio.abc import Process
 
 from mcp_tasks.client import JSONObject, RpcError, TaskClient
+
+from .support import ServerOutput
 
 REPO: Final = Path(__file__).resolve().parents[2]
 ASK_TOOL: Final = REPO / "tools" / "ask.py"
@@ -33,8 +36,6 @@ HITL_TOOLS: Final = Path(__file__).with_name("hitl_tools.py")
 TIMEOUT: Final = 20.0
 #: Bound on a server becoming ready (interpreter start-up included).
 START_TIMEOUT: Final = 30.0
-#: Pause between two refused connects while a server starts.
-CONNECT_RETRY_SECONDS: Final = 0.02
 #: Bound on a server exiting after SIGTERM before it is killed.
 STOP_TIMEOUT: Final = 15.0
 
@@ -96,14 +97,6 @@ def server_setup(
     return ServerSetup(directory / "tasks.db", config, tokens, directory / "server.log")
 
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def log_tail(path: Path, lines: int = 40) -> str:
     """The last ``lines`` lines of a server log (for failure messages)."""
     try:
@@ -135,21 +128,17 @@ class HttpServer:
             await self.process.wait()
 
 
-async def _wait_listening(process: Process, port: int, log: Path) -> None:
-    with anyio.fail_after(START_TIMEOUT):
-        while True:
-            if process.returncode is not None:
-                raise RuntimeError(
-                    f"server exited with {process.returncode}:\n{log_tail(log)}"
-                )
-            try:
-                stream = await anyio.connect_tcp("127.0.0.1", port)
-            except OSError:
-                # Refused: not listening yet. Retry shortly (bounded above).
-                await anyio.sleep(CONNECT_RETRY_SECONDS)
-                continue
-            await stream.aclose()
-            return
+async def _listening_port(output: ServerOutput, log: Path) -> int:
+    """The port from the server's ``listening on`` line (waited for, bounded)."""
+    try:
+        port = await anyio.to_thread.run_sync(output.port, START_TIMEOUT)
+    except TimeoutError:
+        raise TimeoutError(
+            f"server not listening after {START_TIMEOUT:g} s:\n{log_tail(log)}"
+        ) from None
+    if port is None:
+        raise RuntimeError(f"server exited before listening:\n{log_tail(log)}")
+    return port
 
 
 async def _stop(process: Process) -> None:
@@ -166,21 +155,28 @@ async def _stop(process: Process) -> None:
 
 @asynccontextmanager
 async def http_server(setup: ServerSetup) -> AsyncGenerator[HttpServer]:
-    """Start the server over HTTP on a free loopback port; stop it on exit."""
-    port = free_port()
-    with setup.log.open("ab") as log:
+    """Start the server over HTTP on port 0; stop it on exit."""
+    read_end, write_end = os.pipe()
+    try:
         process = await anyio.open_process(
-            setup.command(("127.0.0.1", port)),
+            setup.command(("127.0.0.1", 0)),
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
+            stdout=write_end,
+            stderr=write_end,
             cwd=REPO,
         )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    output = ServerOutput(os.fdopen(read_end, "rb"), setup.log)
     try:
-        await _wait_listening(process, port, setup.log)
+        port = await _listening_port(output, setup.log)
         yield HttpServer(process, port, setup)
     finally:
         await _stop(process)
+        await anyio.to_thread.run_sync(output.join)
 
 
 @asynccontextmanager

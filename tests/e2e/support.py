@@ -1,25 +1,29 @@
 """Helpers for the end-to-end tests: server processes, gates, events, JSON access.
 
-Nothing here sleeps to synchronise. The one retry loop is `HttpServer.start`
-waiting for the port to accept connections, bounded by a deadline.
+Nothing here sleeps or polls to synchronise. An HTTP server is started on port
+0 and is ready when it says so: `ServerOutput` reads its stderr until the line
+``listening on http://127.0.0.1:<port>/mcp`` (bounded by a deadline) and tees
+everything to the server's log file. The ``gate`` tool reports to and waits on
+the test's `EventHub` over a Unix socket.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO, cast
 
 import anyio
 from anyio.abc import SocketListener, SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcp_tasks.client import JSONObject, RpcError, TaskClient
 
@@ -68,11 +72,12 @@ class ServerFiles:
             str(self.config),
             "--tools",
             str(E2E_TOOLS),
-            "--log-level",
-            "WARNING",
         ]
-        if http is not None:
-            argv += ["--http", f"{http[0]}:{http[1]}"]
+        if http is None:
+            argv += ["--log-level", "WARNING"]
+        else:
+            # INFO: the "listening on" line that says the server is ready.
+            argv += ["--log-level", "INFO", "--http", f"{http[0]}:{http[1]}"]
         if self.tokens is not None:
             argv += ["--tokens", str(self.tokens)]
         return argv
@@ -87,7 +92,6 @@ def _toml_value(value: object) -> str:
 def make_server_files(
     root: Path,
     *,
-    gates: Path,
     events: Path,
     limits: Mapping[str, object] | None = None,
     tokens: Sequence[Mapping[str, object]] | None = None,
@@ -103,7 +107,6 @@ def make_server_files(
     lines += [
         "",
         "[tools.gate]",
-        f"dir = {_toml_value(str(gates))}",
         f"events = {_toml_value(str(events))}",
     ]
     config = root / "config.toml"
@@ -125,22 +128,76 @@ def make_server_files(
 # ------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bind port 0, read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+#: The line a server logs once its socket accepts connections (its real port).
+LISTENING = re.compile(rb"listening on http://\S+:(\d+)/mcp")
+
+
+class ServerOutput:
+    """Copies a server's output pipe to its log file and spots its "listening" line.
+
+    A thread reads the pipe line by line until it ends (the process exited),
+    appending every line to ``log`` as it comes, so the log is complete once
+    `join` returns. `port` blocks until the ``listening on`` line arrived.
+    """
+
+    def __init__(self, pipe: IO[bytes], log: Path) -> None:
+        self._port: int | None = None
+        self._decided = threading.Event()
+        self._thread = threading.Thread(
+            target=self._copy, args=(pipe, log), name=f"tee {log}", daemon=True
+        )
+        self._thread.start()
+
+    def _copy(self, pipe: IO[bytes], log: Path) -> None:
+        try:
+            with pipe, log.open("ab") as out:
+                for line in pipe:
+                    out.write(line)
+                    out.flush()
+                    if self._port is None and (match := LISTENING.search(line)):
+                        self._port = int(match[1])
+                        self._decided.set()
+        finally:
+            self._decided.set()  # the pipe ended: no such line is coming
+
+    def port(self, timeout: float) -> int | None:
+        """The port from the ``listening on`` line; ``None`` if output ended first.
+
+        Raises:
+            TimeoutError: Neither happened within ``timeout`` seconds.
+        """
+        if not self._decided.wait(timeout):
+            raise TimeoutError(f"no 'listening on' line within {timeout:g} s")
+        return self._port
+
+    def join(self, timeout: float = EXIT_WAIT) -> None:
+        """Wait until all output was copied (the process must have exited)."""
+        self._thread.join(timeout)
+
+
+def spawn_http_server(
+    argv: Sequence[str], log: Path, *, cwd: Path | None = None
+) -> tuple[subprocess.Popen[bytes], ServerOutput]:
+    """Start ``argv`` (a server on port 0) with stdout and stderr teed to ``log``."""
+    process = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+    )
+    assert process.stdout is not None
+    return process, ServerOutput(process.stdout, log)
 
 
 @dataclass
 class HttpServer:
-    """``mcp-tasks serve --http`` as a subprocess on a free loopback port."""
+    """``mcp-tasks serve --http 127.0.0.1:0`` as a subprocess."""
 
     files: ServerFiles
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
+    _output: ServerOutput | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -153,37 +210,32 @@ class HttpServer:
         self.ready()
 
     def launch(self) -> None:
-        """Start the process on a free port (without waiting for it)."""
+        """Start the process on port 0 (without waiting for it)."""
         assert self.process is None, "already running"
-        self.port = free_port()
-        self._log = self.files.log.open("ab")
-        self.process = subprocess.Popen(
-            self.files.argv(("127.0.0.1", self.port)),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            cwd=self.files.root,
+        self.port = 0
+        self.process, self._output = spawn_http_server(
+            self.files.argv(("127.0.0.1", 0)), self.files.log, cwd=self.files.root
         )
 
     def ready(self) -> None:
-        """Return once the port accepts connections (retrying, bounded)."""
+        """Return once the server logged that it listens (bounded); learn its port."""
         assert self.process is not None, "not launched"
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            code = self.process.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"server exited with {code} before listening:\n{self.log_text()}"
-                )
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"server not listening on {self.port}") from None
-                time.sleep(0.02)  # the retry pause of a bounded readiness poll
-            else:
-                return
+        assert self._output is not None
+        if self.port:
+            return
+        try:
+            port = self._output.port(TIMEOUT)
+        except TimeoutError:
+            self.stop()
+            raise TimeoutError(
+                f"server not listening after {TIMEOUT:g} s:\n{self.log_text()}"
+            ) from None
+        if port is None:
+            code = self.stop()
+            raise RuntimeError(
+                f"server exited with {code} before listening:\n{self.log_text()}"
+            )
+        self.port = port
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the server process."""
@@ -191,9 +243,12 @@ class HttpServer:
         self.process.send_signal(signum)
 
     def wait(self, timeout: float = EXIT_WAIT) -> int:
-        """Wait for the process to exit; return its exit code."""
+        """Wait for the process to exit (and its log to be complete); its exit code."""
         assert self.process is not None
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        if self._output is not None:
+            self._output.join()
+        return code
 
     def stop(self) -> int | None:
         """Terminate (then kill) the process; safe to call more than once."""
@@ -208,9 +263,9 @@ class HttpServer:
                     process.kill()
                     process.wait()
             code = process.returncode
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        if self._output is not None:
+            self._output.join()
+            self._output = None
         return code
 
     def log_text(self) -> str:
@@ -229,18 +284,26 @@ def stdio_client(
 
 
 class EventHub:
-    """Collects the ``gate`` tool's event lines from its Unix socket.
+    """The test's end of the ``gate`` tool's Unix socket: events and releases.
 
-    Each line is ``<kind> <key> <attempt>``; `wait` returns once that event
-    arrived (or already had), for any attempt or for the given one.
+    A connection starts with one line. ``<kind> <key> <attempt>`` is an event
+    the body reports (``started``, ``released``, ``stopped``); `wait` returns
+    once that event arrived (or already had), for any attempt or the given one.
+    ``wait <key>`` is a body waiting at its gate: the hub answers ``go`` once
+    the test releases ``key`` (at once if it already did), and forgets the
+    connection when the body goes away (cancelled, or its server killed).
     """
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str, int | None], anyio.Event] = {}
+        self._releases: dict[str, anyio.Event] = {}
         self.received: list[tuple[str, str, int]] = []
 
     def _event(self, kind: str, key: str, attempt: int | None) -> anyio.Event:
         return self._events.setdefault((kind, key, attempt), anyio.Event())
+
+    def _release(self, key: str) -> anyio.Event:
+        return self._releases.setdefault(key, anyio.Event())
 
     def seen(self, kind: str, key: str, attempt: int | None = None) -> bool:
         """Whether ``kind`` happened for ``key`` (on ``attempt``, if given)."""
@@ -251,31 +314,59 @@ class EventHub:
         with anyio.fail_after(TIMEOUT):
             await self._event(kind, key, attempt).wait()
 
+    def release(self, key: str) -> None:
+        """Let every ``gate`` body for ``key`` (waiting now or later) return."""
+        self._release(key).set()
+
     async def serve(self, listener: SocketListener) -> None:
-        """Accept event connections until cancelled."""
+        """Accept connections until cancelled."""
         async with listener:
             await listener.serve(self._handle)
 
     async def _handle(self, stream: SocketStream) -> None:
-        data = b""
         async with stream:
-            try:
+            lines = BufferedByteReceiveStream(stream)
+            with suppress(
+                anyio.EndOfStream,
+                anyio.IncompleteRead,
+                anyio.DelimiterNotFound,
+                anyio.BrokenResourceError,
+            ):
                 while True:
-                    data += await stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                pass
-        for line in data.decode().splitlines():
-            kind, key, attempt = line.split()
-            self.received.append((kind, key, int(attempt)))
-            self._event(kind, key, None).set()
-            self._event(kind, key, int(attempt)).set()
+                    line = (await lines.receive_until(b"\n", 1024)).decode()
+                    command, _, key = line.partition(" ")
+                    if command == "wait":
+                        await self._hold(stream, lines, key)
+                        return
+                    self._record(line)
+
+    def _record(self, line: str) -> None:
+        kind, key, attempt = line.split()
+        self.received.append((kind, key, int(attempt)))
+        self._event(kind, key, None).set()
+        self._event(kind, key, int(attempt)).set()
+
+    async def _hold(
+        self, stream: SocketStream, lines: BufferedByteReceiveStream, key: str
+    ) -> None:
+        async def answer() -> None:
+            await self._release(key).wait()
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.send(b"go\n")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer)
+            # Ends when the body closes its end: after "go", or when it is gone.
+            with suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                await lines.receive()
+            tg.cancel_scope.cancel()
 
 
 class Gates:
-    """Unique gate keys for one test, released (file created) on demand or at the end."""
+    """Unique gate keys for one test, released on demand or at the end."""
 
-    def __init__(self, directory: Path, prefix: str) -> None:
-        self.directory = directory
+    def __init__(self, hub: EventHub, prefix: str) -> None:
+        self.hub = hub
         self.prefix = prefix
         self.keys: list[str] = []
 
@@ -287,7 +378,7 @@ class Gates:
 
     def release(self, key: str) -> None:
         """Let the ``gate`` body waiting on ``key`` (now or later) return."""
-        (self.directory / key).touch()
+        self.hub.release(key)
 
     def release_all(self) -> None:
         """Release every key this test made, so no body outlives the test."""

@@ -12,7 +12,8 @@ backoff), restarts it on the same ``--db`` and checks that:
   exactly-once recording), and finished tasks never ran again;
 - results equal those of a crash-free run of the same inputs (`reference`).
 
-Tools hold at gates (marker files), so each kill lands exactly where intended.
+Tools hold at gates (blocked on a Unix socket until the test opens them, after
+telling it they got there), so each kill lands exactly where intended.
 Start-up errors (corrupt, unusable, newer or locked journal) are checked last.
 """
 
@@ -45,8 +46,6 @@ from .crash_support import (
     snapshot_journal,
     submit,
     user_version,
-    wait_status_message,
-    wait_until,
 )
 
 # Every input any test submits, by its ``key``; `reference` runs them all once.
@@ -161,6 +160,8 @@ async def test_handles_returned_before_a_kill_all_survive(
 
 
 POINTS = ["mid", "between", "fail", "restart", "retry"]
+#: Submitted after "retry" where every worker is taken (see `_kill_at_points`).
+PROBE = ("crash_short", {"key": "probe", "n": 0})
 #: Long enough that the kill lands inside the retry backoff, short enough to wait out.
 RETRY_AFTER = 2.5
 
@@ -189,7 +190,10 @@ async def _kill_at_points(workspace: Workspace) -> PointsRun:
             await first.reached("restart", "before-s2")
             # Last, so the kill follows its park closely, well within the backoff.
             ids["retry"] = await submit(client, *INPUTS["retry"])
-            await wait_status_message(client, ids["retry"], "Retrying in")
+            # The four held tasks and "retry" take every worker, and a worker
+            # is freed only after its run ended: for "retry", once its park
+            # (the retry backoff) is committed. So the probe's result says so.
+            await outcome(client, await submit(client, *PROBE))
         first.kill()
     snapshot = _snapshot(workspace, "first")
     log_at_kill = workspace.side_log()
@@ -216,7 +220,11 @@ async def _kill_at_points(workspace: Workspace) -> PointsRun:
 @pytest.fixture(scope="module")
 def points(tmp_path_factory: pytest.TempPathFactory) -> PointsRun:
     """The run of `_kill_at_points`, shared by the tests that examine it."""
-    workspace = Workspace(tmp_path_factory.mktemp("points"), retry_after=RETRY_AFTER)
+    workspace = Workspace(
+        tmp_path_factory.mktemp("points"),
+        retry_after=RETRY_AFTER,
+        workers=len(POINTS),
+    )
     run: PointsRun = anyio.run(_kill_at_points, workspace, backend="asyncio")
     return run
 
@@ -296,9 +304,10 @@ def test_restart_policy_reruns_from_the_top(points: PointsRun) -> None:
 
 
 def _long_progress(workspace: Workspace, pid: int, at_least: int) -> bool:
-    """Whether server ``pid`` finished at least ``at_least`` steps of mix-long."""
-    log = SideLog.read(workspace.log)
-    ended = [e for e in log.entries if e.key == "mix-long" and e.pid == pid]
+    """Whether server ``pid`` reported at least ``at_least`` finished mix-long steps."""
+    ended = [
+        e for e in workspace.channel.entries if e.key == "mix-long" and e.pid == pid
+    ]
     return sum(1 for e in ended if e.phase == "end") >= at_least
 
 
@@ -314,7 +323,7 @@ async def test_mixed_tasks_survive_two_kills(
         await first.reached("mix-twice", "in-s0")
         await first.reached("mix-between", "before-s1")
         await first.reached("mix-restart", "in-s1")
-        await wait_until(
+        await first.wait_until(
             lambda: _long_progress(workspace, first.pid, 5), "mix-long to be under way"
         )
         first.kill()
@@ -329,7 +338,7 @@ async def test_mixed_tasks_survive_two_kills(
         workspace.open_gate(key, point)
     async with serving(workspace, label="second") as second:
         await second.reached("mix-twice", "in-s2")
-        await wait_until(
+        await second.wait_until(
             lambda: _long_progress(workspace, second.pid, 1), "mix-long to resume"
         )
         second.kill()  # killed again, during recovery work

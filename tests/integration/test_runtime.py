@@ -1086,7 +1086,7 @@ async def test_waiting_for_a_task_leaves_no_state_behind(
         await finish(runtime, ALICE, task.task_id)
         await runtime.wait_terminal(ALICE, task.task_id)
         await runtime.call(ALICE, "structured", {"count": 1})
-        leftover = dict(runtime._changed)
+        leftover = dict(runtime._events.waiters)
     assert leftover == {}
 
 
@@ -1103,7 +1103,9 @@ async def test_waiting_on_unknown_ids_leaves_no_state_behind(
         with pytest.raises(TaskNotFoundError):
             await runtime.wait_change(ALICE, task.task_id, task)
         await finish(runtime, BOB, task.task_id)
-        leftover = {k: v for k, v in runtime._changed.items() if k != task.task_id}
+        leftover = {
+            k: v for k, v in runtime._events.waiters.items() if k != task.task_id
+        }
     assert leftover == {}
 
 

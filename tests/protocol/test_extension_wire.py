@@ -194,7 +194,9 @@ async def test_a_task_created_on_one_wire_is_polled_and_cancelled_on_the_other(
         assert (await legacy.get_task(client_task["taskId"]))["status"] == "completed"
 
 
-async def test_task_notifications_stream_on_subscriptions_listen(connect: Connect) -> None:
+async def test_task_notifications_stream_on_subscriptions_listen(
+    connect: Connect,
+) -> None:
     async with connect(wire=MODERN) as client:
         created = client.created_task(await client.call_tool("gate", {"key": "n"}))
         assert created is not None
@@ -217,7 +219,10 @@ async def test_task_notifications_stream_on_subscriptions_listen(connect: Connec
     assert done["params"]["status"] == "completed"
     assert done["params"]["result"]["content"][0]["text"] == "opened n"
     subscription = ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"]
-    assert done["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == subscription
+    assert (
+        done["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"]
+        == subscription
+    )
 
 
 async def test_task_notifications_need_the_extension(connect: Connect) -> None:

@@ -36,22 +36,24 @@ from .support import (
 
 PYTHON = sys.executable
 
-# Starts a grandchild in the same process group, records both pids, ignores
-# SIGTERM (noting that it arrived), announces itself and then idles.
-STUBBORN_CHILD = """
-import os, signal, subprocess, sys, time
+# Starts a grandchild in the same process group (it blocks for at most a
+# minute), records both pids, ignores SIGTERM (noting that it arrived),
+# announces itself and then blocks until a signal kills it.
+GRANDCHILD = "import threading; threading.Event().wait(60)"
+STUBBORN_CHILD = f"""
+import os, signal, subprocess, sys
 workdir = sys.argv[1]
 def on_term(signum, frame):
     open(os.path.join(workdir, "got-term"), "w").close()
 signal.signal(signal.SIGTERM, on_term)
-grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+grandchild = subprocess.Popen([sys.executable, "-c", {GRANDCHILD!r}])
 with open(os.path.join(workdir, "pids"), "w") as handle:
-    handle.write(f"{os.getpid()} {grandchild.pid}")
+    handle.write(f"{{os.getpid()}} {{grandchild.pid}}")
 for number in range(30):
-    print(f"line {number}")
+    print(f"line {{number}}")
 print("READY", flush=True)
 while True:
-    time.sleep(60)
+    signal.pause()
 """
 
 
@@ -225,12 +227,15 @@ async def test_status_shows_the_last_lines_throttled(tmp_path: Path) -> None:
     child = script(
         tmp_path,
         """
-        import time
+        import signal, threading
+        # Output spread over time (2 ms between lines, not a synchronisation),
+        # so an unthrottled status would change with nearly every line.
+        pace = threading.Event()
         for number in range(100):
             print(f"line {number}", flush=True)
-            time.sleep(0.002)
+            pace.wait(0.002)
         print("MARKER", flush=True)
-        time.sleep(60)
+        signal.pause()
         """,
     )
     ctx = FakeContext(config())
