@@ -44,7 +44,7 @@ class TaskSuspended(BaseException):
 
 
 class Engine(Protocol):
-    """What the context needs from the runtime (`TaskRuntime` provides it)."""
+    """What the context needs from the runtime (`_dispatch.Dispatcher` provides it)."""
 
     @property
     def draining(self) -> bool: ...

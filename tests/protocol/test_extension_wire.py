@@ -203,6 +203,10 @@ async def test_task_notifications_stream_on_subscriptions_listen(
         task_id = created["taskId"]
         with anyio.fail_after(5):
             await protocol_tools.STARTED["n"].wait()
+        # fail_after may swallow its own timeout, so name the results up front.
+        ack: dict[str, Any] = {}
+        now: dict[str, Any] = {}
+        done: dict[str, Any] = {}
         async with anyio.create_task_group() as tg:
             listen = {"notifications": {"taskIds": [task_id, "not-mine-or-unknown"]}}
             tg.start_soon(client.request, "subscriptions/listen", listen)
@@ -214,15 +218,13 @@ async def test_task_notifications_stream_on_subscriptions_listen(
                 protocol_tools.GATES["n"].set()
                 done = await client.next_notification("notifications/tasks")
             tg.cancel_scope.cancel()
-    assert ack["params"]["notifications"]["taskIds"] == [task_id]
-    assert now["params"]["status"] == "working"
-    assert done["params"]["status"] == "completed"
-    assert done["params"]["result"]["content"][0]["text"] == "opened n"
-    subscription = ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"]
-    assert (
-        done["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"]
-        == subscription
-    )
+        subscription_key = "io.modelcontextprotocol/subscriptionId"
+        assert ack["params"]["notifications"]["taskIds"] == [task_id]
+        assert now["params"]["status"] == "working"
+        assert done["params"]["status"] == "completed"
+        assert done["params"]["result"]["content"][0]["text"] == "opened n"
+        subscription: object = ack["params"]["_meta"][subscription_key]
+        assert done["params"]["_meta"][subscription_key] == subscription
 
 
 async def test_task_notifications_need_the_extension(connect: Connect) -> None:
