@@ -157,13 +157,27 @@ class Dispatcher:
         position = self.scheduler.position(task.owner_id, task.task_id)
         if position is None:
             return task
+        return replace(
+            task, status_message=self._queue_message(task.owner_id, position)
+        )
+
+    def newly_queued(self, task: Task) -> Task:
+        """``task`` with its queue message, knowing it was just queued at the back.
+
+        The submit path: no queue scan, so a burst of submits stays linear.
+        """
+        position = self.scheduler.queued(task.owner_id)
+        return replace(
+            task, status_message=self._queue_message(task.owner_id, position)
+        )
+
+    def _queue_message(self, owner: OwnerId, position: int) -> str:
         stats = self.scheduler.statistics()
-        message = (
-            f"Queued: position {position} of {self.scheduler.queued(task.owner_id)} "
+        return (
+            f"Queued: position {position} of {self.scheduler.queued(owner)} "
             f"in this client's queue; {stats.running} of {stats.worker_limit} "
             "workers busy"
         )
-        return replace(task, status_message=message)
 
     # ------------------------------------------------------------ transitions
 

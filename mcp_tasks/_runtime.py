@@ -253,7 +253,7 @@ class TaskRuntime:
             self._dispatcher.release_backlog(owner)
             raise
         self._dispatcher.enqueue(owner, task.task_id)
-        return self._dispatcher.live_status(task)
+        return self._dispatcher.newly_queued(task)
 
     async def call(
         self,
