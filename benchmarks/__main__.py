@@ -1,0 +1,145 @@
+"""Run the benchmark figures; print the table; write ``benchmarks/out/results.json``.
+
+Use ``benchmarks/run`` (it installs the peers and exports where they live);
+``python -m benchmarks`` works too and skips the peers it cannot find.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+
+from . import (
+    fig_e2e,
+    fig_engine,
+    fig_fairness,
+    fig_latency,
+    fig_memory,
+    fig_recovery,
+)
+from ._harness import FULL, HERE, QUICK, Report, Sizes, machine, revision, table
+from ._profile import Profiler
+
+FIGURES = ("latency", "engine", "e2e", "fairness", "memory", "recovery")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmarks", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes: a smoke run for CI"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(FIGURES),
+        help=f"comma-separated figures to run (default: all of {', '.join(FIGURES)})",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "out", help="folder for results.json"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work folder (journals, logs)"
+    )
+    return parser
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        items = cast("dict[object, Any]", value).items()
+        return {str(k): _clean(v) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in cast("list[Any]", value)]
+    return value
+
+
+async def _main(args: argparse.Namespace, work: Path) -> Report:
+    sizes: Sizes = QUICK if args.quick else FULL
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(FIGURES))
+    if unknown:
+        raise SystemExit(f"unknown figure(s): {', '.join(unknown)}")
+    pyspy = os.environ.get("BENCH_PYSPY")
+    profiler = Profiler(Path(pyspy) if pyspy else None, args.out / "profiles")
+    peers = fig_e2e.peers_from_env()
+    report = Report()
+    steps: dict[str, Callable[[], Awaitable[None]]] = {
+        "latency": lambda: fig_latency.run(report, sizes, work),
+        "engine": lambda: fig_engine.run(report, sizes, work, profiler),
+        "e2e": lambda: fig_e2e.run(report, sizes, work, peers, profiler),
+        "fairness": lambda: fig_fairness.run(report, sizes, work),
+        "memory": lambda: fig_memory.run(report, sizes, work),
+        "recovery": lambda: fig_recovery.run(report, sizes, work),
+    }
+    timings: dict[str, float] = {}
+    for name in FIGURES:
+        if name not in only:
+            continue
+        print(f"== {name}", flush=True)
+        started = time.perf_counter()
+        await steps[name]()
+        timings[name] = time.perf_counter() - started
+        print(f"   ({timings[name]:.1f} s)", flush=True)
+    report.details["figure_seconds"] = timings
+    if profiler.summaries:
+        report.details["profiles"] = profiler.summaries
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(UTC)
+    host = machine()
+    clock = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="mcp-tasks-bench-"))
+    try:
+        report = anyio.run(_main, args, work)
+    finally:
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.perf_counter() - clock
+    rendered = table(report.metrics)
+    print()
+    print(rendered)
+    print(f"\n{len(report.metrics)} rows in {elapsed:.0f} s")
+    results = {
+        "mode": "quick" if args.quick else "full",
+        "command": " ".join(
+            [os.environ.get("BENCH_COMMAND", "python -m benchmarks"), *sys.argv[1:]]
+        ),
+        "started": started.isoformat(timespec="seconds"),
+        "elapsed_seconds": elapsed,
+        "machine": host,
+        "load_average_at_end": os.getloadavg(),
+        "revision_at_end": revision(),
+        "metrics": [m.as_json() for m in report.metrics],
+        "table_markdown": rendered,
+        "details": report.details,
+    }
+    target = args.out / "results.json"
+    target.write_text(json.dumps(_clean(results), indent=2) + "\n")
+    print(f"wrote {target}")
+    missed = [m for m in report.metrics if m.verdict == "MISSED"]
+    if missed:
+        print(f"{len(missed)} target(s) missed (benchmarks report, they do not fail)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

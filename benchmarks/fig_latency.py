@@ -1,0 +1,223 @@
+"""Durable submit overhead and poll cost, over stdio and Streamable HTTP.
+
+One client, one request at a time, against a real ``mcp-tasks serve``. Each
+round sends, back to back: a plain no-op ``tools/call``, the same call as a
+task (the handle comes back after the row is committed with
+``synchronous=FULL``) and a ``tasks/get`` of the previous round's task. The
+three kinds are interleaved so drift and noise hit them alike. A trial is
+``latency_calls`` rounds after ``latency_warmup`` rounds; the ratios are of
+the trial's percentiles.
+
+Wires: on 2025-11-25 the task call carries ``params.task``; on 2026-07-28 the
+plain call declares no client capabilities (so the server answers at once) and
+the task call declares the tasks extension (so the server makes it a task).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp_types import CLIENT_CAPABILITIES_META_KEY
+
+from mcp_tasks.client import TaskClient
+
+from ._harness import (
+    BASE_LIMITS,
+    LEGACY,
+    MODERN,
+    Metric,
+    OurServer,
+    Report,
+    Sizes,
+    cpu_seconds,
+    percentile,
+    submit_task,
+)
+
+FIGURE_SUBMIT = "durable submit overhead"
+FIGURE_POLL = "poll cost"
+
+
+async def _plain(client: TaskClient) -> Any:
+    if client.wire == MODERN:
+        return await client.call_tool(
+            "noop", {}, meta={CLIENT_CAPABILITIES_META_KEY: {}}
+        )
+    return await client.call_tool("noop", {})
+
+
+def _floor_method(client: TaskClient) -> str:
+    """The protocol no-op the SDK answers by itself: the transport floor."""
+    return "ping" if client.wire == LEGACY else "server/discover"
+
+
+async def _timed(fn: Callable[..., Awaitable[Any]], *args: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = await fn(*args)
+    return time.perf_counter() - start, result
+
+
+async def _rounds(client: TaskClient, rounds: int) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {"plain": [], "task": [], "get": [], "ping": []}
+    previous: str | None = None
+    for _ in range(rounds):
+        elapsed, _result = await _timed(client.request, _floor_method(client))
+        samples["ping"].append(elapsed)
+        elapsed, _result = await _timed(_plain, client)
+        samples["plain"].append(elapsed)
+        elapsed, created = await _timed(submit_task, client, "noop")
+        samples["task"].append(elapsed)
+        task_id = created.get("taskId")
+        if task_id is None:
+            raise RuntimeError(f"the server did not create a task: {created}")
+        if previous is not None:
+            elapsed, _result = await _timed(client.get_task, previous)
+            samples["get"].append(elapsed)
+        previous = task_id
+    return samples
+
+
+def _ratios(samples: dict[str, list[float]]) -> dict[str, float]:
+    plain50 = percentile(samples["plain"], 0.5)
+    plain99 = percentile(samples["plain"], 0.99)
+    return {
+        "submit_p50": percentile(samples["task"], 0.5) / plain50,
+        "submit_p99": percentile(samples["task"], 0.99) / plain99,
+        "poll_p50": percentile(samples["get"], 0.5) / plain50,
+        "plain_p50_ms": plain50 * 1e3,
+        "plain_p99_ms": plain99 * 1e3,
+        "task_p50_ms": percentile(samples["task"], 0.5) * 1e3,
+        "task_p99_ms": percentile(samples["task"], 0.99) * 1e3,
+        "get_p50_ms": percentile(samples["get"], 0.5) * 1e3,
+        "get_p99_ms": percentile(samples["get"], 0.99) * 1e3,
+        "ping_p50_ms": percentile(samples["ping"], 0.5) * 1e3,
+        "task_over_ping_p50": percentile(samples["task"], 0.5)
+        / percentile(samples["ping"], 0.5),
+        "get_over_ping_p50": percentile(samples["get"], 0.5)
+        / percentile(samples["ping"], 0.5),
+    }
+
+
+async def _measure(client: TaskClient, sizes: Sizes) -> list[dict[str, float]]:
+    await _rounds(client, sizes.latency_warmup)
+    return [
+        _ratios(await _rounds(client, sizes.latency_calls)) for _ in range(sizes.trials)
+    ]
+
+
+async def run(report: Report, sizes: Sizes, work: Path) -> None:
+    """Measure both figures on stdio and HTTP, on both wires.
+
+    Over stdio each connection is its own server process (one per wire); over
+    HTTP one server process serves both wires, one after the other.
+    """
+    details: dict[str, Any] = {}
+    for wire in (LEGACY, MODERN):
+        server = OurServer(work / f"latency-stdio-{wire}", limits=BASE_LIMITS).write()
+        with (server.root / "client-stderr.log").open("w") as errlog:
+            async with server.stdio_client(wire, errlog) as client:
+                details[f"stdio {wire}"] = await _measure(client, sizes)
+    server = OurServer(work / "latency-http", limits=BASE_LIMITS).write()
+    cpu: dict[str, dict[str, float]] = {}
+    with server.http_process() as process:
+        for wire in (LEGACY, MODERN):
+            async with TaskClient.http(process.url, wire=wire) as client:
+                details[f"http {wire}"] = await _measure(client, sizes)
+                cpu[wire] = await _cpu_costs(client, process.pid, sizes.latency_calls)
+    for label, trials in details.items():
+        _record(report, label, trials)
+    for wire, costs in cpu.items():
+        report.add(
+            Metric(
+                FIGURE_SUBMIT,
+                f"http {wire} server CPU per request (context)",
+                "ms",
+                [costs["task"]],
+                note=", ".join(f"{k} {v:.2f}" for k, v in costs.items()),
+            )
+        )
+    report.details["latency"] = {"trials": details, "server_cpu_ms": cpu}
+
+
+async def _cpu_costs(client: TaskClient, pid: int, count: int) -> dict[str, float]:
+    """Server CPU ms per request of each kind, ``count`` sequential requests each.
+
+    The task kind includes running the task (claim, body, completion), which
+    happens in the background right after its submit returns.
+    """
+    created = await submit_task(client, "noop")
+    seen = created["taskId"]
+    kinds: dict[str, Callable[[], Awaitable[Any]]] = {
+        "no-op": lambda: client.request(_floor_method(client)),
+        "plain": lambda: _plain(client),
+        "task": lambda: submit_task(client, "noop"),
+        "get": lambda: client.get_task(seen),
+    }
+    costs: dict[str, float] = {}
+    for kind, fn in kinds.items():
+        before = cpu_seconds(pid)
+        for _ in range(count):
+            await fn()
+        await anyio.sleep(0.2)  # let the last background work finish
+        costs[kind] = (cpu_seconds(pid) - before) / count * 1e3
+    return costs
+
+
+def _record(report: Report, label: str, trials: list[dict[str, float]]) -> None:
+    def values(key: str) -> list[float]:
+        return [t[key] for t in trials]
+
+    note = (
+        f"plain p50 {min(values('plain_p50_ms')):.2f}-{max(values('plain_p50_ms')):.2f} ms, "
+        f"task p50 {min(values('task_p50_ms')):.2f}-{max(values('task_p50_ms')):.2f} ms"
+    )
+    report.add(
+        Metric(
+            FIGURE_SUBMIT,
+            f"{label} p50 ratio",
+            "x",
+            values("submit_p50"),
+            "<=",
+            1.15,
+            note,
+        )
+    )
+    report.add(
+        Metric(
+            FIGURE_SUBMIT, f"{label} p99 ratio", "x", values("submit_p99"), "<=", 1.3
+        )
+    )
+    report.add(
+        Metric(
+            FIGURE_POLL,
+            f"{label} tasks/get p50 ratio",
+            "x",
+            values("poll_p50"),
+            "<=",
+            1.1,
+            f"get p50 {min(values('get_p50_ms')):.2f}-{max(values('get_p50_ms')):.2f} ms",
+        )
+    )
+    report.add(
+        Metric(
+            FIGURE_SUBMIT,
+            f"{label} task p50 / protocol no-op p50 (context)",
+            "x",
+            values("task_over_ping_p50"),
+            note=f"no-op (ping or server/discover) p50 {min(values('ping_p50_ms')):.2f}-{max(values('ping_p50_ms')):.2f} ms",
+        )
+    )
+    report.add(
+        Metric(
+            FIGURE_POLL,
+            f"{label} tasks/get p50 / protocol no-op p50 (context)",
+            "x",
+            values("get_over_ping_p50"),
+        )
+    )
+    sys.stdout.flush()
