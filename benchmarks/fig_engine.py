@@ -14,7 +14,7 @@ writer. Two variants:
 
 The raw ceiling is plain ``sqlite3`` on a fresh file with the same schema,
 writing the same rows (the journal's own ``insert_task``/``insert_event``
-statements and row builders) in batches of 64 per ``BEGIN IMMEDIATE … COMMIT``
+statements, row builders and task ids) in batches of 64 per ``BEGIN IMMEDIATE … COMMIT``
 with ``synchronous=FULL`` in WAL mode: what one thread and the disk allow with
 no asyncio, no aiosqlite thread hop and no engine book-keeping.
 
@@ -33,7 +33,8 @@ from typing import Any
 
 import anyio
 
-from mcp_tasks import OwnerId, Requester, Settings, TaskId, TaskRuntime, ToolSpec
+from mcp_tasks import OwnerId, Requester, Settings, TaskRuntime, ToolSpec
+from mcp_tasks._model import new_task_id
 from mcp_tasks._toolapi import spec_of
 from mcp_tasks.journal._records import NewTask
 from mcp_tasks.journal._sql import migrations, queries
@@ -127,7 +128,7 @@ def raw_ceiling(db: Path, total: int, batch: int) -> dict[str, float]:
         now = time.time()
         tasks = [
             NewTask(
-                task_id=TaskId(f"raw-{i:08d}-{'x' * 20}"),
+                task_id=new_task_id(),
                 owner_id=OwnerId(f"submitter-{i % 64}"),
                 tool_name="noop",
                 arguments={},

@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, final
 
 import anyio
@@ -152,14 +152,12 @@ class Dispatcher:
         running = self.running.get(task.task_id)
         if running is not None:
             if running.status_message is not None:
-                return replace(task, status_message=running.status_message)
+                return task.with_status_message(running.status_message)
             return task
         position = self.scheduler.position(task.owner_id, task.task_id)
         if position is None:
             return task
-        return replace(
-            task, status_message=self._queue_message(task.owner_id, position)
-        )
+        return task.with_status_message(self._queue_message(task.owner_id, position))
 
     def newly_queued(self, task: Task) -> Task:
         """``task`` with its queue message, knowing it was just queued at the back.
@@ -167,16 +165,14 @@ class Dispatcher:
         The submit path: no queue scan, so a burst of submits stays linear.
         """
         position = self.scheduler.queued(task.owner_id)
-        return replace(
-            task, status_message=self._queue_message(task.owner_id, position)
-        )
+        return task.with_status_message(self._queue_message(task.owner_id, position))
 
     def _queue_message(self, owner: OwnerId, position: int) -> str:
-        stats = self.scheduler.statistics()
+        scheduler = self.scheduler
         return (
-            f"Queued: position {position} of {self.scheduler.queued(owner)} "
-            f"in this client's queue; {stats.running} of {stats.worker_limit} "
-            "workers busy"
+            f"Queued: position {position} of {scheduler.queued(owner)} "
+            f"in this client's queue; {scheduler.running_total} of "
+            f"{scheduler.worker_limit} workers busy"
         )
 
     # ------------------------------------------------------------ transitions

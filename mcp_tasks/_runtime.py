@@ -27,7 +27,6 @@ This module checks who may do what and answers the requests.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -44,7 +43,7 @@ from mcp_tasks._events import Broadcaster, RuntimeListener
 from mcp_tasks._events import LogEvent as LogEvent  # re-exported for the bindings
 from mcp_tasks._events import ProgressEvent as ProgressEvent  # re-exported
 from mcp_tasks._exceptions import TaskNotFoundError, TaskTerminalError, UnknownToolError
-from mcp_tasks._model import OwnerId, Task, TaskId, TaskStatus
+from mcp_tasks._model import OwnerId, Task, TaskId, TaskStatus, new_task_id
 from mcp_tasks._questions import InvalidAnswerError, check_response
 from mcp_tasks._scheduler import SchedulerStatistics
 from mcp_tasks._toolapi import ToolSpec
@@ -233,7 +232,7 @@ class TaskRuntime:
         # cannot over-admit.
         self._dispatcher.admit(owner)
         new = NewTask(
-            task_id=TaskId(secrets.token_urlsafe(24)),
+            task_id=new_task_id(),
             owner_id=owner,
             tool_name=tool_name,
             arguments=dict(arguments or {}),
@@ -247,12 +246,16 @@ class TaskRuntime:
             listed=listed,
             request_meta=dict(request_meta or {}),
         )
-        try:
-            task = await self.journal.submit(new)
-        except BaseException:
-            self._dispatcher.release_backlog(owner)
-            raise
-        self._dispatcher.enqueue(owner, task.task_id)
+
+        def settled(error: BaseException | None) -> None:
+            # Also runs if this caller is cancelled while the commit is in
+            # flight: a committed task must be queued, a refused one unreserved.
+            if error is None:
+                self._dispatcher.enqueue(owner, new.task_id)
+            else:
+                self._dispatcher.release_backlog(owner)
+
+        task = await self.journal.submit(new, settled)
         return self._dispatcher.newly_queued(task)
 
     async def call(

@@ -132,6 +132,16 @@ class FairScheduler:
         except ValueError:
             return None
 
+    @property
+    def running_total(self) -> int:
+        """How many tasks hold a worker, over all clients."""
+        return self._running_total
+
+    @property
+    def worker_limit(self) -> int:
+        """The global number of workers."""
+        return self._worker_limit
+
     def statistics(self) -> SchedulerStatistics:
         """Current occupancy."""
         return SchedulerStatistics(

@@ -8,6 +8,7 @@ slot usage is derived from rows, not counters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from mcp_tasks._model import OwnerId, Task, TaskId
@@ -24,10 +25,17 @@ from mcp_tasks.journal._records import (
 class Journal(Protocol):
     """Durable task storage."""
 
-    async def submit(self, task: NewTask) -> Task:
+    async def submit(
+        self,
+        task: NewTask,
+        settled: Callable[[BaseException | None], None] | None = None,
+    ) -> Task:
         """Insert a new ``working`` task and its first event; return once durable.
 
-        Concurrent submits share one commit (group commit).
+        Concurrent submits share one commit (group commit). ``settled`` is called
+        once with the outcome (None: committed), before this returns, and also
+        if the caller is cancelled while it waits: the insert goes ahead either
+        way, and what must follow it belongs in ``settled``.
         """
         ...
 

@@ -1,9 +1,10 @@
-"""`SqliteJournal`: the embedded default journal, on aiosqlite.
+"""`SqliteJournal`: the embedded default journal.
 
-One database file in WAL mode. Writes go through one `GroupCommitWriter`
-connection; reads use a second connection, which WAL lets proceed while the
-writer commits. Driver errors are wrapped in `JournalError` here and nowhere
-else.
+One database file in WAL mode. Writes go through one `GroupCommitWriter`, which
+owns a plain ``sqlite3`` connection and runs each batch on its own thread; reads
+use a second connection through aiosqlite, which WAL lets proceed while the
+writer commits. Driver errors are wrapped in `JournalError` here and in the
+writer, nowhere else.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import secrets
 import sqlite3
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Final, final
@@ -113,37 +114,53 @@ def _task_from_row(row: Any) -> Task:
     )
 
 
-async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
+def _open_writer(path: Path, synchronous: str) -> sqlite3.Connection:
+    """The writer's connection, with the schema brought up to date (blocking)."""
+    db = sqlite3.connect(
+        path, isolation_level=None, timeout=30.0, check_same_thread=False
+    )
     try:
         # Refuse a newer database before any PRAGMA below can rewrite its header.
-        ((version,),) = await db.execute_fetchall("PRAGMA user_version")
-        supported = migrations()[-1][0]
-        if version > supported:
-            raise JournalSchemaError(str(path), version, supported)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute(f"PRAGMA synchronous={synchronous}")
-        await db.execute("PRAGMA foreign_keys=ON")
+        _check_version(db, path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA foreign_keys=ON")
+        _migrate(db, path)
     except BaseException:
-        await db.close()
+        db.close()
         raise
     return db
 
 
-async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
-    available = migrations()
-    supported = available[-1][0]
-    ((current,),) = await db.execute_fetchall("PRAGMA user_version")
+def _check_version(db: sqlite3.Connection, path: Path) -> int:
+    ((current,),) = db.execute("PRAGMA user_version").fetchall()
+    supported = migrations()[-1][0]
     if current > supported:
         raise JournalSchemaError(str(path), current, supported)
-    for version, script in available:
+    return int(current)
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    current = _check_version(db, path)
+    for version, script in migrations():
         if version <= current:
             continue
         # executescript commits implicitly; the whole migration and its version
         # bump run as one script so a crash leaves either all or none applied.
-        await db.executescript(
+        db.executescript(
             f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={version};\nCOMMIT;"
         )
+
+
+async def _open_reader(path: Path) -> aiosqlite.Connection:
+    """A read-only connection; the writer has already checked and migrated."""
+    db = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
+    try:
+        await db.execute("PRAGMA query_only=ON")
+    except BaseException:
+        await db.close()
+        raise
+    return db
 
 
 def _unfinished_rows(rows: list[Any]) -> list[UnfinishedTask]:
@@ -202,7 +219,7 @@ class SqliteJournal:
     def __init__(
         self,
         path: Path,
-        writer_db: aiosqlite.Connection,
+        writer_db: sqlite3.Connection,
         reader_db: aiosqlite.Connection,
     ) -> None:
         self.path = path
@@ -235,13 +252,12 @@ class SqliteJournal:
         cls, path: Path, synchronous: str
     ) -> AsyncGenerator[SqliteJournal]:
         try:
-            writer_db = await _connect(path, synchronous)
+            writer_db = await anyio.to_thread.run_sync(_open_writer, path, synchronous)
         except sqlite3.Error as exc:
             raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
         try:
             try:
-                await _migrate(writer_db, path)
-                reader_db = await _connect(path, synchronous)
+                reader_db = await _open_reader(path)
             except sqlite3.Error as exc:
                 raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
             try:
@@ -259,7 +275,7 @@ class SqliteJournal:
                     await reader_db.close()
         finally:
             with anyio.CancelScope(shield=True):
-                await writer_db.close()
+                await anyio.to_thread.run_sync(writer_db.close)
 
     @property
     def writer(self) -> GroupCommitWriter:
@@ -274,8 +290,12 @@ class SqliteJournal:
         except ValueError as exc:  # aiosqlite: "Connection closed"
             raise JournalError("the journal is closed") from exc
 
-    async def submit(self, task: NewTask) -> Task:
-        await self._writer.insert(task)
+    async def submit(
+        self,
+        task: NewTask,
+        settled: Callable[[BaseException | None], None] | None = None,
+    ) -> Task:
+        await self._writer.insert(task, settled)
         created = from_epoch(task.created_at)
         return Task(
             task_id=task.task_id,
@@ -310,7 +330,7 @@ class SqliteJournal:
 
     def _transition_fn(
         self, change: Transition
-    ) -> Callable[[aiosqlite.Connection], Awaitable[Task | None]]:
+    ) -> Callable[[sqlite3.Connection], Task | None]:
         """A write function applying ``change`` as compare-and-set plus its event."""
         sources = sorted(sources_of(change.status))
         guard = (sources + sources)[:2]
@@ -349,11 +369,11 @@ class SqliteJournal:
             change.at,
         )
 
-        async def apply(db: aiosqlite.Connection) -> Task | None:
-            rows = list(await db.execute_fetchall(sql, params))
+        def apply(db: sqlite3.Connection) -> Task | None:
+            rows = list(db.execute(sql, params))
             if not rows:
                 return None
-            await db.execute(event, event_row)
+            db.execute(event, event_row)
             return _task_from_row(rows[0])
 
         return apply
@@ -367,13 +387,9 @@ class SqliteJournal:
     ) -> RunRecord | None:
         claim_sql = self._sql["claim"]
 
-        async def apply(db: aiosqlite.Connection) -> RunRecord | None:
+        def apply(db: sqlite3.Connection) -> RunRecord | None:
             # One statement: the claim returns what the worker needs.
-            rows = list(
-                await db.execute_fetchall(
-                    claim_sql, (holder, lease_expires_at, task_id)
-                )
-            )
+            rows = list(db.execute(claim_sql, (holder, lease_expires_at, task_id)))
             if not rows:
                 return None
             ((tid, owner, tool, args, meta, attempts, retries),) = rows
@@ -400,12 +416,10 @@ class SqliteJournal:
         sql = self._sql["requeue"]
         event = self._sql["insert_event"]
 
-        async def apply(db: aiosqlite.Connection) -> bool:
-            rows = list(await db.execute_fetchall(sql, (status_message, at, task_id)))
+        def apply(db: sqlite3.Connection) -> bool:
+            rows = list(db.execute(sql, (status_message, at, task_id)))
             if rows:
-                await db.execute(
-                    event, (task_id, "working", status_message, reason, at)
-                )
+                db.execute(event, (task_id, "working", status_message, reason, at))
             return bool(rows)
 
         requeued: bool = await self._writer.write(apply)
@@ -417,10 +431,10 @@ class SqliteJournal:
         sql = self._sql["set_status_message"]
         event = self._sql["insert_event"]
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.execute(sql, (message, at, task_id))
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(sql, (message, at, task_id))
             if reason is not None:
-                await db.execute(event, (task_id, "working", message, reason, at))
+                db.execute(event, (task_id, "working", message, reason, at))
 
         await self._writer.write(apply)
 
@@ -445,10 +459,10 @@ class SqliteJournal:
         ]
         tasks_sql = self._sql["purge_expired"]
 
-        async def apply(db: aiosqlite.Connection) -> list[TaskId]:
+        def apply(db: sqlite3.Connection) -> list[TaskId]:
             for sql in children:
-                await db.execute(sql, (now,))
-            rows = await db.execute_fetchall(tasks_sql, (now,))
+                db.execute(sql, (now,))
+            rows = db.execute(tasks_sql, (now,))
             return [TaskId(r[0]) for r in rows]
 
         purged: list[TaskId] = await self._writer.write(apply)
@@ -466,16 +480,16 @@ class SqliteJournal:
         sql = self._sql["record_step"]
         encoded = json.dumps(result, separators=(",", ":"))
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.execute(sql, (task_id, key, encoded, at))
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(sql, (task_id, key, encoded, at))
 
         await self._writer.write(apply)
 
     async def forget_steps(self, task_id: TaskId) -> None:
         sql = self._sql["forget_steps"]
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.execute(sql, (task_id,))
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(sql, (task_id,))
 
         await self._writer.write(apply)
 
@@ -501,10 +515,10 @@ class SqliteJournal:
             for r in requests
         ]
 
-        async def apply(db: aiosqlite.Connection) -> Task | None:
-            task = await transition(db)
+        def apply(db: sqlite3.Connection) -> Task | None:
+            task = transition(db)
             if task is not None:
-                await db.executemany(add, rows)
+                db.executemany(add, rows)
             return task
 
         result: Task | None = await self._writer.write(apply)
@@ -542,16 +556,14 @@ class SqliteJournal:
             )
         )
 
-        async def apply(db: aiosqlite.Connection) -> tuple[list[str], Task | None]:
+        def apply(db: sqlite3.Connection) -> tuple[list[str], Task | None]:
             accepted: list[str] = []
             for key, response in answers.items():
                 encoded = json.dumps(response, separators=(",", ":"))
-                rows = list(
-                    await db.execute_fetchall(answer_sql, (encoded, at, task_id, key))
-                )
+                rows = list(db.execute(answer_sql, (encoded, at, task_id, key)))
                 accepted.extend(r[0] for r in rows)
-            ((still_open,),) = list(await db.execute_fetchall(open_sql, (task_id,)))
-            resumed = await resume(db) if accepted and still_open == 0 else None
+            ((still_open,),) = list(db.execute(open_sql, (task_id,)))
+            resumed = resume(db) if accepted and still_open == 0 else None
             return accepted, resumed
 
         result: tuple[list[str], Task | None] = await self._writer.write(apply)
@@ -570,16 +582,14 @@ class SqliteJournal:
         park_sql = self._sql["park"]
         event = self._sql["insert_event"]
 
-        async def apply(db: aiosqlite.Connection) -> bool:
+        def apply(db: sqlite3.Connection) -> bool:
             rows = list(
-                await db.execute_fetchall(
+                db.execute(
                     park_sql, (not_before, status_message, at, int(retry), task_id)
                 )
             )
             if rows:
-                await db.execute(
-                    event, (task_id, "working", status_message, reason, at)
-                )
+                db.execute(event, (task_id, "working", status_message, reason, at))
             return bool(rows)
 
         parked: bool = await self._writer.write(apply)
@@ -588,8 +598,8 @@ class SqliteJournal:
     async def renew_leases(self, holder: str, lease_expires_at: float) -> None:
         sql = self._sql["renew_leases"]
 
-        async def apply(db: aiosqlite.Connection) -> None:
-            await db.execute(sql, (lease_expires_at, holder))
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(sql, (lease_expires_at, holder))
 
         await self._writer.write(apply)
 
@@ -606,12 +616,12 @@ class SqliteJournal:
         put_sql = self._sql["put_meta"]
         key = f"secret:{name}"
 
-        async def apply(db: aiosqlite.Connection) -> str:
-            rows = list(await db.execute_fetchall(get_sql, (key,)))
+        def apply(db: sqlite3.Connection) -> str:
+            rows = list(db.execute(get_sql, (key,)))
             if rows:
                 return str(rows[0][0])
             value = secrets.token_hex(32)
-            await db.execute(put_sql, (key, value))
+            db.execute(put_sql, (key, value))
             return value
 
         value: str = await self._writer.write(apply)

@@ -1,12 +1,18 @@
 """Group commit: one writer coroutine batches concurrent writes into one commit.
 
 SQLite allows one writer per database file, and with ``synchronous=FULL`` every
-commit costs an fsync. Rather than one transaction per write, callers enqueue
-their writes and await them; the writer drains everything waiting (up to
-`MAX_BATCH`), runs it in one ``BEGIN IMMEDIATE … COMMIT`` and then wakes each
-caller. The batch fills to the number of concurrent callers by itself, so no
-timer adds latency to a lone write. Submits are coalesced further into a single
+commit costs an fsync. Rather than one transaction per write, callers queue
+their writes and wait; the writer takes everything waiting (up to `MAX_BATCH`),
+runs it in one ``BEGIN IMMEDIATE … COMMIT`` and then wakes the callers. The
+batch fills to the number of concurrent callers by itself, so no timer adds
+latency to a lone write. Submits are coalesced further into a single
 ``executemany`` per table.
+
+The writer owns a plain ``sqlite3`` connection and runs each whole batch in one
+call on a thread of its own: one thread hop per batch, where a driver such as
+aiosqlite costs one per statement. Write functions are therefore synchronous
+and run on that thread; they must touch nothing but the connection they are
+given.
 
 If a batch fails, it is rolled back and each write is retried in its own
 transaction, so one bad write fails alone and never takes its neighbours down.
@@ -15,16 +21,15 @@ transaction, so one bad write fails alone and never takes its neighbours down.
 from __future__ import annotations
 
 import json
-import math
+import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mcp_tasks._exceptions import JournalError
 from mcp_tasks.journal._records import NewTask
@@ -32,23 +37,35 @@ from mcp_tasks.journal._sql import queries
 
 MAX_BATCH = 256
 
-WriteFn = Callable[[aiosqlite.Connection], Awaitable[Any]]
+#: The result of a write that has not committed (None is a valid result).
+_UNSET: Any = object()
+
+#: A write: runs on the writer's thread inside its transaction, returns a result.
+WriteFn = Callable[[sqlite3.Connection], Any]
+
+#: Told the outcome of an insert (None: committed) on the event loop, once.
+Settled = Callable[[BaseException | None], None]
+
+logger = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Write:
-    """One queued write and the slot its caller waits on."""
+    """One queued write; its result or error is filled in by the commit."""
 
     fn: WriteFn | None = None
     new_task: NewTask | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: Any = None
+    settled: Settled | None = None
+    result: Any = _UNSET
     error: BaseException | None = None
 
-    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
-        self.result = result
-        self.error = error
-        self.done.set()
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """Writes that commit together, and the one event all their callers wait on."""
+
+    writes: list[_Write] = field(default_factory=list[_Write])
+    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 def _task_row(task: NewTask) -> tuple[Any, ...]:
@@ -74,103 +91,170 @@ def _event_row(task: NewTask) -> tuple[Any, ...]:
 
 
 class GroupCommitWriter:
-    """The single writer of one database file."""
+    """The single writer of one database file.
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-        send, receive = anyio.create_memory_object_stream[_Write](math.inf)
-        self._send: MemoryObjectSendStream[_Write] = send
-        self._receive: MemoryObjectReceiveStream[_Write] = receive
+    ``connection`` must be opened with ``check_same_thread=False`` and
+    ``isolation_level=None``; from then on only this writer may use it.
+    """
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+        # One token: batches never overlap, and the writer never competes with
+        # tools for the default thread pool's tokens.
+        self._thread = anyio.CapacityLimiter(1)
+        self._open = _Batch()
+        self._sealed: deque[_Batch] = deque()
+        self._wake = anyio.Event()
+        self._closed = False
         self.batches = 0
         self.writes = 0
 
     async def write(self, fn: WriteFn) -> Any:
-        """Run ``fn(connection)`` inside a write transaction; return its result."""
-        return await self._enqueue(_Write(fn=fn))
+        """Run ``fn(connection)`` inside a write transaction; return its result.
 
-    async def insert(self, task: NewTask) -> None:
-        """Insert a new task (and its first event) durably."""
-        await self._enqueue(_Write(new_task=task))
-
-    async def _enqueue(self, write: _Write) -> Any:
-        try:
-            self._send.send_nowait(write)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise JournalError("the journal is closed") from None
-        # Shielded: once queued the write will commit, and the caller must not
-        # be told otherwise by a cancellation racing the commit.
+        The wait is shielded: once queued the write will commit, and a caller
+        cancelled meanwhile still gets the result, to act on before its next
+        checkpoint raises the cancellation.
+        """
+        write = _Write(fn=fn)
+        batch = self._queue(write)
         with anyio.CancelScope(shield=True):
-            await write.done.wait()
-        if write.error is not None:
+            await batch.done.wait()
+        return _outcome(write)
+
+    async def insert(self, task: NewTask, settled: Settled | None = None) -> None:
+        """Insert a new task (and its first event) durably.
+
+        ``settled`` hears the outcome on the event loop as soon as it is known,
+        whether or not this caller is still waiting: the wait is not shielded
+        (submits are the hot path, and a shield per caller cost about a tenth
+        of engine throughput), so what must follow a commit belongs there.
+        """
+        write = _Write(new_task=task, settled=settled)
+        batch = self._queue(write)
+        await batch.done.wait()
+        _outcome(write)
+
+    def _queue(self, write: _Write) -> _Batch:
+        if self._closed:
+            write.error = JournalError("the journal is closed")
+            _tell(write)
             raise write.error
-        return write.result
+        batch = self._open
+        batch.writes.append(write)
+        if len(batch.writes) >= MAX_BATCH:
+            self._sealed.append(batch)
+            self._open = _Batch()
+        self._wake.set()
+        return batch
 
     def close(self) -> None:
         """Stop accepting writes; queued ones still commit before `run` returns."""
-        self._send.close()
+        self._closed = True
+        self._wake.set()
 
     async def run(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Commit batches until `close` is called and the queue is drained."""
+        """Commit batches until `close` is called and everything queued is done."""
         task_status.started()
-        async with self._receive:
+        try:
             while True:
-                try:
-                    first = await self._receive.receive()
-                except anyio.EndOfStream:
-                    return
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
+                batch = self._take()
+                if batch is None:
+                    if self._closed:
+                        return
+                    await self._wake.wait()
+                    self._wake = anyio.Event()
+                    continue
+                self.batches += 1
+                self.writes += len(batch.writes)
                 with anyio.CancelScope(shield=True):
-                    await self._commit(batch)
+                    try:
+                        await anyio.to_thread.run_sync(
+                            self._commit, batch.writes, limiter=self._thread
+                        )
+                    finally:
+                        _settle(batch)
+        finally:
+            self._refuse_queued()
 
-    async def _commit(self, batch: list[_Write]) -> None:
-        self.batches += 1
-        self.writes += len(batch)
+    def _refuse_queued(self) -> None:
+        """The writer stopped: fail whatever is still queued instead of hanging."""
+        self._closed = True
+        while (batch := self._take()) is not None:
+            _settle(batch)
+
+    def _take(self) -> _Batch | None:
+        if self._sealed:
+            return self._sealed.popleft()
+        if not self._open.writes:
+            return None
+        batch, self._open = self._open, _Batch()
+        return batch
+
+    # The methods below run on the writer's thread.
+
+    def _commit(self, writes: list[_Write]) -> None:
         try:
-            results = await self._transaction(batch)
+            results = self._transaction(writes)
         except Exception:
-            await self._rollback()
-            if len(batch) == 1:
-                await self._commit_alone(batch[0])
-            else:
-                for write in batch:
-                    await self._commit_alone(write)
+            self._rollback()
+            for write in writes:
+                self._commit_alone(write)
             return
-        for write, result in zip(batch, results, strict=True):
-            write.finish(result)
+        for write, result in zip(writes, results, strict=True):
+            write.result = result
 
-    async def _commit_alone(self, write: _Write) -> None:
+    def _commit_alone(self, write: _Write) -> None:
         try:
-            (result,) = await self._transaction([write])
+            (write.result,) = self._transaction([write])
         except Exception as exc:
-            await self._rollback()
-            write.finish(error=_wrap(exc))
-        else:
-            write.finish(result)
+            self._rollback()
+            write.error = _wrap(exc)
 
-    async def _transaction(self, batch: list[_Write]) -> list[Any]:
+    def _transaction(self, writes: list[_Write]) -> list[Any]:
         sql = queries()
-        db = self._db
-        await db.execute("BEGIN IMMEDIATE")
-        inserts = [w.new_task for w in batch if w.new_task is not None]
+        db = self._connection
+        db.execute("BEGIN IMMEDIATE")
+        inserts = [w.new_task for w in writes if w.new_task is not None]
         if inserts:
-            await db.executemany(sql["insert_task"], [_task_row(t) for t in inserts])
-            await db.executemany(sql["insert_event"], [_event_row(t) for t in inserts])
-        results = [None if w.fn is None else await w.fn(db) for w in batch]
-        await db.execute("COMMIT")
+            db.executemany(sql["insert_task"], [_task_row(t) for t in inserts])
+            db.executemany(sql["insert_event"], [_event_row(t) for t in inserts])
+        results = [None if w.fn is None else w.fn(db) for w in writes]
+        db.execute("COMMIT")
         return results
 
-    async def _rollback(self) -> None:
+    def _rollback(self) -> None:
         try:
-            await self._db.execute("ROLLBACK")
+            self._connection.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # no transaction was open: BEGIN itself failed
+
+
+def _settle(batch: _Batch) -> None:
+    """Wake the batch's callers; a write left without an outcome gets an error."""
+    for write in batch.writes:
+        if write.result is _UNSET and write.error is None:
+            write.error = JournalError("the journal writer stopped before this write")
+        _tell(write)
+    batch.done.set()
+
+
+def _tell(write: _Write) -> None:
+    if write.settled is None:
+        return
+    try:
+        write.settled(write.error)
+    except Exception:
+        # A broken callback must not stop the writer or its neighbours' wake-up.
+        logger.exception("journal: a settled callback failed")
+
+
+def _outcome(write: _Write) -> Any:
+    if write.error is not None:
+        raise write.error
+    return write.result
 
 
 def _wrap(exc: Exception) -> Exception:

@@ -32,6 +32,7 @@ from mcp_tasks import (
     TaskTerminalError,
 )
 from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
+from mcp_tasks.journal import SqliteJournal
 
 from .gated_tools import Gates, make_tools
 
@@ -564,6 +565,44 @@ async def test_queued_tasks_report_working_with_their_queue_position(
 
 
 # -------------------------------------------------------------------- backlog
+
+
+async def test_a_submit_whose_caller_is_cancelled_mid_commit_still_runs(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    # The submit's wait is not shielded (it is the hot path), so the queueing
+    # that follows the commit must happen without its caller.
+    writer_busy = threading.Event()
+    release_writer = threading.Event()
+
+    def hold_the_writer(db: sqlite3.Connection) -> None:
+        writer_busy.set()
+        release_writer.wait(TIMEOUT)
+
+    async with open_runtime(make_settings(client_backlog=1)) as runtime:
+        assert isinstance(runtime.journal, SqliteJournal)
+        writer = runtime.journal.writer
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.write, hold_the_writer)
+            await anyio.to_thread.run_sync(writer_busy.wait, TIMEOUT)
+            with anyio.CancelScope() as caller:
+                tg.start_soon(cancel_when_blocked, caller)
+                await submit_gate(runtime, "orphan")
+            assert caller.cancelled_caught  # the caller never saw a handle
+            release_writer.set()
+        await gates.wait_started("orphan")
+        (only,) = await runtime.journal.list_owned(ALICE.owner_id, 0, 10)
+        gates.open("orphan")
+        assert (await finish(runtime, ALICE, only[1].task_id)).status is (
+            TaskStatus.COMPLETED
+        )
+        assert runtime.statistics().unfinished == 0
+        await submit_gate(runtime, "next")  # the backlog slot of 1 came back
+
+
+async def cancel_when_blocked(scope: anyio.CancelScope) -> None:
+    await anyio.wait_all_tasks_blocked()
+    scope.cancel()
 
 
 async def test_backlog_refuses_the_fourth_submit_and_stores_nothing(

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-import aiosqlite
 import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -712,9 +712,9 @@ class TestSqliteJournal:
         after = [new_task() for _ in range(20)]
         failures: list[BaseException] = []
 
-        async def bad(db: aiosqlite.Connection) -> None:
-            await db.execute("INSERT INTO meta (key, value) VALUES ('probe', 'x')")
-            await db.execute("INSERT INTO no_such_table VALUES (1)")
+        def bad(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO meta (key, value) VALUES ('probe', 'x')")
+            db.execute("INSERT INTO no_such_table VALUES (1)")
 
         async def run_bad() -> None:
             try:
@@ -737,10 +737,8 @@ class TestSqliteJournal:
         for new in before + after:
             assert await sqlite_journal.get(new.task_id) is not None
 
-        async def probe(db: aiosqlite.Connection) -> list[Any]:
-            return list(
-                await db.execute_fetchall("SELECT value FROM meta WHERE key = 'probe'")
-            )
+        def probe(db: sqlite3.Connection) -> list[Any]:
+            return db.execute("SELECT value FROM meta WHERE key = 'probe'").fetchall()
 
         rows: list[Any] = await writer.write(probe)
         assert rows == []  # the failed write's own changes were rolled back
@@ -771,10 +769,61 @@ class TestSqliteJournal:
         assert got.owner_id == ALICE
         assert await sqlite_journal.get(neighbour.task_id) is not None
 
+    async def test_settled_hears_each_insert_outcome_even_without_its_caller(
+        self, sqlite_journal: SqliteJournal
+    ) -> None:
+        first = new_task()
+        await sqlite_journal.submit(first)
+        duplicate = NewTask(first.task_id, BOB, "other", {}, T0 + 5, None, 1.0)
+        fresh = new_task(BOB)
+        heard: dict[str, BaseException | None] = {}
+        writer_busy, release_writer = threading.Event(), threading.Event()
+
+        def hold_the_writer(db: sqlite3.Connection) -> None:
+            writer_busy.set()
+            release_writer.wait(10)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sqlite_journal.writer.write, hold_the_writer)
+                await anyio.to_thread.run_sync(writer_busy.wait, 10)
+                async with anyio.create_task_group() as callers:
+                    callers.start_soon(
+                        sqlite_journal.submit,
+                        duplicate,
+                        lambda error: heard.__setitem__("duplicate", error),
+                    )
+                    callers.start_soon(
+                        sqlite_journal.submit,
+                        fresh,
+                        lambda error: heard.__setitem__("fresh", error),
+                    )
+                    await anyio.wait_all_tasks_blocked()
+                    callers.cancel_scope.cancel()  # both leave before their commit
+                assert heard == {}
+                release_writer.set()
+            # Writes are FIFO: once this one returns, the batch before it settled.
+            await sqlite_journal.writer.write(lambda db: None)
+        assert set(heard) == {"duplicate", "fresh"}
+        assert isinstance(heard["duplicate"], JournalError)
+        assert heard["fresh"] is None
+        assert await sqlite_journal.get(fresh.task_id) is not None
+
+    async def test_an_insert_into_a_closed_journal_is_refused_and_settled(
+        self, db_path: Path
+    ) -> None:
+        async with SqliteJournal.open(db_path) as opened:
+            pass
+        heard: list[BaseException | None] = []
+        with pytest.raises(JournalError, match="closed"):
+            await opened.submit(new_task(), heard.append)
+        assert len(heard) == 1
+        assert isinstance(heard[0], JournalError)
+
     async def test_a_python_error_in_a_write_reaches_its_caller_unchanged(
         self, sqlite_journal: SqliteJournal
     ) -> None:
-        async def broken(db: aiosqlite.Connection) -> None:
+        def broken(db: sqlite3.Connection) -> None:
             raise LookupError("not a database problem")
 
         with pytest.raises(LookupError, match="not a database problem"):
@@ -798,8 +847,8 @@ class TestSqliteJournal:
     async def test_the_synchronous_setting_is_applied_to_the_writer(
         self, db_path: Path, setting: str, code: int
     ) -> None:
-        async def read(db: aiosqlite.Connection) -> list[Any]:
-            return list(await db.execute_fetchall("PRAGMA synchronous"))
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return db.execute("PRAGMA synchronous").fetchall()
 
         async with SqliteJournal.open(db_path, synchronous=setting) as opened:
             rows: list[Any] = await opened.writer.write(read)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -19,6 +22,10 @@ from mcp_tasks._model import (
     INITIAL_STATUS,
     TERMINAL_STATUSES,
     TRANSITIONS,
+    Outcome,
+    OwnerId,
+    Task,
+    TaskId,
     TaskStatus,
     can_transition,
     check_transition,
@@ -181,3 +188,28 @@ class TaskLifecycle(RuleBasedStateMachine):
 
 TaskLifecycle.TestCase.settings = settings(max_examples=100, stateful_step_count=30)
 test_task_lifecycle = TaskLifecycle.TestCase
+
+
+def test_with_status_message_changes_that_field_and_keeps_every_other() -> None:
+    # Every field gets a value other than its default, so a field added to Task
+    # and forgotten in with_status_message makes this fail.
+    moment = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    task = Task(
+        task_id=TaskId("t-1"),
+        owner_id=OwnerId("alice"),
+        tool_name="wait",
+        status=TaskStatus.COMPLETED,
+        status_message="old",
+        created_at=moment,
+        last_updated_at=moment + timedelta(seconds=5),
+        ttl_seconds=60.0,
+        poll_interval_seconds=2.0,
+        outcome=Outcome(result={"content": []}),
+        listed=False,
+    )
+    changed = task.with_status_message("new")
+    assert changed.status_message == "new"
+    for field in dataclasses.fields(Task):
+        if field.name != "status_message":
+            assert getattr(changed, field.name) == getattr(task, field.name), field.name
+            assert getattr(task, field.name) != field.default, field.name
