@@ -72,6 +72,11 @@ _WAITS: tuple[str, ...] = (
 )
 
 
+#: Any stack through this frame is the journal writer's own thread: building
+#: rows, SQLite executing them, the commit and its fsync (sqlite3's C calls show
+#: as the Python line that made them).
+_WRITER_THREAD = "GroupCommitWriter._commit ("
+
 #: Innermost frames worth their own bucket (the aiosqlite thread hop, split).
 _LEAVES: tuple[tuple[str, str], ...] = (
     (
@@ -116,7 +121,10 @@ def summarize(collapsed: Path, top: int = 25) -> dict[str, Any]:
                 seen.add(name)
                 inclusive[name] += count
         if frames[-1].startswith(_WAITS):
-            by_package["(waiting: epoll / idle aiosqlite thread)"] += count
+            by_package["(waiting: epoll / idle threads)"] += count
+            continue
+        if any(frame.startswith(_WRITER_THREAD) for frame in frames):
+            by_package["journal writer thread (rows, SQL, commit, fsync)"] += count
             continue
         special = [name for prefix, name in _LEAVES if frames[-1].startswith(prefix)]
         if special:
