@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,25 +36,30 @@ class _RandomPool:
     One ``getrandom`` call per 256 ids instead of one per id: on the submit
     path the system call cost more than the rest of building the task. The
     bytes are the same CSPRNG output ``secrets`` uses; a forked child starts
-    with an empty pool so it never repeats its parent's ids.
+    with an empty pool so it never repeats its parent's ids. The lock is for
+    interpreters without a GIL; under CPython 3.11 the slice and the index
+    update cannot interleave, so no test here can tell it is missing.
     """
 
     BLOCK = TASK_ID_RANDOM_BYTES * 256
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._block = b""
         self._at = 0
         os.register_at_fork(after_in_child=self._forget)
 
     def take(self, size: int) -> bytes:
-        if self._at + size > len(self._block):
-            self._block = os.urandom(max(self.BLOCK, size))
-            self._at = 0
-        chunk = self._block[self._at : self._at + size]
-        self._at += size
-        return chunk
+        with self._lock:
+            if self._at + size > len(self._block):
+                self._block = os.urandom(max(self.BLOCK, size))
+                self._at = 0
+            chunk = self._block[self._at : self._at + size]
+            self._at += size
+            return chunk
 
     def _forget(self) -> None:
+        self._lock = threading.Lock()  # a lock held at fork stays held in the child
         self._block = b""
         self._at = 0
 

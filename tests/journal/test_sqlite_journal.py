@@ -779,6 +779,12 @@ class TestSqliteJournal:
         heard: dict[str, BaseException | None] = {}
         writer_busy, release_writer = threading.Event(), threading.Event()
 
+        def hear(name: str) -> Callable[[BaseException | None], None]:
+            def settled(error: BaseException | None) -> None:
+                heard[name] = error
+
+            return settled
+
         def hold_the_writer(db: sqlite3.Connection) -> None:
             writer_busy.set()
             release_writer.wait(10)
@@ -789,15 +795,9 @@ class TestSqliteJournal:
                 await anyio.to_thread.run_sync(writer_busy.wait, 10)
                 async with anyio.create_task_group() as callers:
                     callers.start_soon(
-                        sqlite_journal.submit,
-                        duplicate,
-                        lambda error: heard.__setitem__("duplicate", error),
+                        sqlite_journal.submit, duplicate, hear("duplicate")
                     )
-                    callers.start_soon(
-                        sqlite_journal.submit,
-                        fresh,
-                        lambda error: heard.__setitem__("fresh", error),
-                    )
+                    callers.start_soon(sqlite_journal.submit, fresh, hear("fresh"))
                     await anyio.wait_all_tasks_blocked()
                     callers.cancel_scope.cancel()  # both leave before their commit
                 assert heard == {}
