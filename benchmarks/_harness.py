@@ -183,12 +183,20 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
 
 
+def _smoke(metric: Metric) -> str:
+    return "report" if metric.verdict == "report" else "smoke"
+
+
 def _fmt_values(metric: Metric) -> str:
     return ", ".join(_fmt(v) for v in metric.values) + f" {metric.unit}"
 
 
-def table(metrics: Sequence[Metric]) -> str:
-    """The results as a Markdown table (min / median / max over trials)."""
+def table(metrics: Sequence[Metric], *, judge: bool = True) -> str:
+    """The results as a Markdown table (min / median / max over trials).
+
+    With ``judge`` False (the quick smoke run, whose sizes are too small to
+    mean anything), a row with a target says ``smoke`` instead of a verdict.
+    """
     header = "| figure | metric | unit | min | median | max | target | verdict | note |"
     lines = [header, "|---|---|---|---:|---:|---:|---|---|---|"]
     for m in metrics:
@@ -199,7 +207,8 @@ def table(metrics: Sequence[Metric]) -> str:
         )
         lines.append(
             f"| {m.figure} | {m.name} | {m.unit} | {_fmt(lo)} | {_fmt(mid)} | "
-            f"{_fmt(hi)} | {m.target} | {m.verdict} | {m.note} |"
+            f"{_fmt(hi)} | {m.target} | {m.verdict if judge else _smoke(m)} | "
+            f"{m.note} |"
         )
     return "\n".join(lines)
 
