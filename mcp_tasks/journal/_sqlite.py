@@ -121,11 +121,11 @@ def _open_writer(path: Path, synchronous: str) -> sqlite3.Connection:
     )
     try:
         # Refuse a newer database before any PRAGMA below can rewrite its header.
-        _check_version(db, path)
+        current = _check_version(db, path)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute("PRAGMA foreign_keys=ON")
-        _migrate(db, path)
+        _migrate(db, current)
     except BaseException:
         db.close()
         raise
@@ -133,6 +133,7 @@ def _open_writer(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 def _check_version(db: sqlite3.Connection, path: Path) -> int:
+    """The schema version of ``db``; refuse one newer than this code knows."""
     ((current,),) = db.execute("PRAGMA user_version").fetchall()
     supported = migrations()[-1][0]
     if current > supported:
@@ -140,8 +141,8 @@ def _check_version(db: sqlite3.Connection, path: Path) -> int:
     return int(current)
 
 
-def _migrate(db: sqlite3.Connection, path: Path) -> None:
-    current = _check_version(db, path)
+def _migrate(db: sqlite3.Connection, current: int) -> None:
+    """Apply every migration newer than ``current`` (the file lock keeps others out)."""
     for version, script in migrations():
         if version <= current:
             continue
