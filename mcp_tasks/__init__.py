@@ -28,7 +28,6 @@ from mcp_tasks._questions import (
     InvalidAnswerError,
     Question,
 )
-from mcp_tasks._runtime import AnswerReceipt, Requester, TaskRuntime
 from mcp_tasks._toolapi import (
     ProtocolError,
     Recovery,
@@ -42,6 +41,7 @@ from mcp_tasks._toolapi import (
     tool,
 )
 from mcp_tasks._toolloader import load_tools, tools_from
+from mcp_tasks.engine import AnswerReceipt, Requester, TaskRuntime
 
 __all__ = [
     "Answer",

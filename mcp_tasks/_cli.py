@@ -16,9 +16,9 @@ import anyio
 
 from mcp_tasks._config import Settings
 from mcp_tasks._exceptions import ConfigurationError, JournalError
-from mcp_tasks._runtime import TaskRuntime
 from mcp_tasks._toolloader import default_tools_path, load_tools
 from mcp_tasks.binding import McpTasksServer, Transport
+from mcp_tasks.engine import TaskRuntime
 
 EXIT_CONFIG = 2
 EXIT_JOURNAL = 3

@@ -17,6 +17,9 @@ Config file shape (every key optional)::
     max_argument_bytes = 1048576    # largest accepted tool-call arguments object
     shutdown_grace_seconds = 10     # running steps may finish this long at shutdown
     mrtr_timeout_seconds = 900      # a synchronous call's unanswered question expires
+    lease_seconds = 30              # a run's lease; renewed every third of it
+    max_result_bytes = 16777216     # largest tool result stored (bigger: tool error)
+    progress_interval_seconds = 0.05  # at most one progress write per task this often
 
     [budgets.openai]                # a shared rate-limit budget for upstream calls
     requests_per_minute = 500
@@ -24,6 +27,7 @@ Config file shape (every key optional)::
 
     [journal]
     synchronous = "FULL"            # or "NORMAL": survives app crashes, not power loss
+    feed_poll_seconds = 0.05        # how often other processes' changes are read
 
     [clients.alice]                 # per-client overrides, keyed by client id
     concurrency = 8
@@ -76,7 +80,11 @@ class Settings:
     max_argument_bytes: int = 1_048_576
     shutdown_grace_seconds: float = 10.0
     mrtr_timeout_seconds: float = 900.0
+    lease_seconds: float = 30.0
+    max_result_bytes: int = 16 * 1024 * 1024
+    progress_interval_seconds: float = 0.05
     synchronous: str = "FULL"
+    feed_poll_seconds: float = 0.05
     budgets: Mapping[str, BudgetLimits] = field(
         default_factory=lambda: dict[str, BudgetLimits]()
     )
@@ -105,6 +113,17 @@ class Settings:
         ):
             return self.max_ttl_seconds
         return ttl
+
+    def budget(self, name: str) -> BudgetLimits:
+        """The limits of the budget called ``name``.
+
+        Raises:
+            KeyError: the config has no ``[budgets.NAME]`` table of that name.
+        """
+        limits = self.budgets.get(name)
+        if limits is None:
+            raise KeyError(f"no budget named {name!r} in the config ([budgets.{name}])")
+        return limits
 
     @property
     def auth_enabled(self) -> bool:
@@ -173,6 +192,9 @@ _LIMIT_KEYS = {
     "max_argument_bytes": _positive_int,
     "shutdown_grace_seconds": _positive_number,
     "mrtr_timeout_seconds": _positive_number,
+    "lease_seconds": _positive_number,
+    "max_result_bytes": _positive_int,
+    "progress_interval_seconds": _positive_number,
 }
 
 
@@ -188,6 +210,9 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
         changes[key] = check(f"limits.{key}", value)
     journal = _table("journal", data.get("journal", {}))
     for key, value in journal.items():
+        if key == "feed_poll_seconds":
+            changes[key] = _positive_number(f"journal.{key}", value)
+            continue
         if key != "synchronous":
             raise ConfigurationError(f"journal.{key}", "unknown setting")
         if value not in ("FULL", "NORMAL"):

@@ -16,12 +16,29 @@ Every public error derives from `McpTasksError`::
     └── CapacityError             a client's backlog limit is reached
 
 Bindings map these to JSON-RPC errors in exactly one table
-(`mcp_tasks.binding._common`). This module imports nothing from the package.
+(`mcp_tasks.binding._common`). `ErrorCode` is the one list of JSON-RPC codes:
+the engine stores some of them in outcomes, and the bindings answer with them.
+This module imports nothing from the package.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Any
+
+
+class ErrorCode(IntEnum):
+    """Every JSON-RPC error code mcp-tasks stores or sends."""
+
+    INVALID_REQUEST = -32600  #: JSON-RPC: not a valid request
+    METHOD_NOT_FOUND = -32601  #: JSON-RPC: no such method (or not on this wire)
+    INVALID_PARAMS = -32602  #: JSON-RPC: a parameter is wrong; the message names it
+    INTERNAL_ERROR = -32603  #: JSON-RPC: the server failed (details in its log)
+    CAPACITY_EXCEEDED = -32000  #: server-defined: a client's backlog is full
+    HEADER_MISMATCH = (
+        -32020
+    )  #: MCP 2026-07-28: a routing header disagrees with the body
+    MISSING_REQUIRED_CLIENT_CAPABILITY = -32021  #: MCP: the client lacks a capability
 
 
 class McpTasksError(Exception):

@@ -193,8 +193,14 @@ class Task:
 
     ``owner_id`` is the principal the task is bound to (or the fairness key of an
     anonymous requestor). ``listed`` is False for a synchronous call run
-    through the engine: its caller never learned of a task. Durations are in seconds; ``ttl_seconds`` is ``None``
-    for unlimited retention.
+    through the engine: its caller never learned of a task. Durations are in
+    seconds; ``ttl_seconds`` is ``None`` for unlimited retention.
+
+    ``outcome`` is only loaded when asked for (it can be large); ``tool_error``
+    is the text of a tool error result (``isError``) whether or not the outcome
+    was loaded. ``queued_ahead`` is set while the task waits for a worker: how
+    many tasks of the same client are ahead of it. ``progress`` and
+    ``progress_total`` are the run's latest progress report.
     """
 
     task_id: TaskId
@@ -208,6 +214,10 @@ class Task:
     poll_interval_seconds: float
     outcome: Outcome | None = None
     listed: bool = True
+    tool_error: str | None = None
+    queued_ahead: int | None = None
+    progress: float | None = None
+    progress_total: float | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -232,4 +242,31 @@ class Task:
             poll_interval_seconds=self.poll_interval_seconds,
             outcome=self.outcome,
             listed=self.listed,
+            tool_error=self.tool_error,
+            queued_ahead=self.queued_ahead,
+            progress=self.progress,
+            progress_total=self.progress_total,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class InputRequest:
+    """A question a task put to its requestor, and the answer once given.
+
+    ``method`` and ``params`` are the server-to-client request that asks it
+    (for example ``elicitation/create``), kept in that shape because both task
+    wires carry those requests unchanged; ``key`` is unique over the task's
+    lifetime. ``expires_at`` (seconds since the epoch) is when an unanswered
+    question times out, if it can.
+    """
+
+    key: str
+    method: str
+    params: dict[str, Any]
+    response: dict[str, Any] | None = None
+    expires_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the question still waits for an answer."""
+        return self.response is None

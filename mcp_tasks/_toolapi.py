@@ -370,6 +370,7 @@ class ToolSpec:
     budgets: Mapping[str, float] = field(default_factory=lambda: dict[str, float]())
     explicit_schema: Mapping[str, Any] | None = None
     preflight: Callable[..., Any] | None = None
+    on_recover: Callable[[Mapping[str, Any]], Any] | None = None
 
     @property
     def input_schema(self) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from mcp_tasks._exceptions import (
 )
 from mcp_tasks._model import OwnerId
 from mcp_tasks._questions import InputNotSupportedError, InvalidAnswerError
-from mcp_tasks._runtime import Requester
+from mcp_tasks.engine import Requester
 
 logger = logging.getLogger("mcp_tasks.binding")
 

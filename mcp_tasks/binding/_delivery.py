@@ -22,7 +22,7 @@ from mcp.shared.message import ServerMessageMetadata
 from pydantic import BaseModel
 
 from mcp_tasks._exceptions import TaskNotFoundError, TaskTerminalError
-from mcp_tasks._model import TaskStatus
+from mcp_tasks._model import InputRequest, TaskStatus
 from mcp_tasks._questions import (
     CAPABILITY_OF,
     ELICIT,
@@ -30,9 +30,8 @@ from mcp_tasks._questions import (
     SAMPLE,
     InvalidAnswerError,
 )
-from mcp_tasks._runtime import Requester, TaskRuntime
 from mcp_tasks.binding._common import RELATED_TASK_META
-from mcp_tasks.journal import InputRequest
+from mcp_tasks.engine import Requester, TaskRuntime
 
 logger = logging.getLogger("mcp_tasks.binding.delivery")
 

@@ -26,8 +26,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import Field
 
 from mcp_tasks._exceptions import McpTasksError, TaskTerminalError
-from mcp_tasks._model import Task, TaskStatus
-from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
+from mcp_tasks._model import InputRequest, Task, TaskStatus
 from mcp_tasks._toolapi import ProtocolError, ToolError, ToolSpec
 from mcp_tasks.binding._common import (
     HEADER_MISMATCH,
@@ -39,7 +38,7 @@ from mcp_tasks.binding._common import (
     rpc_error,
 )
 from mcp_tasks.binding._mrtr import AskClient, Mrtr, client_capabilities
-from mcp_tasks.journal import InputRequest
+from mcp_tasks.engine import Requester, TaskRuntime
 
 EXTENSION_ID: Final = "io.modelcontextprotocol/tasks"
 _TASK_METHODS: Final = frozenset({"tasks/get", "tasks/update", "tasks/cancel"})
@@ -218,7 +217,7 @@ class ExtensionTasks:
 
     async def render(self, requester: Requester, task_id: str) -> dict[str, Any]:
         """The ``DetailedTask`` this requestor sees (``tasks/get`` and notifications)."""
-        task = await self._runtime.get(requester, task_id)
+        task = await self._runtime.get(requester, task_id, outcome=True)
         open_requests: list[InputRequest] = []
         if task.status is TaskStatus.INPUT_REQUIRED:
             open_requests = await self._runtime.input_requests(requester, task_id)
@@ -254,17 +253,3 @@ class ExtensionTasks:
         except McpTasksError as exc:
             raise rpc_error(exc) from None
         return {}
-
-    # ----------------------------------------------------------- engine events
-
-    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-        """Status notifications on this wire go out on listen streams (`_listen`)."""
-        return
-
-    def task_progress(self, event: ProgressEvent) -> None:
-        """Progress is not delivered for tasks on this wire (EXT l.507)."""
-        return
-
-    def task_log(self, event: LogEvent) -> None:
-        """Log messages are not delivered for tasks on this wire (EXT l.507)."""
-        return

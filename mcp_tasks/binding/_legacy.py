@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import weakref
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, cast
 
@@ -33,8 +34,6 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_tasks._exceptions import McpTasksError, TaskSupportError
 from mcp_tasks._model import OwnerId, Task, TaskId, TaskStatus
-from mcp_tasks._preflight import run_preflight
-from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
 from mcp_tasks._toolapi import ProtocolError, ToolError, ToolSpec
 from mcp_tasks.binding._common import (
     LEGACY_VERSION,
@@ -54,6 +53,7 @@ from mcp_tasks.binding._delivery import (
     request_channel,
     serve_until_terminal,
 )
+from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime, run_preflight
 
 logger = logging.getLogger("mcp_tasks.binding.legacy")
 
@@ -63,14 +63,13 @@ MAX_PREFLIGHT_ROUNDS = 10
 
 Job = Callable[[], Coroutine[Any, Any, None]]
 
+#: Where a session keeps the progress tokens of the tasks it created.
+_PROGRESS_TOKENS = "mcp_tasks.progress_tokens"
+
 
 def wire_status(task: Task) -> str:
     """The status this generation shows: tool errors are ``failed`` here."""
-    if (
-        task.status is TaskStatus.COMPLETED
-        and task.outcome
-        and task.outcome.is_tool_error
-    ):
+    if task.status is TaskStatus.COMPLETED and task.tool_error is not None:
         return TaskStatus.FAILED.value
     return task.status.value
 
@@ -86,18 +85,11 @@ def task_json(task: Task) -> dict[str, Any]:
         "pollInterval": milliseconds(task.poll_interval_seconds),
     }
     message = task.status_message
-    if message is None and data["status"] == "failed" and task.outcome is not None:
-        message = _first_text(task.outcome.result) or "The tool reported an error."
+    if message is None and task.tool_error is not None:
+        message = task.tool_error
     if message is not None:
         data["statusMessage"] = message
     return data
-
-
-def _first_text(result: Mapping[str, Any] | None) -> str | None:
-    for block in (result or {}).get("content", []):
-        if isinstance(block, dict) and block.get("type") == "text":  # pyright: ignore[reportUnknownMemberType]
-            return str(block.get("text"))  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
-    return None
 
 
 def tasks_capability(identified: bool) -> types.ServerTasksCapability:
@@ -148,10 +140,13 @@ class LegacyTasks:
         send, receive = anyio.create_memory_object_stream[Job](math.inf)
         self._jobs_in = send
         self._jobs_out = receive
+        self._statuses: deque[Change] = deque()
+        self._status_ready = anyio.Event()
 
     async def run(self) -> None:
-        """Run push jobs (questions sent to live sessions) until cancelled."""
+        """Run push jobs (questions, status notifications) until cancelled."""
         async with anyio.create_task_group() as tg, self._jobs_in, self._jobs_out:
+            tg.start_soon(self._push_statuses)
             async for job in self._jobs_out:
                 tg.start_soon(job)
 
@@ -217,7 +212,11 @@ class LegacyTasks:
             )
         except McpTasksError as exc:
             raise rpc_error(exc) from None
-        self._origins[task.task_id] = connection_of(ctx)
+        connection = connection_of(ctx)
+        self._origins[task.task_id] = connection
+        token = request_meta.get("progressToken")
+        if token is not None:
+            connection.state.setdefault(_PROGRESS_TOKENS, {})[task.task_id] = token
         return {"task": task_json(task)}
 
     async def _preflight(
@@ -278,7 +277,7 @@ class LegacyTasks:
                 request_channel(ctx),
                 related_task=True,
             )
-            task = await self._runtime.get(requester, params.task_id)
+            task = await self._runtime.get(requester, params.task_id, outcome=True)
         except McpTasksError as exc:
             raise rpc_error(exc) from None
         related = {RELATED_TASK_META: {"taskId": task.task_id}}
@@ -327,15 +326,48 @@ class LegacyTasks:
         except McpTasksError as exc:
             raise rpc_error(exc) from None
 
-    # ----------------------------------------------------------- engine events
+    # ------------------------------------------------------------ the feed
 
-    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-        """Push ``notifications/tasks/status`` to the owner's 2025-11-25 connections.
+    def task_changed(self, change: Change) -> None:
+        """Relay a change of a task to this process's 2025-11-25 sessions.
 
-        A task that starts waiting for input also has its questions pushed to
-        them, because common clients only poll ``tasks/get`` and never open
-        ``tasks/result`` before the task ends.
+        Status changes become ``notifications/tasks/status`` to the owner's live
+        sessions here, wherever the change was made; a task that starts waiting
+        for input also has its questions pushed to them, because common clients
+        only poll ``tasks/get`` and never open ``tasks/result`` before the task
+        ends. Progress and log lines of a task go to the session that created
+        it, if it is connected to this process.
         """
+        if change.kind is ChangeKind.STATUS:
+            if any(
+                c.protocol_version == LEGACY_VERSION
+                for c in self._pushes.connections(change.owner_id)
+            ):
+                self._statuses.append(change)
+                self._status_ready.set()
+        elif change.kind is ChangeKind.PROGRESS:
+            self._relay_progress(change)
+        elif change.kind is ChangeKind.LOG:
+            self._relay_log(change)
+
+    async def _push_statuses(self) -> None:
+        # One at a time and in feed order, so a session's last notification
+        # for a task is never an older state than an earlier one.
+        while True:
+            await self._status_ready.wait()
+            self._status_ready = anyio.Event()
+            while self._statuses:
+                change = self._statuses.popleft()
+                try:
+                    await self._push_status(change)
+                except Exception:
+                    logger.exception("status push of %s failed", change.task_id)
+
+    async def _push_status(self, change: Change) -> None:
+        try:
+            task = await self._runtime.get(Requester(change.owner_id), change.task_id)
+        except McpTasksError:
+            return  # purged meanwhile
         if not task.listed:
             return  # a synchronous call: its caller never learned of a task
         payload = task_json(task)
@@ -381,23 +413,31 @@ class LegacyTasks:
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the server is shutting down
 
-    def task_log(self, event: LogEvent) -> None:
-        """Relay a background task's log messages to the session that created it."""
-        connection = self._origins.get(event.task_id)
-        if connection is None:
+    def _relay_log(self, change: Change) -> None:
+        """Relay a background task's log line to the session that created it."""
+        connection = self._origins.get(change.task_id)
+        data = change.data or {}
+        if connection is None or "message" not in data:
             return
-        params = {"level": event.level, "data": event.message, "logger": "mcp-tasks"}
+        params = {
+            "level": data.get("level", "info"),
+            "data": data["message"],
+            "logger": "mcp-tasks",
+        }
         self._pushes.push(connection, "notifications/message", params)
 
-    def task_progress(self, event: ProgressEvent) -> None:
+    def _relay_progress(self, change: Change) -> None:
         """Relay progress through the token of the call that created the task."""
-        token = event.request_meta.get("progressToken")
-        connection = self._origins.get(event.task_id)
-        if token is None or connection is None:
+        connection = self._origins.get(change.task_id)
+        if connection is None:
             return
-        params: dict[str, Any] = {"progressToken": token, "progress": event.progress}
-        if event.total is not None:
-            params["total"] = event.total
-        if event.message is not None:
-            params["message"] = event.message
+        token = connection.state.get(_PROGRESS_TOKENS, {}).get(change.task_id)
+        data = change.data or {}
+        if token is None or "progress" not in data:
+            return
+        params: dict[str, Any] = {"progressToken": token, "progress": data["progress"]}
+        if data.get("total") is not None:
+            params["total"] = data["total"]
+        if change.status_message is not None:
+            params["message"] = change.status_message
         self._pushes.push(connection, "notifications/progress", params)

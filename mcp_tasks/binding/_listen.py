@@ -24,9 +24,9 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 
 from mcp_tasks._exceptions import McpTasksError
-from mcp_tasks._model import Task, TaskId
-from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester
+from mcp_tasks._model import TaskId
 from mcp_tasks.binding._common import Requesters, invalid_params
+from mcp_tasks.engine import Change, ChangeKind, Requester
 
 logger = logging.getLogger("mcp_tasks.binding.listen")
 
@@ -133,26 +133,20 @@ class TaskNotifications:
 
     # --------------------------------------------------------- engine events
 
-    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-        """Queue the task for every stream subscribed to it."""
-        for stream in list(self._streams.get(task.task_id, ())):
+    def task_changed(self, change: Change) -> None:
+        """Queue a task whose status changed for every stream subscribed to it."""
+        if change.kind is not ChangeKind.STATUS:
+            return
+        for stream in list(self._streams.get(change.task_id, ())):
             try:
-                stream.send_nowait(task.task_id)
+                stream.send_nowait(change.task_id)
             except anyio.WouldBlock:
                 logger.warning(
-                    "listen stream for %s fell behind; ending it", task.task_id
+                    "listen stream for %s fell behind; ending it", change.task_id
                 )
                 stream.close()
             except anyio.ClosedResourceError:
                 pass
-
-    def task_progress(self, event: ProgressEvent) -> None:
-        """Progress never travels on a listen stream (EXT l.507)."""
-        return
-
-    def task_log(self, event: LogEvent) -> None:
-        """Log messages never travel on a listen stream (EXT l.507)."""
-        return
 
 
 def _acknowledgement(

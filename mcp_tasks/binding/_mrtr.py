@@ -16,7 +16,7 @@ Two uses here:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mcp.server.context import ServerRequestContext
@@ -28,13 +28,11 @@ from mcp_tasks._exceptions import (
     TaskNotFoundError,
     TaskTerminalError,
 )
-from mcp_tasks._model import TaskStatus
-from mcp_tasks._preflight import run_preflight
+from mcp_tasks._model import InputRequest, TaskStatus, new_task_id
 from mcp_tasks._questions import InvalidAnswerError, Question
-from mcp_tasks._runtime import Requester, TaskRuntime
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks.binding._common import INVALID_PARAMS, rpc_error
-from mcp_tasks.journal import InputRequest
+from mcp_tasks.engine import Requester, TaskRuntime, run_preflight
 
 
 def raw_input_responses(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
@@ -142,8 +140,12 @@ class Mrtr:
         spec: ToolSpec,
         arguments: Mapping[str, Any],
         request_meta: dict[str, Any],
+        watch: Callable[[str], None],
     ) -> str | dict[str, Any]:
-        """One round of a synchronous call: the ended task's id, or an input-required result."""
+        """One round of a synchronous call: the ended task's id, or an input-required result.
+
+        ``watch`` is told the id of the task running the call before it can run.
+        """
         runtime = self._runtime
         state = raw_request_state(ctx)
         responses = raw_input_responses(ctx)
@@ -152,6 +154,7 @@ class Mrtr:
             if payload is None or not isinstance(payload.get("task"), str):
                 raise bad_state()
             task_id: str = payload["task"]
+            watch(task_id)
             await self._answer_each(requester, task_id, responses)
         else:
             request_meta = {
@@ -159,10 +162,16 @@ class Mrtr:
                 "inputResponses": responses,
                 "questionTimeoutSeconds": self._ttl,
             }
-            task = await runtime.submit(
-                requester, spec.name, arguments, request_meta=request_meta, listed=False
+            task_id = new_task_id()
+            watch(task_id)
+            await runtime.submit(
+                requester,
+                spec.name,
+                arguments,
+                request_meta=request_meta,
+                listed=False,
+                task_id=task_id,
             )
-            task_id = task.task_id
         async with runtime.cancel_on_exit(requester, task_id):
             try:
                 task = await runtime.wait_settled(requester, task_id)

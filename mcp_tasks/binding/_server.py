@@ -9,7 +9,6 @@ version to the binding of that generation.
 from __future__ import annotations
 
 import logging
-import secrets
 import socket
 import warnings
 from collections.abc import Callable, Generator, Mapping
@@ -30,8 +29,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from pydantic import AnyHttpUrl
 
 from mcp_tasks._exceptions import InvalidArgumentsError, McpTasksError, TaskSupportError
-from mcp_tasks._model import Task
-from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
+from mcp_tasks._model import Task, new_task_id
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks.binding._common import (
     LEGACY_VERSION,
@@ -53,6 +51,7 @@ from mcp_tasks.binding._extension import (
 from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
 from mcp_tasks.binding._listen import TaskNotifications
 from mcp_tasks.binding._mrtr import client_capabilities
+from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime
 
 logger = logging.getLogger("mcp_tasks.server")
 
@@ -67,6 +66,8 @@ _LOG_LEVELS = (
     "alert",
     "emergency",
 )
+#: How long a finished synchronous call waits for its progress and logs to go out.
+FORWARD_DRAIN_SECONDS = 5.0
 #: The tool set is fixed while the server runs, so listings may be cached.
 _LIST_CACHE = CacheHint(ttl_ms=60_000, scope="public")
 
@@ -133,31 +134,31 @@ def tool_json(spec: ToolSpec, version: str) -> types.Tool:
 
 
 class _SyncForward:
-    """Forwards progress and logs of one synchronous call to that call's stream."""
+    """Forwards progress and logs of one synchronous call to that call's stream.
 
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-        send, receive = anyio.create_memory_object_stream[ProgressEvent | LogEvent](
-            1000
-        )
+    They arrive through the change feed, whichever process runs the call, and
+    in the order they were written, before the change that ends the call.
+    """
+
+    def __init__(self) -> None:
+        self.task_ids: set[str] = set()
+        self.drained = anyio.Event()
+        send, receive = anyio.create_memory_object_stream[Change](1000)
         self.send = send
         self.receive = receive
 
-    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-        return
+    def watch(self, task_id: str) -> None:
+        """Forward the changes of ``task_id`` (the task running this call)."""
+        self.task_ids.add(task_id)
 
-    def _offer(self, event: ProgressEvent | LogEvent) -> None:
-        if event.request_meta.get("syncCall") == self.marker:
+    def task_changed(self, change: Change) -> None:
+        if change.kind not in (ChangeKind.PROGRESS, ChangeKind.LOG):
+            return
+        if change.task_id in self.task_ids:
             try:
-                self.send.send_nowait(event)
-            except anyio.WouldBlock:
-                pass  # progress and logs are advisory; never block the tool on them
-
-    def task_progress(self, event: ProgressEvent) -> None:
-        self._offer(event)
-
-    def task_log(self, event: LogEvent) -> None:
-        self._offer(event)
+                self.send.send_nowait(change)
+            except (anyio.WouldBlock, anyio.ClosedResourceError):
+                pass  # progress and logs are advisory; never block the engine on them
 
 
 class McpTasksServer:
@@ -176,7 +177,6 @@ class McpTasksServer:
             missing_extension_error,
         )
         runtime.subscribe(self.legacy)
-        runtime.subscribe(self.extension)
         runtime.subscribe(self.notifications)
         self.server = self._build()
 
@@ -330,11 +330,8 @@ class McpTasksServer:
         server-to-client requests on handshake versions, as multi-round-trip
         ``input_required`` results on 2026-07-28.
         """
-        forward = _SyncForward(secrets.token_hex(8))
-        request_meta: dict[str, Any] = {
-            "syncCall": forward.marker,
-            "clientCapabilities": client_capabilities(ctx),
-        }
+        forward = _SyncForward()
+        request_meta: dict[str, Any] = {"clientCapabilities": client_capabilities(ctx)}
         unsubscribe = self.runtime.subscribe(forward)
         round_result: str | dict[str, Any] = ""
         failure: Exception | None = None
@@ -344,16 +341,21 @@ class McpTasksServer:
                 try:
                     if ctx.protocol_version == MODERN_VERSION:
                         round_result = await self.extension.mrtr.call(
-                            ctx, requester, spec, arguments, request_meta
+                            ctx, requester, spec, arguments, request_meta, forward.watch
                         )
                     else:
                         round_result = await self._call_with_requests(
-                            ctx, requester, spec, arguments, request_meta
+                            ctx, requester, spec, arguments, request_meta, forward
                         )
                 except Exception as exc:
                     # Raised outside the task group, so the SDK sees the error
                     # itself and not an ExceptionGroup (which it maps to -32603).
                     failure = exc
+                # What the call reported goes out before its result.
+                unsubscribe()
+                forward.send.close()
+                with anyio.move_on_after(FORWARD_DRAIN_SECONDS):
+                    await forward.drained.wait()
                 tg.cancel_scope.cancel()
         finally:
             unsubscribe()
@@ -362,7 +364,7 @@ class McpTasksServer:
             raise failure
         if isinstance(round_result, dict):
             return round_result  # input_required: the client answers and calls again
-        task = await self.runtime.get(requester, round_result)
+        task = await self.runtime.get(requester, round_result, outcome=True)
         return _call_result(task)
 
     async def _call_with_requests(
@@ -372,9 +374,17 @@ class McpTasksServer:
         spec: ToolSpec,
         arguments: Mapping[str, Any],
         request_meta: dict[str, Any],
+        forward: _SyncForward,
     ) -> str:
+        task_id = new_task_id()
+        forward.watch(task_id)
         task = await self.runtime.submit(
-            requester, spec.name, arguments, request_meta=request_meta, listed=False
+            requester,
+            spec.name,
+            arguments,
+            request_meta=request_meta,
+            listed=False,
+            task_id=task_id,
         )
         async with self.runtime.cancel_on_exit(requester, task.task_id):
             await serve_until_terminal(
@@ -390,17 +400,15 @@ class McpTasksServer:
     async def _forward_events(
         ctx: ServerRequestContext[Any, Any], forward: _SyncForward
     ) -> None:
-        async with forward.receive:
-            async for event in forward.receive:
-                try:
-                    if isinstance(event, ProgressEvent):
-                        await ctx.session.report_progress(
-                            event.progress, event.total, event.message
-                        )
-                    else:
-                        await _forward_log(ctx, event)
-                except Exception:  # the caller may be gone; these are advisory
-                    logger.debug("forwarding to the caller failed", exc_info=True)
+        try:
+            async with forward.receive:
+                async for change in forward.receive:
+                    try:
+                        await _forward(ctx, change)
+                    except Exception:  # the caller may be gone; these are advisory
+                        logger.debug("forwarding to the caller failed", exc_info=True)
+        finally:
+            forward.drained.set()
 
     # ------------------------------------------------------------------ tasks
 
@@ -511,25 +519,37 @@ class McpTasksServer:
                 tg.cancel_scope.cancel()
 
 
-async def _forward_log(ctx: ServerRequestContext[Any, Any], event: LogEvent) -> None:
+async def _forward(ctx: ServerRequestContext[Any, Any], change: Change) -> None:
+    """Send a progress report or log line of the call on the call's stream."""
+    data = change.data or {}
+    if change.kind is ChangeKind.PROGRESS:
+        if "progress" in data:
+            await ctx.session.report_progress(
+                float(data["progress"]), data.get("total"), change.status_message
+            )
+        return
+    await _forward_log(ctx, str(data.get("level")), str(data.get("message")))
+
+
+async def _forward_log(
+    ctx: ServerRequestContext[Any, Any], level: str, message: str
+) -> None:
     """Send a tool's log message on the call's stream, if the client wants it.
 
     2025-11-25: at or above the level the client set with ``logging/setLevel``.
     2026-07-28: only when this request's ``_meta`` opted in (the SDK's gate).
     """
-    if event.level not in _LOG_LEVELS:
+    if level not in _LOG_LEVELS:
         return
     wanted = connection_of(ctx).state.get("logLevel")
-    if wanted in _LOG_LEVELS and _LOG_LEVELS.index(event.level) < _LOG_LEVELS.index(
-        wanted
-    ):
+    if wanted in _LOG_LEVELS and _LOG_LEVELS.index(level) < _LOG_LEVELS.index(wanted):
         return
     with warnings.catch_warnings():
         # Logging is deprecated from 2026-07-28 on, but 2025-11-25 clients use it.
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         await ctx.session.send_log_message(  # pyright: ignore[reportDeprecated]
-            event.level,  # pyright: ignore[reportArgumentType]
-            event.message,
+            level,  # pyright: ignore[reportArgumentType]
+            message,
             "mcp-tasks",
             related_request_id=ctx.request_id,
         )

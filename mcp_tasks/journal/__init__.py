@@ -1,26 +1,37 @@
-"""The storage seam: the `Journal` contract and its SQLite implementation."""
+"""The storage seam: the `Journal` contract, its records, and `open_journal`.
+
+Backends live in sub-packages (`mcp_tasks.journal.sqlite`, and PostgreSQL);
+only `open_journal` knows which exist.
+"""
 
 from __future__ import annotations
 
-from mcp_tasks.journal._base import Journal
+from mcp_tasks.journal._base import TERMINAL_GRACE_SECONDS, Journal, Settled
+from mcp_tasks.journal._open import open_journal
 from mcp_tasks.journal._records import (
-    InputRequest,
+    Change,
+    ChangeKind,
+    Claimed,
+    ClientLoad,
+    HeldLease,
+    Lease,
     NewTask,
-    RunRecord,
+    Recovery,
     TaskEvent,
-    Transition,
-    UnfinishedTask,
 )
-from mcp_tasks.journal._sqlite import TERMINAL_GRACE_SECONDS, SqliteJournal
 
 __all__ = [
     "TERMINAL_GRACE_SECONDS",
-    "InputRequest",
+    "Change",
+    "ChangeKind",
+    "Claimed",
+    "ClientLoad",
+    "HeldLease",
     "Journal",
+    "Lease",
     "NewTask",
-    "RunRecord",
-    "SqliteJournal",
+    "Recovery",
+    "Settled",
     "TaskEvent",
-    "Transition",
-    "UnfinishedTask",
+    "open_journal",
 ]

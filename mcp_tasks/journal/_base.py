@@ -1,46 +1,97 @@
 """The journal contract: what the engine needs from durable storage.
 
 `Journal` is a `typing.Protocol`; its docstrings are the contract every backend
-must honour (the SQLite default today, PostgreSQL later). The engine never sees
-SQL and never assumes a single process: transitions are compare-and-set, and
-slot usage is derived from rows, not counters.
+honours, and `tests/journal/contract/` checks it against each of them, with two
+journal objects on one database where several processes would share it.
+
+The journal is the engine's only state. Any number of processes may open the
+same database, so no operation may rely on what one process remembers:
+
+- **Claiming is one journal operation.** `claim` picks fairly across clients
+  (the client served longest ago first, FIFO within a client) and never lets
+  a client run more tasks than its concurrency cap, counted from the rows,
+  whatever the number of processes.
+- **Runs are fenced.** Every write a run makes carries its `Lease` (holder and
+  attempt) and applies only while that lease is current; otherwise it is
+  refused (a falsy return), never an error.
+- **Everything else is compare-and-set** on the task's status or phase; a lost
+  race is a normal outcome (``None`` or ``False``), never an exception.
+- **Every change is in the change feed** (`changes`), committed with the change
+  itself, so every process learns of it.
+
+Times are seconds since the epoch, passed in by the engine (its clock).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, Protocol
 
-from mcp_tasks._model import OwnerId, Task, TaskId
+from mcp_tasks._budgets import BudgetLimits
+from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
 from mcp_tasks.journal._records import (
-    InputRequest,
+    Change,
+    Claimed,
+    ClientLoad,
+    HeldLease,
+    Lease,
     NewTask,
-    RunRecord,
+    Recovery,
     TaskEvent,
-    Transition,
-    UnfinishedTask,
 )
+
+#: A finished task stays readable at least this long after it finishes, even if
+#: its requested retention (counted from creation) ran out while it was running.
+TERMINAL_GRACE_SECONDS: Final = 60.0
+
+#: Told the outcome of an insert once (None: committed), even without its caller.
+Settled = Callable[[BaseException | None], None]
 
 
 class Journal(Protocol):
-    """Durable task storage."""
+    """Durable task storage shared by every process of a deployment."""
 
-    async def submit(
-        self,
-        task: NewTask,
-        settled: Callable[[BaseException | None], None] | None = None,
-    ) -> Task:
-        """Insert a new ``working`` task and its first event; return once durable.
+    @property
+    def location(self) -> str:
+        """Where the journal lives, for messages and logs (never a password)."""
+        ...
 
-        Concurrent submits share one commit (group commit). ``settled`` is called
-        once with the outcome (None: committed), before this returns, and also
-        if the caller is cancelled while it waits: the insert goes ahead either
-        way, and what must follow it belongs in ``settled``.
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the event loop after each commit this process makes.
+
+        The engine uses it to read the change feed at once rather than at its
+        next poll; other processes' commits are found by polling (or a
+        backend's notifications).
         """
         ...
 
-    async def get(self, task_id: TaskId) -> Task | None:
-        """The task as last committed, or ``None`` if unknown or purged."""
+    async def check(self) -> None:
+        """Raise `JournalError` if the journal cannot accept writes now.
+
+        Readiness: for example the database file was deleted or replaced
+        under a running server.
+        """
+        ...
+
+    # ------------------------------------------------------- submit and read
+
+    async def submit(self, task: NewTask, settled: Settled | None = None) -> Task:
+        """Insert a new ``working`` task (queued) and its first change; return once durable.
+
+        The client's backlog bound (``task.backlog`` unfinished tasks) is checked
+        in the same transaction: a task over it raises `CapacityError` and
+        nothing is stored. The client's limits are recorded with it.
+        ``settled`` is called once with the outcome (None: committed), also if
+        the caller is cancelled while it waits; the insert goes ahead either way.
+        """
+        ...
+
+    async def get(self, task_id: TaskId, *, outcome: bool = False) -> Task | None:
+        """The task as last committed, or ``None`` if unknown or purged.
+
+        The outcome is loaded only with ``outcome=True`` (results can be large).
+        A queued task has ``queued_ahead`` set.
+        """
         ...
 
     async def list_owned(
@@ -48,8 +99,8 @@ class Journal(Protocol):
     ) -> list[tuple[int, Task]]:
         """Up to ``limit`` listed tasks of ``owner_id`` after position ``after_seq``.
 
-        Returns ``(seq, task)`` pairs in a stable order; ``seq`` is the position
-        to resume after.
+        Returns ``(seq, task)`` pairs in submission order; ``seq`` is the position
+        to resume after. Outcomes are not loaded.
         """
         ...
 
@@ -57,135 +108,225 @@ class Journal(Protocol):
         """What the binding stored with the request that created the task."""
         ...
 
-    async def seq_of(self, owner_id: OwnerId, task_id: TaskId) -> int | None:
-        """The list position of ``task_id`` if it exists and belongs to ``owner_id``."""
-        ...
-
-    async def transition(self, change: Transition) -> Task | None:
-        """Apply a compare-and-set status change and journal it.
-
-        Returns the updated task, or ``None`` when the current status does not
-        allow the change (another writer won, or the task is gone). Never raises
-        for a lost race.
-        """
-        ...
-
-    async def claim(
-        self, task_id: TaskId, holder: str, lease_expires_at: float
-    ) -> RunRecord | None:
-        """Move a queued ``working`` task to running under a lease.
-
-        Returns what the worker needs, or ``None`` if the task is no longer
-        queued (cancelled meanwhile).
-        """
-        ...
-
-    async def requeue(
-        self,
-        task_id: TaskId,
-        status_message: str | None,
-        at: float,
-        reason: str = "requeued",
-    ) -> bool:
-        """Put a ``working`` task back in the queue, dropping any lease.
-
-        Returns False if the task is not ``working`` (finished or waiting for input).
-        """
-        ...
-
-    async def set_status_message(
-        self, task_id: TaskId, message: str, at: float, reason: str | None = None
-    ) -> None:
-        """Record a new status message on a non-terminal task (and an event, given a reason)."""
-        ...
-
-    async def unfinished(self) -> list[UnfinishedTask]:
-        """Every non-terminal task, in submission order."""
-        ...
-
-    async def expired_leases(self, now: float) -> list[UnfinishedTask]:
-        """Running tasks whose lease ran out before ``now``: their worker is gone."""
-        ...
-
     async def events(self, task_id: TaskId) -> list[TaskEvent]:
-        """The task's transition journal, oldest first."""
-        ...
-
-    async def purge_expired(self, now: float) -> list[TaskId]:
-        """Delete terminal tasks whose retention ended; return their ids."""
+        """The task's history (its changes), oldest first."""
         ...
 
     async def steps(self, task_id: TaskId) -> dict[str, Any]:
         """Every recorded step result of the task, by step key."""
         ...
 
-    async def record_step(
-        self, task_id: TaskId, key: str, result: Any, at: float
-    ) -> None:
-        """Record a step's JSON result once; a second record of the key is ignored."""
-        ...
-
-    async def forget_steps(self, task_id: TaskId) -> None:
-        """Drop the task's recorded steps (a tool that restarts from scratch)."""
-        ...
-
-    async def ask(
-        self,
-        task_id: TaskId,
-        requests: list[InputRequest],
-        status_message: str,
-        at: float,
-    ) -> Task | None:
-        """Atomically store the questions and move ``working -> input_required``.
-
-        The task is parked: it holds no lease. Returns None (storing nothing) if
-        the task is no longer ``working``.
-        """
-        ...
-
     async def input_requests(self, task_id: TaskId) -> list[InputRequest]:
         """Every question of the task, answered or not, oldest first."""
         ...
 
-    async def answer(
-        self, task_id: TaskId, answers: dict[str, dict[str, Any]], at: float
-    ) -> tuple[list[str], Task | None]:
-        """Record answers to open questions (each at most once).
+    async def awaiting_input(self, owner_id: OwnerId, limit: int) -> list[TaskId]:
+        """Up to ``limit`` of the owner's tasks waiting in ``input_required``, oldest first."""
+        ...
 
-        Returns the keys that were accepted, and the task if this answered the
-        last open question and moved it ``input_required -> working`` (queued).
+    async def load(self, owner_id: OwnerId | None = None) -> list[ClientLoad]:
+        """Each client's queued, running and waiting counts (one client, or all with work)."""
+        ...
+
+    # ------------------------------------------------------------ claiming
+
+    async def claimable(self) -> bool:
+        """Whether `claim` would find a task now (a cheap read, no lock)."""
+        ...
+
+    async def claim(
+        self, holder: str, lease_expires_at: float, limit: int, at: float
+    ) -> list[Claimed]:
+        """Claim up to ``limit`` queued tasks for ``holder``, fairly, in one transaction.
+
+        Each pick takes the client with queued work and a free slot under its
+        concurrency cap that was served longest ago (never served: first), and
+        that client's oldest queued task. A client never has more running tasks
+        than its cap, whatever the number of processes claiming. Each claimed
+        task runs under a new `Lease` (its attempt count goes up by one).
+        """
+        ...
+
+    # ------------------------------------------------------- fenced run writes
+
+    async def renew(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
+        """Extend each lease still current to ``expires_at``; return those that were not."""
+        ...
+
+    async def finish(
+        self,
+        lease: Lease,
+        status: TaskStatus,
+        reason: str,
+        at: float,
+        *,
+        message: str | None = None,
+        outcome: Outcome | None = None,
+    ) -> Task | None:
+        """End a running task (``completed`` or ``failed``) under its lease.
+
+        Stores the outcome; a tool error result also sets ``tool_error``. A
+        finished task stays readable at least `TERMINAL_GRACE_SECONDS` after it
+        ends. Returns None (changing nothing) if the lease is not current.
         """
         ...
 
     async def park(
         self,
-        task_id: TaskId,
-        not_before: float | None,
-        status_message: str,
+        lease: Lease,
+        not_before: float,
+        message: str,
         reason: str,
         at: float,
         *,
         retry: bool = False,
     ) -> bool:
-        """Release a running ``working`` task's lease until ``not_before``.
+        """Set a running task aside until ``not_before``, holding no lease.
 
-        ``retry`` counts this as a retry (for backoff). Returns False if the
-        task was not running (cancelled meanwhile).
+        ``retry`` counts this as a retry (backoff counts these). False if the
+        lease is not current.
         """
         ...
 
-    async def renew_leases(self, holder: str, lease_expires_at: float) -> None:
-        """Extend every lease ``holder`` holds (the heartbeat)."""
+    async def ask(
+        self, lease: Lease, requests: Sequence[InputRequest], message: str, at: float
+    ) -> Task | None:
+        """Store the questions and move the task ``working -> input_required``.
+
+        Keys are unique over the task's lifetime: a key asked before is not
+        stored again. The task then holds no lease. None (storing nothing) if the lease is
+        not current.
+        """
         ...
 
-    async def awaiting_input(self, owner_id: OwnerId, limit: int) -> list[TaskId]:
-        """Up to ``limit`` of the owner's tasks waiting in ``input_required``."""
+    async def record_step(self, lease: Lease, key: str, result: Any, at: float) -> bool:
+        """Record a step's JSON result once; a second record of a key is ignored.
+
+        False if the lease is not current (nothing recorded).
+        """
         ...
 
-    async def open_input_deadlines(self) -> list[tuple[TaskId, str, float]]:
-        """``(task, key, expires_at)`` of every open question that can time out."""
+    async def report(
+        self,
+        lease: Lease,
+        at: float,
+        *,
+        message: str | None = None,
+        progress: float | None = None,
+        total: float | None = None,
+    ) -> bool:
+        """Record the run's latest status message and progress; False if not current."""
+        ...
+
+    async def log(self, lease: Lease, level: str, message: str, at: float) -> bool:
+        """Put a log line of the run in the change feed; False if not current."""
+        ...
+
+    async def release(self, lease: Lease, message: str, reason: str, at: float) -> bool:
+        """Give a running task back to the queue (for example at shutdown)."""
+        ...
+
+    # -------------------------------------------------------- other writes
+
+    async def cancel(
+        self, task_id: TaskId, message: str, reason: str, at: float
+    ) -> Task | None:
+        """Move an unfinished task to ``cancelled``, ending any lease on it.
+
+        None if the task had already ended (or does not exist).
+        """
+        ...
+
+    async def answer(
+        self, task_id: TaskId, answers: Mapping[str, dict[str, Any]], at: float
+    ) -> tuple[list[str], Task | None]:
+        """Record answers to open questions, each at most once.
+
+        Returns the keys accepted and, if this answered the task's last open
+        question, the task moved ``input_required -> working`` (queued).
+        """
+        ...
+
+    async def expire_questions(
+        self, now: float, response: Mapping[str, Any]
+    ) -> list[TaskId]:
+        """Answer every open question past its deadline with ``response``.
+
+        Returns the tasks this resumed (all their questions now answered).
+        """
+        ...
+
+    async def wake_due(self, now: float) -> int:
+        """Queue every parked ``working`` task whose wait ended; return how many."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """The earliest parked task's wake time or open question's deadline."""
+        ...
+
+    async def held_leases(self, expired_before: float | None = None) -> list[HeldLease]:
+        """Running tasks' leases; only those expired before the time, if given."""
+        ...
+
+    async def recover(
+        self, held: HeldLease, policy: Recovery, message: str, reason: str, at: float
+    ) -> bool:
+        """Take a task from a worker that is gone: run it again, restart it or fail it.
+
+        Applies only while ``held.lease`` is still the task's current lease, so
+        of several processes recovering the same task exactly one succeeds.
+        """
+        ...
+
+    async def purge_expired(self, now: float, feed_before: float) -> list[TaskId]:
+        """Delete finished tasks whose retention ended; return their ids.
+
+        Also drops progress and log entries of the change feed older than
+        ``feed_before`` (they are not history).
+        """
+        ...
+
+    async def sync_limits(
+        self, concurrency: int, backlog: int, overrides: Mapping[str, tuple[int, int]]
+    ) -> None:
+        """Set every known client's limits from the configuration (at start-up)."""
         ...
 
     async def secret(self, name: str) -> bytes:
         """A per-database random secret, created on first use (e.g. for cursors)."""
+        ...
+
+    # -------------------------------------------------------------- budgets
+
+    async def take_budget(
+        self,
+        name: str,
+        limits: BudgetLimits,
+        requests: float,
+        tokens: float,
+        at: float,
+    ) -> float:
+        """Take from a shared budget now and return 0, or take nothing and
+        return the seconds until there is room. Exact across processes."""
+        ...
+
+    async def budget_wait(
+        self,
+        name: str,
+        limits: BudgetLimits,
+        requests: float,
+        tokens: float,
+        at: float,
+    ) -> float:
+        """Seconds until the budget could give this much (0: now); takes nothing."""
+        ...
+
+    # ------------------------------------------------------------- the feed
+
+    async def feed_head(self) -> int:
+        """The position of the newest change (0 if none)."""
+        ...
+
+    async def changes(self, after: int, limit: int) -> list[Change]:
+        """Up to ``limit`` changes after position ``after``, oldest first."""
         ...

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from mcp_tasks._model import Outcome, OwnerId, TaskId, TaskStatus
+from mcp_tasks._model import OwnerId, TaskId, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
 class NewTask:
-    """A task to insert at submit: everything the journal stores up front."""
+    """A task to insert at submit: everything the journal stores up front.
+
+    ``concurrency`` and ``backlog`` are the owner's limits as the submitting
+    process is configured: the journal keeps them with the client so that any
+    process can enforce them when it claims work, and checks the backlog in
+    the submit transaction itself.
+    """
 
     task_id: TaskId
     owner_id: OwnerId
@@ -19,81 +26,129 @@ class NewTask:
     created_at: float
     ttl_seconds: float | None
     poll_interval_seconds: float
+    concurrency: int
+    backlog: int
     status_message: str | None = None
     listed: bool = True
     request_meta: dict[str, Any] = field(default_factory=lambda: dict[str, Any]())
 
 
 @dataclass(frozen=True, slots=True)
-class Transition:
-    """A compare-and-set status change.
+class Lease:
+    """The right to run one task: who holds it, and for which attempt.
 
-    Applied only if the task's current status may move to ``status``; otherwise
-    the journal reports that another writer won. ``phase`` is the dispatch phase
-    to record with it (``done`` is implied for terminal statuses).
+    Every write a run makes is fenced by its lease: it only applies while the
+    task is still running under this holder and attempt. A lease taken over
+    (after it expired) or ended (the task was cancelled) refuses the old run's
+    late writes.
     """
 
     task_id: TaskId
-    status: TaskStatus
-    reason: str
-    at: float
-    status_message: str | None = None
-    outcome: Outcome | None = None
-    phase: str | None = None
-    not_before: float | None = None
+    holder: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
-class RunRecord:
-    """What a worker needs to run a claimed task."""
+class Claimed:
+    """A task a worker claimed, with what it needs to run it."""
 
-    task_id: TaskId
+    lease: Lease
     owner_id: OwnerId
     tool_name: str
     arguments: dict[str, Any]
     request_meta: dict[str, Any]
-    attempts: int
     retries: int = 0
 
+    @property
+    def task_id(self) -> TaskId:
+        """The claimed task."""
+        return self.lease.task_id
+
+    @property
+    def attempt(self) -> int:
+        """How many times the task has been claimed, this claim included."""
+        return self.lease.attempt
+
 
 @dataclass(frozen=True, slots=True)
-class UnfinishedTask:
-    """A non-terminal task as found at start-up, for rebuilding the queues."""
+class HeldLease:
+    """A running task's lease as the journal holds it (for recovery)."""
 
+    lease: Lease
+    owner_id: OwnerId
+    tool_name: str
+    expires_at: float
+
+
+class Recovery(StrEnum):
+    """What recovery does with a task whose worker is gone."""
+
+    RESUME = "resume"  #: run it again, replaying recorded steps
+    RESTART = "restart"  #: forget its recorded steps, then run it again
+    FAIL = "fail"  #: end it failed
+
+
+class ChangeKind(StrEnum):
+    """What a change-feed entry records. Persisted: a value, once shipped, is forever."""
+
+    STATUS = "status"  #: the task's status changed (created, waiting, resumed, ended)
+    PHASE = "phase"  #: same status, another dispatch phase (claimed, parked, requeued)
+    PROGRESS = "progress"  #: a new status message or progress report from its run
+    LOG = "log"  #: its run logged a message
+    ANSWER = "answer"  #: one of its questions was answered (``data["key"]``)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the journal's change feed, in commit order.
+
+    ``position`` increases with every entry; a follower keeps the last one it
+    saw and asks for what came after. ``data`` carries the kind's details
+    (progress values, a log line, an answered key).
+    """
+
+    position: int
     task_id: TaskId
     owner_id: OwnerId
-    phase: str
-    status: TaskStatus
-    not_before: float | None
-    lease_expires_at: float | None
-    tool_name: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class TaskEvent:
-    """One entry of a task's append-only transition journal."""
-
+    kind: ChangeKind
     status: TaskStatus
     status_message: str | None
     reason: str
     at: float
+    data: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class InputRequest:
-    """A question a task put to its requestor, and the answer once given.
+class TaskEvent:
+    """One entry of a task's history, as `Journal.events` returns it."""
 
-    ``method`` and ``params`` are the server-to-client request (for example
-    ``elicitation/create``); ``key`` is unique over the task's lifetime.
+    kind: ChangeKind
+    status: TaskStatus
+    status_message: str | None
+    reason: str
+    at: float
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLoad:
+    """One client's work as the journal counts it, with its limits.
+
+    ``parked`` counts tasks waiting for a time (a retry, budget); ``waiting``
+    those waiting for an answer. ``oldest_queued_at`` is when the client's
+    oldest queued task was created.
     """
 
-    key: str
-    method: str
-    params: dict[str, Any]
-    response: dict[str, Any] | None = None
-    expires_at: float | None = None
+    owner_id: OwnerId
+    queued: int
+    running: int
+    parked: int
+    waiting: int
+    concurrency: int
+    backlog: int
+    oldest_queued_at: float | None = None
 
     @property
-    def is_open(self) -> bool:
-        """Whether the question still waits for an answer."""
-        return self.response is None
+    def unfinished(self) -> int:
+        """Every task of the client that has not ended."""
+        return self.queued + self.running + self.parked + self.waiting

@@ -1,8 +1,9 @@
-"""Loads the journal's SQL: named queries and numbered migrations.
+"""Loads a journal backend's SQL: named queries and numbered migrations.
 
-The SQL lives in ``sql/*.sql`` so it can be read and reviewed as SQL. Queries are
-typed `LiteralString`: we ship these files and vouch for them as if they were
-literals in the code, and pyright then rejects SQL assembled from runtime strings.
+Each backend keeps its SQL in ``sql/queries.sql`` and ``sql/migrations/NNNN_*.sql``
+inside its own package, so it can be read and reviewed as SQL. Queries are typed
+`LiteralString`: we ship these files and vouch for them as if they were literals
+in the code, and pyright then rejects SQL assembled from runtime strings.
 """
 
 from __future__ import annotations
@@ -16,13 +17,9 @@ _QUERY_HEADER = re.compile(r"^-- (\w+) --$", re.MULTILINE)
 
 
 @cache
-def queries() -> dict[str, LiteralString]:
-    """Every named query in ``sql/queries.sql``, keyed by name."""
-    text = (
-        resources.files(__name__.rpartition(".")[0])
-        .joinpath("sql/queries.sql")
-        .read_text()
-    )
+def queries(package: str) -> dict[str, LiteralString]:
+    """Every named query in ``package``'s ``sql/queries.sql``, keyed by name."""
+    text = resources.files(package).joinpath("sql/queries.sql").read_text()
     parts = _QUERY_HEADER.split(text)
     # parts = [preamble, name1, body1, name2, body2, ...]
     named = zip(parts[1::2], parts[2::2], strict=True)
@@ -30,9 +27,9 @@ def queries() -> dict[str, LiteralString]:
 
 
 @cache
-def migrations() -> list[tuple[int, LiteralString]]:
-    """``(version, script)`` for each ``sql/migrations/NNNN_*.sql``, in order."""
-    folder = resources.files(__name__.rpartition(".")[0]).joinpath("sql/migrations")
+def migrations(package: str) -> list[tuple[int, LiteralString]]:
+    """``(version, script)`` for each of ``package``'s migrations, in order."""
+    folder = resources.files(package).joinpath("sql/migrations")
     found: list[tuple[int, LiteralString]] = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):

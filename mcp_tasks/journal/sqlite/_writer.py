@@ -1,12 +1,12 @@
-"""Group commit: one writer coroutine batches concurrent writes into one commit.
+"""Group commit: one writer per process batches concurrent writes into one commit.
 
-SQLite allows one writer per database file, and with ``synchronous=FULL`` every
-commit costs an fsync. Rather than one transaction per write, callers queue
-their writes and wait; the writer takes everything waiting (up to `MAX_BATCH`),
-runs it in one ``BEGIN IMMEDIATE … COMMIT`` and then wakes the callers. The
-batch fills to the number of concurrent callers by itself, so no timer adds
-latency to a lone write. Submits are coalesced further into a single
-``executemany`` per table.
+SQLite allows one writer per database file at a time, and with
+``synchronous=FULL`` every commit costs an fsync. Rather than one transaction
+per write, callers queue their writes; the writer takes everything waiting (up
+to `MAX_BATCH`), runs it in one ``BEGIN IMMEDIATE … COMMIT`` and then tells the
+callers. The batch fills to the number of concurrent callers by itself, so no
+timer adds latency to a lone write. Other processes on the same file take
+turns through SQLite's own lock (``BEGIN IMMEDIATE`` waits for it).
 
 The writer owns a plain ``sqlite3`` connection and runs each whole batch in one
 call on a thread of its own: one thread hop per batch, where a driver such as
@@ -20,31 +20,32 @@ transaction, so one bad write fails alone and never takes its neighbours down.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskStatus
 
 from mcp_tasks._exceptions import JournalError
 from mcp_tasks.journal._records import NewTask
-from mcp_tasks.journal._sql import queries
 
-MAX_BATCH = 256
+MAX_BATCH: Final = 256
 
 #: The result of a write that has not committed (None is a valid result).
 _UNSET: Any = object()
 
 #: A write: runs on the writer's thread inside its transaction, returns a result.
 WriteFn = Callable[[sqlite3.Connection], Any]
-
-#: Told the outcome of an insert (None: committed) on the event loop, once.
-Settled = Callable[[BaseException | None], None]
+#: Inserts new tasks inside the transaction; returns, per task, why it was
+#: refused (an exception to give its caller) or None when it was inserted.
+InsertBatch = Callable[[sqlite3.Connection, Sequence[NewTask]], list[Exception | None]]
+#: Told the outcome of a write on the event loop, once: (result, error).
+Done = Callable[[Any, BaseException | None], None]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class _Write:
 
     fn: WriteFn | None = None
     new_task: NewTask | None = None
-    settled: Settled | None = None
+    done: Done | None = None
     result: Any = _UNSET
     error: BaseException | None = None
 
@@ -68,37 +69,28 @@ class _Batch:
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
-def _task_row(task: NewTask) -> tuple[Any, ...]:
-    expires = None if task.ttl_seconds is None else task.created_at + task.ttl_seconds
-    return (
-        task.task_id,
-        task.owner_id,
-        task.tool_name,
-        json.dumps(task.arguments, separators=(",", ":")),
-        task.status_message,
-        task.created_at,
-        task.created_at,
-        task.ttl_seconds,
-        expires,
-        task.poll_interval_seconds,
-        1 if task.listed else 0,
-        json.dumps(task.request_meta, separators=(",", ":")),
-    )
-
-
-def _event_row(task: NewTask) -> tuple[Any, ...]:
-    return (task.task_id, "working", task.status_message, "submitted", task.created_at)
-
-
 class GroupCommitWriter:
-    """The single writer of one database file.
+    """The single writer of one process to one database file.
 
     ``connection`` must be opened with ``check_same_thread=False`` and
     ``isolation_level=None``; from then on only this writer may use it.
+    ``before_batch`` runs on the writer's thread before each transaction and
+    may raise `JournalError` to refuse the whole batch (the file is gone);
+    ``after_commit`` runs on the event loop after each batch that committed.
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        insert_batch: InsertBatch,
+        *,
+        before_batch: Callable[[], None] | None = None,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
         self._connection = connection
+        self._insert_batch = insert_batch
+        self._before_batch = before_batch
+        self._after_commit = after_commit
         # One token: batches never overlap, and the writer never competes with
         # tools for the default thread pool's tokens.
         self._thread = anyio.CapacityLimiter(1)
@@ -108,6 +100,8 @@ class GroupCommitWriter:
         self._closed = False
         self.batches = 0
         self.writes = 0
+        #: Seconds spent in each recent commit, for metrics (oldest dropped).
+        self.commit_seconds: deque[float] = deque(maxlen=1024)
 
     async def write(self, fn: WriteFn) -> Any:
         """Run ``fn(connection)`` inside a write transaction; return its result.
@@ -122,15 +116,23 @@ class GroupCommitWriter:
             await batch.done.wait()
         return _outcome(write)
 
-    async def insert(self, task: NewTask, settled: Settled | None = None) -> None:
-        """Insert a new task (and its first event) durably.
+    def write_nowait(self, fn: WriteFn, done: Done | None = None) -> None:
+        """Queue ``fn`` without waiting; ``done`` hears its outcome on the loop.
 
-        ``settled`` hears the outcome on the event loop as soon as it is known,
+        Writes commit in the order they were queued, so a write queued after
+        this one is never committed before it.
+        """
+        self._queue(_Write(fn=fn, done=done))
+
+    async def insert(self, task: NewTask, done: Done | None = None) -> None:
+        """Insert a new task (and its first change) durably.
+
+        ``done`` hears the outcome on the event loop as soon as it is known,
         whether or not this caller is still waiting: the wait is not shielded
         (submits are the hot path, and a shield per caller cost about a tenth
         of engine throughput), so what must follow a commit belongs there.
         """
-        write = _Write(new_task=task, settled=settled)
+        write = _Write(new_task=task, done=done)
         batch = self._queue(write)
         await batch.done.wait()
         _outcome(write)
@@ -176,6 +178,8 @@ class GroupCommitWriter:
                         )
                     finally:
                         _settle(batch)
+                if self._after_commit is not None:
+                    self._after_commit()
         finally:
             self._refuse_queued()
 
@@ -196,34 +200,48 @@ class GroupCommitWriter:
     # The methods below run on the writer's thread.
 
     def _commit(self, writes: list[_Write]) -> None:
+        if self._before_batch is not None:
+            try:
+                self._before_batch()
+            except JournalError as exc:
+                for write in writes:
+                    write.error = exc
+                return
+        started = time.perf_counter()
         try:
-            results = self._transaction(writes)
+            outcomes = self._transaction(writes)
         except Exception:
             self._rollback()
             for write in writes:
                 self._commit_alone(write)
             return
-        for write, result in zip(writes, results, strict=True):
-            write.result = result
+        self.commit_seconds.append(time.perf_counter() - started)
+        for write, (result, error) in zip(writes, outcomes, strict=True):
+            write.result, write.error = result, error
 
     def _commit_alone(self, write: _Write) -> None:
         try:
-            (write.result,) = self._transaction([write])
+            ((write.result, write.error),) = self._transaction([write])
         except Exception as exc:
             self._rollback()
             write.error = _wrap(exc)
 
-    def _transaction(self, writes: list[_Write]) -> list[Any]:
-        sql = queries()
+    def _transaction(
+        self, writes: list[_Write]
+    ) -> list[tuple[Any, BaseException | None]]:
         db = self._connection
         db.execute("BEGIN IMMEDIATE")
         inserts = [w.new_task for w in writes if w.new_task is not None]
-        if inserts:
-            db.executemany(sql["insert_task"], [_task_row(t) for t in inserts])
-            db.executemany(sql["insert_event"], [_event_row(t) for t in inserts])
-        results = [None if w.fn is None else w.fn(db) for w in writes]
+        refusals = iter(self._insert_batch(db, inserts) if inserts else [])
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        for write in writes:
+            if write.new_task is not None:
+                outcomes.append((None, next(refusals)))
+            else:
+                assert write.fn is not None
+                outcomes.append((write.fn(db), None))
         db.execute("COMMIT")
-        return results
+        return outcomes
 
     def _rollback(self) -> None:
         try:
@@ -242,13 +260,13 @@ def _settle(batch: _Batch) -> None:
 
 
 def _tell(write: _Write) -> None:
-    if write.settled is None:
+    if write.done is None:
         return
     try:
-        write.settled(write.error)
+        write.done(None if write.result is _UNSET else write.result, write.error)
     except Exception:
         # A broken callback must not stop the writer or its neighbours' wake-up.
-        logger.exception("journal: a settled callback failed")
+        logger.exception("journal: a write's done callback failed")
 
 
 def _outcome(write: _Write) -> Any:

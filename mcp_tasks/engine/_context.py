@@ -16,12 +16,12 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import anyio.to_thread
 import pydantic
 
-from mcp_tasks._model import OwnerId, TaskId
+from mcp_tasks._model import InputRequest, OwnerId, TaskId
 from mcp_tasks._questions import (
     Answer,
     InputNotSupportedError,
@@ -29,47 +29,22 @@ from mcp_tasks._questions import (
     check_response,
     to_answer,
 )
-from mcp_tasks.journal import InputRequest
+from mcp_tasks.engine._engine import Engine
+from mcp_tasks.engine._runs import Run
 
 
 class TaskSuspended(BaseException):
     """Ends a run that will continue later; not an error.
 
     A `BaseException` so that a tool's ``except Exception`` cannot swallow it.
+    ``hand_back`` is True when nothing was recorded and the runner must give the
+    task back (shutdown stopped it at a step boundary).
     """
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, *, hand_back: bool = False) -> None:
         self.why = why
+        self.hand_back = hand_back
         super().__init__(why)
-
-
-class Engine(Protocol):
-    """What the context needs from the runtime (`_dispatch.Dispatcher` provides it)."""
-
-    @property
-    def draining(self) -> bool: ...
-
-    def now(self) -> float: ...
-
-    def note_status(self, task_id: TaskId, message: str) -> None: ...
-
-    def report_progress(
-        self, ctx: RunContext, progress: float, total: float | None, message: str | None
-    ) -> None: ...
-
-    def report_log(self, ctx: RunContext, level: str, message: str) -> None: ...
-
-    async def record_step(self, task_id: TaskId, key: str, result: Any) -> None: ...
-
-    async def wait_for_input(
-        self, ctx: RunContext, requests: list[InputRequest], message: str
-    ) -> None: ...
-
-    async def wait_for_budget(
-        self, ctx: RunContext, budget: str, seconds: float
-    ) -> None: ...
-
-    def take_budget(self, budget: str, requests: float, tokens: float) -> float: ...
 
 
 @dataclass(eq=False)
@@ -77,16 +52,26 @@ class RunContext:
     """The context of one run of one task. Implements `TaskContext`."""
 
     engine: Engine
-    task_id: TaskId
-    owner_id: OwnerId
+    run: Run
     config: Mapping[str, Any]
     request_meta: Mapping[str, Any]
-    attempt: int = 1
     recorded_steps: dict[str, Any] = field(default_factory=lambda: dict[str, Any]())
     recorded_questions: dict[str, InputRequest] = field(
         default_factory=lambda: dict[str, InputRequest]()
     )
     _counters: dict[str, int] = field(default_factory=lambda: dict[str, int]())
+
+    @property
+    def task_id(self) -> TaskId:
+        return self.run.task_id
+
+    @property
+    def owner_id(self) -> OwnerId:
+        return self.run.owner_id
+
+    @property
+    def attempt(self) -> int:
+        return self.run.lease.attempt
 
     @property
     def client_capabilities(self) -> Mapping[str, Any]:
@@ -108,15 +93,13 @@ class RunContext:
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
     ) -> None:
-        if message is not None:
-            self.engine.note_status(self.task_id, message)
-        self.engine.report_progress(self, progress, total, message)
+        self.engine.report(self.run, message=message, progress=progress, total=total)
 
     async def set_status(self, message: str) -> None:
-        self.engine.note_status(self.task_id, message)
+        self.engine.report(self.run, message=message)
 
     async def log(self, level: str, message: str) -> None:
-        self.engine.report_log(self, level, message)
+        await self.engine.log(self.run, level, message)
 
     # ------------------------------------------------------------------ steps
 
@@ -128,7 +111,7 @@ class RunContext:
             return self.recorded_steps[key]
         if self.engine.draining:
             # Shutting down: let running steps finish, start no new one.
-            raise TaskSuspended("server shutting down")
+            raise TaskSuspended("server shutting down", hand_back=True)
         if inspect.iscoroutinefunction(fn):
             result = await fn(*args, **kwargs)
         else:
@@ -142,7 +125,7 @@ class RunContext:
             raise TypeError(
                 f"step {name!r} returned a value that is not JSON: {exc}"
             ) from exc
-        await self.engine.record_step(self.task_id, key, result)
+        await self.engine.record_step(self.run, key, result)
         self.recorded_steps[key] = result
         return result
 
@@ -152,12 +135,14 @@ class RunContext:
         key = self._next_key(f"budget:{budget}")
         if key in self.recorded_steps:
             return
-        wait = self.engine.take_budget(budget, requests, tokens)
+        wait = await self.engine.take_budget(budget, requests, tokens)
         if wait > 0:
-            await self.engine.wait_for_budget(self, budget, wait)
+            await self.engine.park(
+                self.run, self.engine.now() + wait, budget_message(budget, wait)
+            )
             raise TaskSuspended(f"waiting for budget {budget!r}")
         await self.engine.record_step(
-            self.task_id, key, {"requests": requests, "tokens": tokens}
+            self.run, key, {"requests": requests, "tokens": tokens}
         )
         self.recorded_steps[key] = True
 
@@ -199,7 +184,7 @@ class RunContext:
             )
             for key, question in pending
         ]
-        await self.engine.wait_for_input(self, requests, pending[0][1].summary)
+        await self.engine.ask(self.run, requests, pending[0][1].summary)
         raise TaskSuspended("waiting for input")
 
     async def elicit(
@@ -253,6 +238,11 @@ class RunContext:
     async def list_roots(self, *, key: str | None = None) -> Answer:
         key = key or self._next_key("roots")
         return (await self.ask({key: Question.roots()}))[key]
+
+
+def budget_message(name: str, seconds: float) -> str:
+    """The status message of a task waiting for room in a budget."""
+    return f"Waiting {seconds:.1f} s for room in budget {name!r}"
 
 
 def _deadline(now: float, own: float | None, default: object) -> float | None:

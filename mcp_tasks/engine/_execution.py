@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from mcp_tasks._exceptions import ErrorCode
 from mcp_tasks._model import Outcome
 from mcp_tasks._questions import InputNotSupportedError
 from mcp_tasks._toolapi import (
@@ -28,11 +29,6 @@ from mcp_tasks._toolapi import (
 )
 
 logger = logging.getLogger("mcp_tasks.execution")
-
-#: JSON-RPC "internal error", used when a tool's return value cannot be encoded.
-INTERNAL_ERROR = -32603
-#: 2026-07-28 "missing required client capability"; also used on the older wire.
-MISSING_CAPABILITY = -32021
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +57,8 @@ def classify_exception(spec: ToolSpec, exc: Exception) -> Verdict:
         return Outcome(error=exc.to_json())
     if isinstance(exc, InputNotSupportedError):
         data = {"requiredCapabilities": exc.required}
-        return Outcome(
-            error={"code": MISSING_CAPABILITY, "message": str(exc), "data": data}
-        )
+        code = int(ErrorCode.MISSING_REQUIRED_CLIENT_CAPABILITY)
+        return Outcome(error={"code": code, "message": str(exc), "data": data})
     if (
         spec.max_attempts > 1
         and not isinstance(exc, ToolError)
@@ -83,7 +78,9 @@ def classify_return(tool: str, value: object) -> Outcome:
         return Outcome(result=result_from_return(value))
     except (TypeError, ValueError) as exc:
         message = f"Tool {tool!r} returned a value that cannot be encoded: {exc}"
-        return Outcome(error={"code": INTERNAL_ERROR, "message": message})
+        return Outcome(
+            error={"code": int(ErrorCode.INTERNAL_ERROR), "message": message}
+        )
 
 
 async def _run_in_thread(

@@ -1,8 +1,8 @@
 """`TaskRuntime`: the engine's facade, the one object the bindings talk to.
 
 Wire-neutral: bindings call `submit`, `get`, `wait_terminal`, `list`,
-`cancel`, `answer` with a `Requester`, and subscribe to events. The runtime
-never imports ``mcp``.
+`cancel`, `answer` with a `Requester`, and follow the change feed. The runtime
+never imports ``mcp`` and never assumes it is the only process on its journal.
 
 Lifecycle of a task (statuses as the wire shows them, phases in brackets)::
 
@@ -13,16 +13,17 @@ Lifecycle of a task (statuses as the wire shows them, phases in brackets)::
                  └───────────────────────┼──────────────┘
                                          └─► cancelled (from any non-terminal)
 
-The journal row is the truth; the scheduler, timers and leases in memory are
-rebuilt from it at start-up. Work runs in one task group that lives as long as
-the runtime, independent of any client connection. A run that must wait
-records why and ends (`TaskSuspended`); the task runs again from the top when
-it may continue, replaying what the journal recorded (see `_context`).
+The journal row is the truth, and the only state shared between processes.
+Work runs in one task group that lives as long as the runtime, independent of
+any client connection. A run that must wait records why and ends
+(`TaskSuspended`); the task runs again from the top when it may continue, on
+whichever process claims it, replaying what the journal recorded.
 
-The work is split by role: `_dispatch` holds the live state and makes every
-change to it, `_worker` runs one task, `_lifecycle` recovers, supervises and
-drains, `_events` fans events out, `_tokens` makes cursors and sealed state.
-This module checks who may do what and answers the requests.
+The work is split by role: `_engine` writes every change, `_dispatch` claims
+work, `_runner` runs one task, `_leases` keeps leases and recovers lost runs,
+`_timers` wakes due tasks, `_feed` follows the change feed, `_lifecycle`
+starts and drains it all. This module checks who may do what and answers the
+requests.
 """
 
 from __future__ import annotations
@@ -36,19 +37,29 @@ from typing import Any, Final, final
 
 import anyio
 
-from mcp_tasks import _lifecycle, _tokens
+from mcp_tasks import _tokens
 from mcp_tasks._config import Settings
-from mcp_tasks._dispatch import Clock, Dispatcher
-from mcp_tasks._events import Broadcaster, RuntimeListener
-from mcp_tasks._events import LogEvent as LogEvent  # re-exported for the bindings
-from mcp_tasks._events import ProgressEvent as ProgressEvent  # re-exported
 from mcp_tasks._exceptions import TaskNotFoundError, TaskTerminalError, UnknownToolError
-from mcp_tasks._model import OwnerId, Task, TaskId, TaskStatus, new_task_id
+from mcp_tasks._model import (
+    InputRequest,
+    OwnerId,
+    Task,
+    TaskId,
+    TaskStatus,
+    new_task_id,
+)
 from mcp_tasks._questions import InvalidAnswerError, check_response
-from mcp_tasks._scheduler import SchedulerStatistics
 from mcp_tasks._toolapi import ToolSpec
-from mcp_tasks._worker import Worker
-from mcp_tasks.journal import InputRequest, Journal, NewTask, SqliteJournal
+from mcp_tasks.engine import _leases, _lifecycle
+from mcp_tasks.engine._dispatch import Dispatcher
+from mcp_tasks.engine._engine import Clock, Engine
+from mcp_tasks.engine._events import ChangeListener
+from mcp_tasks.engine._feed import Feed
+from mcp_tasks.engine._lifecycle import Parts
+from mcp_tasks.engine._runner import Runner
+from mcp_tasks.engine._runs import Runs, StopReason
+from mcp_tasks.engine._timers import Timers
+from mcp_tasks.journal import ClientLoad, Journal, NewTask, open_journal
 
 #: How long a synchronous (non-task) call's journal row is kept after it ends.
 SYNC_CALL_RETENTION_SECONDS: Final = 60.0
@@ -81,14 +92,27 @@ class AnswerReceipt:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeStatistics:
-    """A snapshot for monitoring and benchmarks."""
+    """A snapshot of this process, for monitoring and benchmarks.
 
-    scheduler: SchedulerStatistics
-    unfinished: int
+    ``running`` and ``workers`` are this process's; ``unfinished`` counts every
+    unfinished task in the journal (all processes).
+    """
+
     running: int
-    timers: int
+    workers: int
+    unfinished: int
     journal_batches: int
     journal_writes: int
+
+
+def queue_message(ahead: int | None) -> str:
+    """The status message of a task waiting for a worker (``ahead``: if known)."""
+    if ahead is None:
+        return "Queued, waiting for a free worker"
+    if ahead == 0:
+        return "Queued: next in this client's queue, waiting for a free worker"
+    noun = "task" if ahead == 1 else "tasks"
+    return f"Queued: {ahead} {noun} ahead of it in this client's queue"
 
 
 def _wall_clock() -> float:
@@ -97,7 +121,7 @@ def _wall_clock() -> float:
 
 @final
 class TaskRuntime:
-    """The durable task engine. Open one with `TaskRuntime.open`."""
+    """The durable task engine of one process. Open one with `TaskRuntime.open`."""
 
     def __init__(
         self,
@@ -114,11 +138,16 @@ class TaskRuntime:
         self._clock = clock
         self._cursor_secret = cursor_secret
         self._state_key = _tokens.state_key(cursor_secret)
-        self._events = Broadcaster()
-        self._dispatcher = Dispatcher(
-            journal, settings, self.tools, clock, self._events
+        engine = Engine(journal, settings, self.tools, clock)
+        runs = Runs()
+        self._parts = Parts(
+            engine=engine,
+            feed=Feed(journal, settings.feed_poll_seconds),
+            runs=runs,
+            dispatcher=Dispatcher(engine, settings.workers),
+            runner=Runner(engine, runs, anyio.CapacityLimiter(settings.workers)),
+            timers=Timers(engine),
         )
-        self._worker = Worker(self._dispatcher)
 
     # ----------------------------------------------------------------- opening
 
@@ -126,21 +155,19 @@ class TaskRuntime:
     @asynccontextmanager
     async def open(
         cls,
-        db_path: Path | str,
+        db: Path | str,
         settings: Settings,
         tools: Mapping[str, ToolSpec],
         *,
         clock: Clock = _wall_clock,
     ) -> AsyncGenerator[TaskRuntime]:
-        """Open the journal at ``db_path``, recover unfinished tasks, start workers.
+        """Open the journal at ``db`` (a path or URL) and run the engine on it.
 
-        Leaving the block shuts down gracefully: no new work starts, running
-        tasks get ``shutdown_grace_seconds`` to finish, and the rest are
-        recorded as interrupted for the next start to recover.
+        Leaving the block shuts down gracefully: nothing new is claimed,
+        running tasks get ``shutdown_grace_seconds`` to finish, and the rest
+        are handed back for another process or the next start.
         """
-        async with SqliteJournal.open(
-            db_path, synchronous=settings.synchronous
-        ) as journal:
+        async with open_journal(db, synchronous=settings.synchronous) as journal:
             secret = await journal.secret("cursor")
             runtime = cls(journal, settings, tools, clock=clock, cursor_secret=secret)
             async with runtime.running():
@@ -148,14 +175,19 @@ class TaskRuntime:
 
     @asynccontextmanager
     async def running(self) -> AsyncGenerator[None]:
-        """Run the dispatcher, timers, heartbeat and sweeper until the block exits."""
-        async with _lifecycle.serve(self._dispatcher, self._worker):
+        """Run the engine's loops until the block exits, then drain."""
+        async with _lifecycle.serve(self._parts):
             yield
 
     @property
     def draining(self) -> bool:
         """Whether the runtime is shutting down (no new work or steps start)."""
-        return self._dispatcher.draining
+        return self._parts.engine.draining
+
+    @property
+    def holder(self) -> str:
+        """This process's name in the journal's leases."""
+        return self._parts.engine.holder
 
     def now(self) -> float:
         """The runtime's clock (seconds since the epoch)."""
@@ -163,38 +195,45 @@ class TaskRuntime:
 
     # ------------------------------------------------------------ housekeeping
 
-    async def recover(self) -> None:
-        """Rebuild queues, timers and backlog counts from the journal (see `_lifecycle`)."""
-        await _lifecycle.recover(self._dispatcher)
-
     async def heartbeat(self) -> None:
-        """Renew this process's leases, then recover tasks whose lease ran out."""
-        await _lifecycle.heartbeat(self._dispatcher)
+        """Renew this process's leases, then recover tasks whose runs are gone."""
+        await _leases.heartbeat(self._parts.engine, self._parts.runs)
 
     async def sweep(self) -> list[TaskId]:
         """Purge terminal tasks whose retention has ended; return their ids."""
-        return await _lifecycle.sweep(self._dispatcher)
+        return await self._parts.engine.purge()
 
     async def fire_due_timers(self) -> int:
         """Fire due timers now (the timer loop does this by itself; for tests)."""
-        return await self._dispatcher.fire_due_timers()
+        return await self._parts.timers.fire_due()
+
+    async def catch_up(self) -> int:
+        """Read the change feed now (it is read by itself; for tests)."""
+        return await self._parts.feed.catch_up()
+
+    async def check(self) -> None:
+        """Raise `JournalError` unless the journal accepts writes (readiness)."""
+        await self.journal.check()
 
     def statistics(self) -> RuntimeStatistics:
-        """Occupancy of the scheduler, timers and the journal writer."""
-        dispatcher = self._dispatcher
+        """This process's workers and journal writer, and the journal's backlog."""
+        parts = self._parts
         writer = getattr(self.journal, "writer", None)
         return RuntimeStatistics(
-            scheduler=dispatcher.scheduler.statistics(),
-            unfinished=dispatcher.unfinished,
-            running=len(dispatcher.running),
-            timers=len(dispatcher.timers),
+            running=len(parts.runs),
+            workers=parts.dispatcher.workers,
+            unfinished=0,
             journal_batches=getattr(writer, "batches", 0),
             journal_writes=getattr(writer, "writes", 0),
         )
 
-    def subscribe(self, listener: RuntimeListener) -> Callable[[], None]:
-        """Register ``listener`` for events; returns a function that unregisters it."""
-        return self._events.subscribe(listener)
+    async def load(self, owner: OwnerId | None = None) -> list[ClientLoad]:
+        """Each client's queued, running and waiting tasks, from the journal."""
+        return await self.journal.load(owner)
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Follow the change feed; returns a function that unsubscribes."""
+        return self._parts.feed.subscribe(listener)
 
     # ------------------------------------------------------------------ submit
 
@@ -214,11 +253,13 @@ class TaskRuntime:
         ttl_seconds: float | None = None,
         request_meta: Mapping[str, Any] | None = None,
         listed: bool = True,
+        task_id: TaskId | None = None,
     ) -> Task:
         """Durably accept a call as a task and queue it; return the new task.
 
         Returns only after the task is committed, so a `get` right after
-        succeeds.
+        succeeds, from any process. ``task_id`` may be chosen beforehand (with
+        `new_task_id`) by a caller that must know it before the commit.
 
         Raises:
             UnknownToolError: no such tool.
@@ -228,11 +269,9 @@ class TaskRuntime:
         spec = self.tool(tool_name)
         spec.validate(arguments)
         owner = requester.owner_id
-        # Reserve the backlog slot before the await so concurrent submits
-        # cannot over-admit.
-        self._dispatcher.admit(owner)
+        limits = self.settings.limits_for(owner)
         new = NewTask(
-            task_id=new_task_id(),
+            task_id=task_id or new_task_id(),
             owner_id=owner,
             tool_name=tool_name,
             arguments=dict(arguments or {}),
@@ -243,20 +282,14 @@ class TaskRuntime:
                 else SYNC_CALL_RETENTION_SECONDS
             ),
             poll_interval_seconds=self.settings.poll_interval_seconds,
+            concurrency=limits.concurrency,
+            backlog=limits.backlog,
             listed=listed,
             request_meta=dict(request_meta or {}),
         )
-
-        def settled(error: BaseException | None) -> None:
-            # Also runs if this caller is cancelled while the commit is in
-            # flight: a committed task must be queued, a refused one unreserved.
-            if error is None:
-                self._dispatcher.enqueue(owner, new.task_id)
-            else:
-                self._dispatcher.release_backlog(owner)
-
-        task = await self.journal.submit(new, settled)
-        return self._dispatcher.newly_queued(task)
+        task = await self._parts.engine.submit(new)
+        self._parts.dispatcher.wake()
+        return task.with_status_message(queue_message(None))
 
     async def call(
         self,
@@ -276,7 +309,7 @@ class TaskRuntime:
             requester, tool_name, arguments, request_meta=request_meta, listed=False
         )
         async with self.cancel_on_exit(requester, task.task_id):
-            return await self.wait_terminal(requester, task.task_id)
+            return await self.wait_terminal(requester, task.task_id, outcome=True)
 
     @asynccontextmanager
     async def cancel_on_exit(
@@ -295,16 +328,28 @@ class TaskRuntime:
 
     # ------------------------------------------------------------------- reads
 
-    async def get(self, requester: Requester, task_id: str) -> Task:
-        """The task as its requestor may see it; raise `TaskNotFoundError`."""
-        task = await self.journal.get(TaskId(task_id))
+    async def get(
+        self, requester: Requester, task_id: str, *, outcome: bool = False
+    ) -> Task:
+        """The task as its requestor may see it; raise `TaskNotFoundError`.
+
+        The outcome is loaded only with ``outcome=True`` (and only once the
+        task has ended).
+        """
+        task = await self.journal.get(TaskId(task_id), outcome=outcome)
         if task is None or (requester.scoped and task.owner_id != requester.owner_id):
             raise TaskNotFoundError(task_id)
-        return self._dispatcher.live_status(task)
+        if task.queued_ahead is not None and task.status_message is None:
+            return task.with_status_message(queue_message(task.queued_ahead))
+        return task
 
-    async def wait_terminal(self, requester: Requester, task_id: str) -> Task:
+    async def wait_terminal(
+        self, requester: Requester, task_id: str, *, outcome: bool = False
+    ) -> Task:
         """Block until the task is terminal; return it."""
-        return await self.wait_for(requester, task_id, lambda t: t.is_terminal)
+        return await self.wait_for(
+            requester, task_id, lambda t: t.is_terminal, outcome=outcome
+        )
 
     async def wait_settled(self, requester: Requester, task_id: str) -> Task:
         """Block until the task is terminal or waits for input; return it."""
@@ -315,7 +360,7 @@ class TaskRuntime:
         )
 
     async def wait_change(self, requester: Requester, task_id: str, seen: Task) -> Task:
-        """Block until the task moved since ``seen`` (any transition); return it."""
+        """Block until the task moved since ``seen`` (any change); return it."""
         return await self.wait_for(
             requester,
             task_id,
@@ -327,15 +372,25 @@ class TaskRuntime:
         )
 
     async def wait_for(
-        self, requester: Requester, task_id: str, done: Callable[[Task], bool]
+        self,
+        requester: Requester,
+        task_id: str,
+        done: Callable[[Task], bool],
+        *,
+        outcome: bool = False,
     ) -> Task:
         """Block until ``done(task)`` holds for the task as `get` shows it; return it.
 
-        Re-checked on every transition and every status message change.
+        Re-checked after every change of the task, whichever process made it.
         """
-        return await self._events.wait_until(
-            TaskId(task_id), lambda: self.get(requester, task_id), done
-        )
+
+        async def read() -> Task:
+            task = await self.get(requester, task_id)
+            if outcome and task.is_terminal:
+                return await self.get(requester, task_id, outcome=True)
+            return task
+
+        return await self._parts.feed.wait_until(TaskId(task_id), read, done)
 
     async def awaiting_input(self, owner: OwnerId, limit: int = 100) -> list[TaskId]:
         """The owner's tasks waiting for answers (to re-offer on a reconnect)."""
@@ -368,7 +423,7 @@ class TaskRuntime:
         rows = await self.journal.list_owned(requester.owner_id, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        tasks = [self._dispatcher.live_status(task) for _, task in rows]
+        tasks = [task for _, task in rows]
         next_cursor = (
             _tokens.encode_cursor(self._cursor_secret, requester.owner_id, rows[-1][0])
             if more
@@ -394,7 +449,11 @@ class TaskRuntime:
     # ------------------------------------------------------- cancel and answer
 
     async def cancel(self, requester: Requester, task_id: str) -> Task:
-        """Cancel a task: recorded ``cancelled`` before this returns, work stopped.
+        """Cancel a task: recorded ``cancelled`` before this returns.
+
+        Its run, on whichever process, is stopped as soon as that process reads
+        the change (at once here; within its feed poll elsewhere, and at the
+        latest at its next heartbeat).
 
         Raises:
             TaskNotFoundError: unknown, purged or not the requestor's.
@@ -403,11 +462,16 @@ class TaskRuntime:
         task = await self.get(requester, task_id)
         if task.is_terminal:
             raise TaskTerminalError(task_id, task.status.value)
-        cancelled = await self._dispatcher.cancel(task.task_id, task.owner_id)
+        cancelled = await self._parts.engine.cancel(
+            task.task_id, "cancelled by request"
+        )
         if cancelled is None:
             # Lost the race: the task finished on its own just now.
             current = await self.get(requester, task_id)
             raise TaskTerminalError(task_id, current.status.value)
+        run = self._parts.runs.get(task.task_id)
+        if run is not None:
+            run.stop(StopReason.CANCELLED)
         return cancelled
 
     async def answer(
@@ -446,6 +510,6 @@ class TaskRuntime:
             valid[key] = dict(response)
         if not valid:
             return AnswerReceipt([], ignored, resumed=False)
-        accepted, resumed = await self._dispatcher.record_answers(task.task_id, valid)
+        accepted, resumed = await self._parts.engine.answer(task.task_id, valid)
         ignored = ignored + [key for key in valid if key not in accepted]
-        return AnswerReceipt(accepted, ignored, resumed=resumed)
+        return AnswerReceipt(accepted, ignored, resumed=resumed is not None)

@@ -1,0 +1,93 @@
+"""`Dispatcher`: claims work from the journal while this process has free workers.
+
+The journal decides what runs next (fair across clients, within every
+client's cap across all processes); the dispatcher only decides *when* to
+ask: whenever a worker is free and something may have become claimable (a
+change in the feed, a run that ended). It checks with a cheap read first, so
+an idle process does not take the write lock to learn there is nothing to do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final, final
+
+import anyio
+
+from mcp_tasks._exceptions import JournalError
+from mcp_tasks.engine._engine import Engine
+from mcp_tasks.journal import Change, ChangeKind, Claimed
+
+logger = logging.getLogger("mcp_tasks.engine")
+
+#: How long to wait before claiming again after the journal failed.
+RETRY_SECONDS: Final = 1.0
+
+
+@final
+class Dispatcher:
+    """Claims queued tasks up to this process's worker limit and starts them."""
+
+    def __init__(self, engine: Engine, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._engine = engine
+        self._workers = workers
+        self._busy = 0
+        self._wake = anyio.Event()
+        self._stopped = False
+
+    @property
+    def busy(self) -> int:
+        """Workers running a task now."""
+        return self._busy
+
+    @property
+    def workers(self) -> int:
+        """This process's worker limit."""
+        return self._workers
+
+    def wake(self) -> None:
+        """Look for work again (something may have become claimable)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Claim nothing more (shutdown)."""
+        self._stopped = True
+        self._wake.set()
+
+    def task_changed(self, change: Change) -> None:
+        """Feed listener: a status or phase change may free a slot or add work."""
+        if change.kind in (ChangeKind.STATUS, ChangeKind.PHASE):
+            self._wake.set()
+
+    def release(self) -> None:
+        """A run ended: its worker is free."""
+        self._busy -= 1
+        self._wake.set()
+
+    async def run(self, start: Callable[[Claimed], None]) -> None:
+        """Claim and ``start`` work whenever workers are free, until stopped."""
+        while not self._stopped:
+            self._wake = anyio.Event()
+            free = self._workers - self._busy
+            if free > 0:
+                try:
+                    claimed = await self._claim(free)
+                except JournalError as exc:
+                    logger.error("cannot claim work: %s", exc)
+                    with anyio.move_on_after(RETRY_SECONDS):
+                        await self._wake.wait()
+                    continue
+                for task in claimed:
+                    self._busy += 1
+                    start(task)
+                if claimed and len(claimed) == free:
+                    continue  # there may be more, and workers are full anyway
+            await self._wake.wait()
+
+    async def _claim(self, free: int) -> list[Claimed]:
+        if not await self._engine.journal.claimable():
+            return []
+        return await self._engine.claim(free)

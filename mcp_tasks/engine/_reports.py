@@ -1,0 +1,130 @@
+"""Status messages and progress of running tasks, written to the journal sparingly.
+
+A tool may report progress thousands of times a second; the journal gets at
+most one write per task per ``interval`` (and never two in flight), always
+with the latest values, and the last report is never lost: a report that
+arrives too soon waits and is written when its turn comes. The writes of
+different tasks share commits through the journal's group commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import final
+
+import anyio
+
+from mcp_tasks._exceptions import JournalError
+from mcp_tasks._model import TaskId
+from mcp_tasks.engine._runs import Run, StopReason
+from mcp_tasks.journal import Journal
+
+logger = logging.getLogger("mcp_tasks.engine")
+
+
+@dataclass(slots=True)
+class _Report:
+    run: Run
+    message: str | None = None
+    progress: float | None = None
+    total: float | None = None
+
+    def merge(
+        self, message: str | None, progress: float | None, total: float | None
+    ) -> None:
+        if message is not None:
+            self.message = message
+        if progress is not None:
+            self.progress = progress
+        if total is not None:
+            self.total = total
+
+
+@final
+class Reporter:
+    """Coalesces the reports of running tasks into few journal writes."""
+
+    def __init__(
+        self, journal: Journal, interval: float, clock: Callable[[], float]
+    ) -> None:
+        self._journal = journal
+        self._interval = interval
+        self._clock = clock
+        self._pending: dict[TaskId, _Report] = {}
+        self._in_flight: set[TaskId] = set()
+        self._wake = anyio.Event()
+
+    def report(
+        self,
+        run: Run,
+        *,
+        message: str | None = None,
+        progress: float | None = None,
+        total: float | None = None,
+    ) -> None:
+        """Note a run's latest status message and/or progress."""
+        pending = self._pending.get(run.task_id)
+        if pending is None or pending.run is not run:
+            pending = self._pending[run.task_id] = _Report(run)
+        pending.merge(message, progress, total)
+        self._wake.set()
+
+    def forget(self, task_id: TaskId) -> None:
+        """The run ended: drop what it did not write yet (its outcome supersedes it)."""
+        self._pending.pop(task_id, None)
+
+    async def flush(self, run: Run) -> None:
+        """Write the run's pending report now (before a status change)."""
+        pending = self._pending.get(run.task_id)
+        if (
+            pending is not None
+            and pending.run is run
+            and run.task_id not in self._in_flight
+        ):
+            del self._pending[run.task_id]
+            await self._write(pending)
+
+    async def run(self) -> None:
+        """Write due reports as they come, forever."""
+        async with anyio.create_task_group() as writes:
+            while True:
+                self._wake = anyio.Event()
+                now = anyio.current_time()
+                wait = self._interval
+                for task_id, pending in list(self._pending.items()):
+                    if task_id in self._in_flight:
+                        continue
+                    due = pending.run.reported_at + self._interval
+                    if due <= now:
+                        del self._pending[task_id]
+                        self._in_flight.add(task_id)
+                        writes.start_soon(self._write, pending)
+                    else:
+                        wait = min(wait, due - now)
+                if self._pending:
+                    with anyio.move_on_after(wait):
+                        await self._wake.wait()
+                else:
+                    await self._wake.wait()
+
+    async def _write(self, report: _Report) -> None:
+        run = report.run
+        self._in_flight.add(run.task_id)
+        try:
+            written = await self._journal.report(
+                run.lease,
+                self._clock(),
+                message=report.message,
+                progress=report.progress,
+                total=report.total,
+            )
+            if not written:
+                run.stop(StopReason.LEASE_LOST)
+        except JournalError as exc:
+            logger.warning("progress of task %s not recorded: %s", run.task_id, exc)
+        finally:
+            run.reported_at = anyio.current_time()
+            self._in_flight.discard(run.task_id)
+            self._wake.set()

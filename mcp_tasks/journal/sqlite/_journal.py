@@ -1,0 +1,766 @@
+"""`SqliteJournal`: the embedded default journal, shareable by processes on one machine.
+
+One database file in WAL mode. Each process writes through one
+`GroupCommitWriter` (a plain ``sqlite3`` connection, each batch on its own
+thread) and reads through a second connection via aiosqlite, which WAL lets
+proceed while any writer commits. Processes take turns writing through
+SQLite's own lock (``BEGIN IMMEDIATE``); because SQLite serialises writers, a
+claim that reads a client's running count and then claims under its cap is
+exact with no further locking. Driver errors are wrapped in `JournalError`
+here and in the writer, nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, final
+
+import aiosqlite
+import anyio
+
+from mcp_tasks import _budgets
+from mcp_tasks._budgets import Bucket, BudgetLimits
+from mcp_tasks._exceptions import CapacityError, JournalError
+from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
+from mcp_tasks.journal._base import TERMINAL_GRACE_SECONDS, Settled
+from mcp_tasks.journal._records import (
+    Change,
+    ChangeKind,
+    Claimed,
+    ClientLoad,
+    HeldLease,
+    Lease,
+    NewTask,
+    Recovery,
+    TaskEvent,
+)
+from mcp_tasks.journal._sql import queries
+from mcp_tasks.journal.sqlite import _rows
+from mcp_tasks.journal.sqlite._schema import (
+    BUSY_TIMEOUT_SECONDS,
+    PACKAGE,
+    FileIdentity,
+    check_location,
+    open_writer,
+)
+from mcp_tasks.journal.sqlite._writer import GroupCommitWriter
+
+logger = logging.getLogger("mcp_tasks.journal")
+
+_SQL = queries(PACKAGE)
+
+
+def _change(
+    db: sqlite3.Connection,
+    task_id: str,
+    owner: str,
+    kind: ChangeKind,
+    status: TaskStatus | str,
+    message: str | None,
+    reason: str,
+    at: float,
+    data: Mapping[str, Any] | None = None,
+) -> None:
+    db.execute(
+        _SQL["insert_change"],
+        (
+            task_id,
+            owner,
+            kind.value,
+            str(status),
+            message,
+            reason,
+            at,
+            None if data is None else _rows.dumps(data),
+        ),
+    )
+
+
+def _fence(lease: Lease) -> tuple[str, str, int]:
+    return (lease.task_id, lease.holder, lease.attempt)
+
+
+def _insert_batch(
+    db: sqlite3.Connection, tasks: Sequence[NewTask]
+) -> list[Exception | None]:
+    """Insert new tasks, each only if its client's backlog has room."""
+    room: dict[str, int] = {}
+    refusals: list[Exception | None] = []
+    rows: list[tuple[Any, ...]] = []
+    changes: list[tuple[Any, ...]] = []
+    for task in tasks:
+        owner = task.owner_id
+        if owner not in room:
+            ((unfinished,),) = db.execute(
+                _SQL["upsert_client"], (owner, task.concurrency, task.backlog)
+            ).fetchall()
+            room[owner] = task.backlog - unfinished
+        if room[owner] <= 0:
+            refusals.append(CapacityError(owner, task.backlog))
+            continue
+        room[owner] -= 1
+        rows.append(_rows.new_task_row(task))
+        changes.append(_rows.new_task_change(task))
+        refusals.append(None)
+    db.executemany(_SQL["insert_task"], rows)
+    db.executemany(_SQL["insert_change"], changes)
+    return refusals
+
+
+def _retention_params(at: float) -> tuple[float, float]:
+    keep_until = at + TERMINAL_GRACE_SECONDS
+    return keep_until, keep_until
+
+
+async def _open_reader(path: Path) -> aiosqlite.Connection:
+    """A read-only connection; the writer has already checked and migrated."""
+    db = await aiosqlite.connect(
+        path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS
+    )
+    try:
+        await db.execute("PRAGMA query_only=ON")
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+@final
+class SqliteJournal:
+    """The SQLite journal. Open it with `SqliteJournal.open`."""
+
+    def __init__(
+        self,
+        path: Path,
+        writer_db: sqlite3.Connection,
+        reader_db: aiosqlite.Connection,
+        identity: FileIdentity | None,
+    ) -> None:
+        self.path = path
+        self._reader = reader_db
+        self._identity = identity
+        self._broken: JournalError | None = None
+        self._committed: list[Callable[[], None]] = []
+        self._writer = GroupCommitWriter(
+            writer_db,
+            _insert_batch,
+            before_batch=self._check_file,
+            after_commit=self._tell_committed,
+        )
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, path: Path | str, *, synchronous: str = "FULL"
+    ) -> AsyncGenerator[SqliteJournal]:
+        """Open (creating or migrating) the database at ``path``.
+
+        Any number of processes may open the same file at once.
+
+        Raises:
+            JournalSchemaError: the database was written by a newer mcp-tasks.
+            JournalError: the file is not a database, or cannot be opened or written.
+        """
+        path = Path(path)
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        check_location(path)
+        try:
+            writer_db = await anyio.to_thread.run_sync(open_writer, path, synchronous)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
+        try:
+            try:
+                reader_db = await _open_reader(path)
+            except sqlite3.Error as exc:
+                raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
+            try:
+                journal = cls(path, writer_db, reader_db, FileIdentity.of(path))
+                async with anyio.create_task_group() as tg:
+                    await tg.start(journal._writer.run)
+                    try:
+                        yield journal
+                    finally:
+                        journal._writer.close()
+            finally:
+                with anyio.CancelScope(
+                    shield=True
+                ):  # threads must not outlive the loop
+                    await reader_db.close()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(writer_db.close)
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    @property
+    def writer(self) -> GroupCommitWriter:
+        """The group-commit writer (exposed for statistics and benchmarks)."""
+        return self._writer
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the event loop after each commit of this process."""
+        self._committed.append(callback)
+
+    def _tell_committed(self) -> None:
+        for callback in self._committed:
+            callback()
+
+    def _check_file(self) -> None:
+        """Refuse writes once the file at the path is not the one we opened.
+
+        A journal deleted or replaced under a running server would otherwise
+        go on acknowledging tasks into an unlinked file, lost at the restart.
+        Runs on the writer's thread before every batch (one ``stat`` each).
+        """
+        if self._broken is not None:
+            raise self._broken
+        now = FileIdentity.of(self.path)
+        if now is None or now != self._identity:
+            what = "deleted" if now is None else "replaced by another file"
+            self._broken = JournalError(
+                f"{self.path}: the journal file was {what} while in use; "
+                "refusing writes (restart the server on the right file)"
+            )
+            logger.error("%s", self._broken)
+            raise self._broken
+
+    async def check(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if FileIdentity.of(self.path) != self._identity:
+            await self._writer.write(lambda db: None)  # raises, and marks it broken
+
+    async def _read(self, name: str, *params: Any) -> list[Any]:
+        try:
+            return list(await self._reader.execute_fetchall(_SQL[name], params))
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal read failed: {exc}") from exc
+        except ValueError as exc:  # aiosqlite: "Connection closed"
+            raise JournalError("the journal is closed") from exc
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await self._writer.write(fn)
+
+    # ---------------------------------------------------------- submit, read
+
+    async def submit(self, task: NewTask, settled: Settled | None = None) -> Task:
+        def done(result: Any, error: BaseException | None) -> None:
+            if settled is not None:
+                settled(error)
+
+        await self._writer.insert(task, done)
+        return _rows.submitted_task(task)
+
+    async def get(self, task_id: TaskId, *, outcome: bool = False) -> Task | None:
+        rows = await self._read("get_task", int(outcome), task_id)
+        if not rows:
+            return None
+        row = rows[0]
+        text: str | None = row[_rows.TASK_COLUMNS]
+        loaded = None
+        if text is not None:
+            if len(text) > _rows.LARGE_JSON_CHARS:
+                # Parsing a very large result would stall every other client.
+                data = await anyio.to_thread.run_sync(json.loads, text)
+            else:
+                data = json.loads(text)
+            loaded = _rows.outcome_from(data)
+        return _rows.task_from_row(row, loaded)
+
+    async def list_owned(
+        self, owner_id: OwnerId, after_seq: int, limit: int
+    ) -> list[tuple[int, Task]]:
+        rows = await self._read("list_owned", owner_id, after_seq, limit)
+        return [(row[0], _rows.task_from_row(row[1:])) for row in rows]
+
+    async def request_meta(self, task_id: TaskId) -> dict[str, Any]:
+        rows = await self._read("request_meta_of", task_id)
+        return json.loads(rows[0][0]) if rows else {}
+
+    async def events(self, task_id: TaskId) -> list[TaskEvent]:
+        return [
+            _rows.event_from_row(r) for r in await self._read("changes_of", task_id)
+        ]
+
+    async def steps(self, task_id: TaskId) -> dict[str, Any]:
+        rows = await self._read("steps_of", task_id)
+        return {key: json.loads(result) for key, result in rows}
+
+    async def input_requests(self, task_id: TaskId) -> list[InputRequest]:
+        rows = await self._read("input_requests_of", task_id)
+        return [_rows.input_request_from_row(r) for r in rows]
+
+    async def awaiting_input(self, owner_id: OwnerId, limit: int) -> list[TaskId]:
+        rows = await self._read("awaiting_input", owner_id, limit)
+        return [TaskId(r[0]) for r in rows]
+
+    async def load(self, owner_id: OwnerId | None = None) -> list[ClientLoad]:
+        if owner_id is None:
+            rows = await self._read("load_all")
+        else:
+            rows = await self._read("load_one", owner_id)
+        return [_rows.load_from_row(r) for r in rows]
+
+    # -------------------------------------------------------------- claiming
+
+    async def claimable(self) -> bool:
+        return bool(await self._read("claimable"))
+
+    async def claim(
+        self, holder: str, lease_expires_at: float, limit: int, at: float
+    ) -> list[Claimed]:
+        def apply(db: sqlite3.Connection) -> list[Claimed]:
+            claimed: list[Claimed] = []
+            for _ in range(limit):
+                picked = db.execute(_SQL["pick_client"]).fetchall()
+                if not picked:
+                    break
+                ((owner,),) = picked
+                rows = db.execute(
+                    _SQL["claim_task"], (holder, lease_expires_at, at, owner)
+                ).fetchall()
+                ((turn,),) = db.execute(_SQL["next_turn"]).fetchall()
+                db.execute(_SQL["serve_client"], (turn, owner))
+                ((tid, owner_id, tool, args, meta, attempts, retries, message),) = rows
+                _change(
+                    db, tid, owner_id, ChangeKind.PHASE, TaskStatus.WORKING,
+                    message, "claimed", at, {"holder": holder, "attempt": attempts},
+                )  # fmt: skip
+                claimed.append(
+                    Claimed(
+                        lease=Lease(TaskId(tid), holder, attempts),
+                        owner_id=OwnerId(owner_id),
+                        tool_name=tool,
+                        arguments=json.loads(args),
+                        request_meta=json.loads(meta),
+                        retries=retries,
+                    )
+                )
+            return claimed
+
+        result: list[Claimed] = await self._write(apply)
+        return result
+
+    # ------------------------------------------------------ fenced run writes
+
+    async def renew(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
+        def apply(db: sqlite3.Connection) -> list[Lease]:
+            lost: list[Lease] = []
+            for lease in leases:
+                cursor = db.execute(_SQL["renew_lease"], (expires_at, *_fence(lease)))
+                if cursor.rowcount == 0:
+                    lost.append(lease)
+            return lost
+
+        result: list[Lease] = await self._write(apply)
+        return result
+
+    async def finish(
+        self,
+        lease: Lease,
+        status: TaskStatus,
+        reason: str,
+        at: float,
+        *,
+        message: str | None = None,
+        outcome: Outcome | None = None,
+    ) -> Task | None:
+        if not status.is_terminal or status is TaskStatus.CANCELLED:
+            raise ValueError(f"finish ends a run completed or failed, not {status!r}")
+        tool_error = _rows.tool_error_text(outcome)
+        encoded = _rows.outcome_json(outcome)
+        params = (
+            status.value, message, at, encoded, tool_error,
+            *_retention_params(at), *_fence(lease),
+        )  # fmt: skip
+
+        def apply(db: sqlite3.Connection) -> Task | None:
+            rows = db.execute(_SQL["finish"], params).fetchall()
+            if not rows:
+                return None
+            task = _rows.task_from_row(rows[0])
+            _change(
+                db, lease.task_id, task.owner_id, ChangeKind.STATUS, status,
+                message, reason, at,
+            )  # fmt: skip
+            return task
+
+        finished: Task | None = await self._write(apply)
+        return finished
+
+    async def park(
+        self,
+        lease: Lease,
+        not_before: float,
+        message: str,
+        reason: str,
+        at: float,
+        *,
+        retry: bool = False,
+    ) -> bool:
+        params = (not_before, message, at, int(retry), *_fence(lease))
+
+        def apply(db: sqlite3.Connection) -> bool:
+            rows = db.execute(_SQL["park"], params).fetchall()
+            if not rows:
+                return False
+            ((owner,),) = rows
+            _change(
+                db, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                message, reason, at, {"not_before": not_before},
+            )  # fmt: skip
+            return True
+
+        parked: bool = await self._write(apply)
+        return parked
+
+    async def ask(
+        self, lease: Lease, requests: Sequence[InputRequest], message: str, at: float
+    ) -> Task | None:
+        rows_to_add = [
+            (lease.task_id, r.key, r.method, _rows.dumps(r.params), at, r.expires_at)
+            for r in requests
+        ]
+        deadlines = [r.expires_at for r in requests if r.expires_at is not None]
+
+        def apply(db: sqlite3.Connection) -> Task | None:
+            rows = db.execute(_SQL["ask"], (message, at, *_fence(lease))).fetchall()
+            if not rows:
+                return None
+            task = _rows.task_from_row(rows[0])
+            db.executemany(_SQL["add_input_request"], rows_to_add)
+            data: dict[str, Any] = {"keys": [r.key for r in requests]}
+            if deadlines:
+                data["deadline"] = min(deadlines)
+            _change(
+                db, lease.task_id, task.owner_id, ChangeKind.STATUS,
+                TaskStatus.INPUT_REQUIRED, message, "input requested", at, data,
+            )  # fmt: skip
+            return task
+
+        asked: Task | None = await self._write(apply)
+        return asked
+
+    async def record_step(self, lease: Lease, key: str, result: Any, at: float) -> bool:
+        encoded = _rows.dumps(result)
+
+        def apply(db: sqlite3.Connection) -> bool:
+            if not db.execute(_SQL["lease_owner"], _fence(lease)).fetchall():
+                return False
+            db.execute(_SQL["record_step"], (lease.task_id, key, encoded, at))
+            return True
+
+        recorded: bool = await self._write(apply)
+        return recorded
+
+    async def report(
+        self,
+        lease: Lease,
+        at: float,
+        *,
+        message: str | None = None,
+        progress: float | None = None,
+        total: float | None = None,
+    ) -> bool:
+        params = (message, progress, total, at, *_fence(lease))
+        data = {
+            k: v for k, v in (("progress", progress), ("total", total)) if v is not None
+        }
+
+        def apply(db: sqlite3.Connection) -> bool:
+            rows = db.execute(_SQL["report"], params).fetchall()
+            if not rows:
+                return False
+            ((owner, current),) = rows
+            _change(
+                db, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
+                current, "progress", at, data or None,
+            )  # fmt: skip
+            return True
+
+        reported: bool = await self._write(apply)
+        return reported
+
+    async def log(self, lease: Lease, level: str, message: str, at: float) -> bool:
+        def apply(db: sqlite3.Connection) -> bool:
+            rows = db.execute(_SQL["lease_owner"], _fence(lease)).fetchall()
+            if not rows:
+                return False
+            ((owner,),) = rows
+            _change(
+                db, lease.task_id, owner, ChangeKind.LOG, TaskStatus.WORKING,
+                None, "log", at, {"level": level, "message": message},
+            )  # fmt: skip
+            return True
+
+        logged: bool = await self._write(apply)
+        return logged
+
+    async def release(self, lease: Lease, message: str, reason: str, at: float) -> bool:
+        def apply(db: sqlite3.Connection) -> bool:
+            rows = db.execute(
+                _SQL["requeue_running"], (message, at, *_fence(lease))
+            ).fetchall()
+            if not rows:
+                return False
+            ((owner,),) = rows
+            _change(
+                db, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                message, reason, at,
+            )  # fmt: skip
+            return True
+
+        released: bool = await self._write(apply)
+        return released
+
+    # ---------------------------------------------------------- other writes
+
+    async def cancel(
+        self, task_id: TaskId, message: str, reason: str, at: float
+    ) -> Task | None:
+        params = (message, at, *_retention_params(at), task_id)
+
+        def apply(db: sqlite3.Connection) -> Task | None:
+            rows = db.execute(_SQL["cancel"], params).fetchall()
+            if not rows:
+                return None
+            task = _rows.task_from_row(rows[0])
+            _change(
+                db, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
+                message, reason, at,
+            )  # fmt: skip
+            return task
+
+        cancelled: Task | None = await self._write(apply)
+        return cancelled
+
+    async def answer(
+        self, task_id: TaskId, answers: Mapping[str, dict[str, Any]], at: float
+    ) -> tuple[list[str], Task | None]:
+        encoded = [(key, _rows.dumps(response)) for key, response in answers.items()]
+
+        def apply(db: sqlite3.Connection) -> tuple[list[str], Task | None]:
+            return _record_answers(db, task_id, encoded, at, "input received")
+
+        result: tuple[list[str], Task | None] = await self._write(apply)
+        return result
+
+    async def expire_questions(
+        self, now: float, response: Mapping[str, Any]
+    ) -> list[TaskId]:
+        encoded = _rows.dumps(dict(response))
+
+        def apply(db: sqlite3.Connection) -> list[TaskId]:
+            due: dict[str, list[tuple[str, str]]] = {}
+            for task_id, key in db.execute(_SQL["due_questions"], (now,)).fetchall():
+                due.setdefault(task_id, []).append((key, encoded))
+            resumed: list[TaskId] = []
+            for task_id, pairs in due.items():
+                _, done = _record_answers(db, task_id, pairs, now, "question timed out")
+                if done is not None:
+                    resumed.append(TaskId(task_id))
+            return resumed
+
+        result: list[TaskId] = await self._write(apply)
+        return result
+
+    async def wake_due(self, now: float) -> int:
+        def apply(db: sqlite3.Connection) -> int:
+            rows = db.execute(_SQL["wake_due"], (now, now)).fetchall()
+            for task_id, owner, message in rows:
+                _change(
+                    db, task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                    message, "wait over", now,
+                )  # fmt: skip
+            return len(rows)
+
+        woken: int = await self._write(apply)
+        return woken
+
+    async def next_due(self) -> float | None:
+        wakes = await self._read("next_wake")
+        deadlines = await self._read("next_question_deadline")
+        found = [v for v in (wakes[0][0], deadlines[0][0]) if v is not None]
+        return min(found) if found else None
+
+    async def held_leases(self, expired_before: float | None = None) -> list[HeldLease]:
+        if expired_before is None:
+            rows = await self._read("held_leases")
+        else:
+            rows = await self._read("expired_leases", expired_before)
+        return [_rows.held_from_row(r) for r in rows]
+
+    async def recover(
+        self, held: HeldLease, policy: Recovery, message: str, reason: str, at: float
+    ) -> bool:
+        fence = _fence(held.lease)
+        task_id = held.lease.task_id
+        error = {"code": -32603, "message": message}
+        failed_outcome = _rows.outcome_json(Outcome(error=error))
+
+        def apply(db: sqlite3.Connection) -> bool:
+            if policy is Recovery.FAIL:
+                params = (message, at, failed_outcome, *_retention_params(at), *fence)
+                rows = db.execute(_SQL["fail_orphan"], params).fetchall()
+                status, kind = TaskStatus.FAILED, ChangeKind.STATUS
+            else:
+                rows = db.execute(
+                    _SQL["requeue_running"], (message, at, *fence)
+                ).fetchall()
+                status, kind = TaskStatus.WORKING, ChangeKind.PHASE
+            if not rows:
+                return False
+            if policy is Recovery.RESTART:
+                db.execute(_SQL["forget_steps"], (task_id,))
+            owner = rows[0][1] if policy is Recovery.FAIL else rows[0][0]
+            _change(db, task_id, owner, kind, status, message, reason, at)
+            return True
+
+        recovered: bool = await self._write(apply)
+        return recovered
+
+    async def purge_expired(self, now: float, feed_before: float) -> list[TaskId]:
+        children = [
+            _SQL[name]
+            for name in (
+                "purge_expired_changes",
+                "purge_expired_steps",
+                "purge_expired_inputs",
+            )
+        ]
+
+        def apply(db: sqlite3.Connection) -> list[TaskId]:
+            for sql in children:
+                db.execute(sql, (now,))
+            purged = [TaskId(r[0]) for r in db.execute(_SQL["purge_expired"], (now,))]
+            db.execute(_SQL["prune_feed"], (feed_before,))
+            return purged
+
+        result: list[TaskId] = await self._write(apply)
+        return result
+
+    async def sync_limits(
+        self, concurrency: int, backlog: int, overrides: Mapping[str, tuple[int, int]]
+    ) -> None:
+        specific = [(c, b, owner) for owner, (c, b) in overrides.items()]
+
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(_SQL["sync_default_limits"], (concurrency, backlog))
+            db.executemany(_SQL["sync_client_limits"], specific)
+
+        await self._write(apply)
+
+    async def secret(self, name: str) -> bytes:
+        key = f"secret:{name}"
+
+        def apply(db: sqlite3.Connection) -> str:
+            rows = db.execute(_SQL["get_meta"], (key,)).fetchall()
+            if rows:
+                return str(rows[0][0])
+            value = secrets.token_hex(32)
+            db.execute(_SQL["put_meta"], (key, value))
+            return value
+
+        value: str = await self._write(apply)
+        return bytes.fromhex(value)
+
+    # --------------------------------------------------------------- budgets
+
+    async def take_budget(
+        self, name: str, limits: BudgetLimits, requests: float, tokens: float, at: float
+    ) -> float:
+        wanted = {_budgets.REQUESTS: requests, _budgets.TOKENS: tokens}
+
+        def apply(db: sqlite3.Connection) -> float:
+            buckets = _read_buckets(db, name, limits)
+            wait, after = _budgets.take(buckets, limits, wanted, at, commit=True)
+            for dimension, bucket in after.items():
+                db.execute(
+                    _SQL["put_bucket"],
+                    (name, dimension, bucket.level, bucket.updated_at),
+                )
+            return wait
+
+        wait: float = await self._write(apply)
+        return wait
+
+    async def budget_wait(
+        self, name: str, limits: BudgetLimits, requests: float, tokens: float, at: float
+    ) -> float:
+        buckets: dict[str, Bucket] = {}
+        for dimension in limits.rates():
+            rows = await self._read("get_bucket", name, dimension)
+            if rows:
+                buckets[dimension] = Bucket(rows[0][0], rows[0][1])
+        wanted = {_budgets.REQUESTS: requests, _budgets.TOKENS: tokens}
+        wait, _ = _budgets.take(buckets, limits, wanted, at, commit=False)
+        return wait
+
+    # ------------------------------------------------------------------ feed
+
+    async def feed_head(self) -> int:
+        rows = await self._read("feed_head")
+        return int(rows[0][0])
+
+    async def changes(self, after: int, limit: int) -> list[Change]:
+        rows = await self._read("changes_after", after, limit)
+        return [_rows.change_from_row(r) for r in rows]
+
+
+def _read_buckets(
+    db: sqlite3.Connection, name: str, limits: BudgetLimits
+) -> dict[str, Bucket]:
+    buckets: dict[str, Bucket] = {}
+    for dimension in limits.rates():
+        rows = db.execute(_SQL["get_bucket"], (name, dimension)).fetchall()
+        if rows:
+            buckets[dimension] = Bucket(rows[0][0], rows[0][1])
+    return buckets
+
+
+def _record_answers(
+    db: sqlite3.Connection,
+    task_id: str,
+    encoded: Sequence[tuple[str, str]],
+    at: float,
+    reason: str,
+) -> tuple[list[str], Task | None]:
+    """Record answers (each once); resume the task if none is left open."""
+    owners = db.execute(_SQL["owner_of"], (task_id,)).fetchall()
+    if not owners:
+        return [], None
+    ((owner,),) = owners
+    accepted: list[str] = []
+    for key, response in encoded:
+        if db.execute(
+            _SQL["answer_input_request"], (response, at, task_id, key)
+        ).fetchall():
+            accepted.append(key)
+            _change(
+                db, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
+                None, reason, at, {"key": key},
+            )  # fmt: skip
+    if not accepted:
+        return accepted, None
+    ((still_open,),) = db.execute(_SQL["open_input_count"], (task_id,)).fetchall()
+    if still_open:
+        return accepted, None
+    message = "Input received; resuming"
+    rows = db.execute(_SQL["resume"], (message, at, task_id)).fetchall()
+    if not rows:
+        return accepted, None
+    _change(
+        db, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at
+    )
+    return accepted, _rows.task_from_row(rows[0])

@@ -1,0 +1,210 @@
+"""Conversions between SQLite rows and the journal's records (pure)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from mcp_tasks._model import (
+    InputRequest,
+    Outcome,
+    OwnerId,
+    Task,
+    TaskId,
+    TaskStatus,
+    from_epoch,
+)
+from mcp_tasks.journal._records import (
+    Change,
+    ChangeKind,
+    ClientLoad,
+    HeldLease,
+    Lease,
+    NewTask,
+    TaskEvent,
+)
+
+#: Outcomes larger than this are parsed off the event loop.
+LARGE_JSON_CHARS = 1 << 20
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as every JSON column is stored."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def outcome_json(outcome: Outcome | None) -> str | None:
+    """The stored form of an outcome (``{"result": …}`` or ``{"error": …}``)."""
+    if outcome is None:
+        return None
+    if outcome.error is not None:
+        return dumps({"error": outcome.error})
+    if outcome.result is not None:
+        return dumps({"result": outcome.result})
+    return None
+
+
+def outcome_from(data: Any) -> Outcome:
+    """An outcome from its parsed stored form."""
+    return Outcome(result=data.get("result"), error=data.get("error"))
+
+
+def tool_error_text(outcome: Outcome | None) -> str | None:
+    """The text a tool error result shows, or None if it is not a tool error."""
+    if outcome is None or not outcome.is_tool_error or outcome.result is None:
+        return None
+    content: object = outcome.result.get("content")
+    for block in cast("list[object]", content) if isinstance(content, list) else []:
+        if isinstance(block, dict):
+            fields = cast("dict[str, object]", block)
+            if fields.get("type") == "text":
+                return str(fields.get("text"))[:4000]
+    return "The tool reported an error."
+
+
+#: The columns every task read selects, in order (see queries.sql).
+TASK_COLUMNS = 14
+
+
+def task_from_row(row: Any, outcome: Outcome | None = None) -> Task:
+    """A `Task` from the 14 task columns of a read."""
+    (
+        task_id,
+        owner_id,
+        tool,
+        status,
+        message,
+        created,
+        updated,
+        ttl,
+        poll,
+        listed,
+        tool_error,
+        progress,
+        total,
+        ahead,
+    ) = row[:TASK_COLUMNS]
+    return Task(
+        task_id=TaskId(task_id),
+        owner_id=OwnerId(owner_id),
+        tool_name=tool,
+        status=TaskStatus(status),
+        status_message=message,
+        created_at=from_epoch(created),
+        last_updated_at=from_epoch(updated),
+        ttl_seconds=ttl,
+        poll_interval_seconds=poll,
+        outcome=outcome,
+        listed=bool(listed),
+        tool_error=tool_error,
+        queued_ahead=ahead,
+        progress=progress,
+        progress_total=total,
+    )
+
+
+def new_task_row(task: NewTask) -> tuple[Any, ...]:
+    """The ``insert_task`` parameters of a new task."""
+    expires = None if task.ttl_seconds is None else task.created_at + task.ttl_seconds
+    return (
+        task.task_id,
+        task.owner_id,
+        task.tool_name,
+        dumps(task.arguments),
+        task.status_message,
+        task.created_at,
+        task.created_at,
+        task.ttl_seconds,
+        expires,
+        task.poll_interval_seconds,
+        1 if task.listed else 0,
+        dumps(task.request_meta),
+    )
+
+
+def new_task_change(task: NewTask) -> tuple[Any, ...]:
+    """The ``insert_change`` parameters of a new task's first change."""
+    return (
+        task.task_id,
+        task.owner_id,
+        ChangeKind.STATUS.value,
+        TaskStatus.WORKING.value,
+        task.status_message,
+        "submitted",
+        task.created_at,
+        None,
+    )
+
+
+def submitted_task(task: NewTask) -> Task:
+    """The task a submit returns, as it was stored (no read needed)."""
+    created = from_epoch(task.created_at)
+    return Task(
+        task_id=task.task_id,
+        owner_id=task.owner_id,
+        tool_name=task.tool_name,
+        status=TaskStatus.WORKING,
+        status_message=task.status_message,
+        created_at=created,
+        last_updated_at=created,
+        ttl_seconds=task.ttl_seconds,
+        poll_interval_seconds=task.poll_interval_seconds,
+        listed=task.listed,
+    )
+
+
+def change_from_row(row: Any) -> Change:
+    """A `Change` from a ``changes_after`` row."""
+    position, task_id, owner, kind, status, message, reason, at, data = row
+    return Change(
+        position=position,
+        task_id=TaskId(task_id),
+        owner_id=OwnerId(owner),
+        kind=ChangeKind(kind),
+        status=TaskStatus(status),
+        status_message=message,
+        reason=reason,
+        at=at,
+        data=None if data is None else json.loads(data),
+    )
+
+
+def event_from_row(row: Any) -> TaskEvent:
+    """A `TaskEvent` from a ``changes_of`` row."""
+    kind, status, message, reason, at, data = row
+    return TaskEvent(
+        kind=ChangeKind(kind),
+        status=TaskStatus(status),
+        status_message=message,
+        reason=reason,
+        at=at,
+        data=None if data is None else json.loads(data),
+    )
+
+
+def held_from_row(row: Any) -> HeldLease:
+    """A `HeldLease` from a ``held_leases`` row."""
+    task_id, holder, attempt, owner, tool, expires = row
+    return HeldLease(
+        Lease(TaskId(task_id), holder, attempt), OwnerId(owner), tool, expires
+    )
+
+
+def input_request_from_row(row: Any) -> InputRequest:
+    """An `InputRequest` from an ``input_requests_of`` row."""
+    key, method, params, response, expires = row
+    return InputRequest(
+        key=key,
+        method=method,
+        params=json.loads(params),
+        response=None if response is None else json.loads(response),
+        expires_at=expires,
+    )
+
+
+def load_from_row(row: Any) -> ClientLoad:
+    """A `ClientLoad` from a ``load_*`` row."""
+    owner, queued, running, parked, waiting, concurrency, backlog, oldest = row
+    return ClientLoad(
+        OwnerId(owner), queued, running, parked, waiting, concurrency, backlog, oldest
+    )

@@ -1,0 +1,62 @@
+"""Journal fixtures: every backend, fresh databases, and two journals on one.
+
+`backend` is the contract suite's parameter: each backend gives fresh
+database locations and opens journals on them. Two journal objects opened on
+one location behave like two processes sharing a database (separate
+connections, separate writers), which is how the suite checks claim
+exclusivity, cap exactness, fencing and the change feed across processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mcp_tasks.journal import Journal, open_journal
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How to make databases of one backend and open journals on them."""
+
+    name: str
+    new_database: Callable[[], str]
+
+    def open(self, location: str) -> AbstractAsyncContextManager[Journal]:
+        """A journal on ``location`` (a second call opens a second journal on it)."""
+        return open_journal(location)
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each journal backend in turn."""
+    counter = itertools.count()
+    if request.param == "sqlite":
+        return Backend("sqlite", lambda: str(tmp_path / f"journal-{next(counter)}.db"))
+    raise AssertionError(request.param)
+
+
+@pytest.fixture
+def database(backend: Backend) -> str:
+    """A fresh, empty database of the backend."""
+    return backend.new_database()
+
+
+@pytest.fixture
+async def journal(backend: Backend, database: str) -> AsyncIterator[Journal]:
+    async with backend.open(database) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def other(
+    backend: Backend, database: str, journal: Journal
+) -> AsyncIterator[Journal]:
+    """A second journal on the same database: another process, as far as it knows."""
+    async with backend.open(database) as opened:
+        yield opened

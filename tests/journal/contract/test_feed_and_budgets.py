@@ -1,0 +1,121 @@
+"""Contract: the change feed, seen from every process, and shared budgets."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from mcp_tasks._budgets import BudgetLimits
+from mcp_tasks._model import InputRequest, TaskStatus
+from mcp_tasks.journal import ChangeKind, Journal
+
+from .support import ALICE, T0, complete, new_task, submit_and_claim
+
+
+async def test_the_feed_starts_empty_and_grows_in_order(journal: Journal) -> None:
+    assert await journal.feed_head() == 0
+    assert await journal.changes(0, 10) == []
+    new = new_task()
+    await journal.submit(new)
+    head = await journal.feed_head()
+    (submitted,) = await journal.changes(0, 10)
+    assert submitted.position == head > 0
+    assert (submitted.task_id, submitted.owner_id) == (new.task_id, ALICE)
+    assert (submitted.kind, submitted.status) == (ChangeKind.STATUS, TaskStatus.WORKING)
+    assert submitted.reason == "submitted" and submitted.at == T0
+    assert await journal.changes(head, 10) == []
+
+
+async def test_each_operation_appears_in_the_feed_with_its_kind(
+    journal: Journal,
+) -> None:
+    start = await journal.feed_head()
+    claimed = await submit_and_claim(journal)
+    await journal.report(claimed.lease, T0 + 1, message="half", progress=5, total=10)
+    await journal.log(claimed.lease, "info", "hello", T0 + 2)
+    question = InputRequest("q", "roots/list", {}, expires_at=T0 + 60)
+    await journal.ask(claimed.lease, [question], "roots?", T0 + 3)
+    await journal.answer(claimed.task_id, {"q": {"roots": []}}, T0 + 4)
+    (again,) = await journal.claim("h/1/x", T0 + 40, 1, T0 + 5)
+    await journal.park(again.lease, T0 + 9, "later", "retry", T0 + 6, retry=True)
+    await journal.wake_due(T0 + 9)
+    (third,) = await journal.claim("h/1/x", T0 + 40, 1, T0 + 9)
+    await complete(journal, third, at=T0 + 10)
+    changes = await journal.changes(start, 100)
+    assert [(c.kind, c.status, c.reason) for c in changes] == [
+        (ChangeKind.STATUS, TaskStatus.WORKING, "submitted"),
+        (ChangeKind.PHASE, TaskStatus.WORKING, "claimed"),
+        (ChangeKind.PROGRESS, TaskStatus.WORKING, "progress"),
+        (ChangeKind.LOG, TaskStatus.WORKING, "log"),
+        (ChangeKind.STATUS, TaskStatus.INPUT_REQUIRED, "input requested"),
+        (ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED, "input received"),
+        (ChangeKind.STATUS, TaskStatus.WORKING, "input received"),
+        (ChangeKind.PHASE, TaskStatus.WORKING, "claimed"),
+        (ChangeKind.PHASE, TaskStatus.WORKING, "retry"),
+        (ChangeKind.PHASE, TaskStatus.WORKING, "wait over"),
+        (ChangeKind.PHASE, TaskStatus.WORKING, "claimed"),
+        (ChangeKind.STATUS, TaskStatus.COMPLETED, "test"),
+    ]
+    positions = [c.position for c in changes]
+    assert positions == sorted(set(positions))
+    data = {c.reason: c.data for c in changes}
+    assert data["progress"] == {"progress": 5, "total": 10}
+    assert data["log"] == {"level": "info", "message": "hello"}
+    assert data["input requested"] == {"keys": ["q"], "deadline": T0 + 60}
+    assert data["retry"] == {"not_before": T0 + 9}
+    assert changes[2].status_message == "half"
+    assert await journal.changes(start, 3) == changes[:3]
+
+
+async def test_a_change_made_through_one_journal_is_in_the_others_feed(
+    journal: Journal, other: Journal
+) -> None:
+    head = await other.feed_head()
+    new = new_task()
+    await journal.submit(new)
+    (seen,) = await other.changes(head, 10)
+    assert seen.task_id == new.task_id
+    assert await other.feed_head() == await journal.feed_head()
+
+
+async def test_on_commit_hears_this_process_commit(journal: Journal) -> None:
+    committed = anyio.Event()
+    journal.on_commit(committed.set)
+    await journal.submit(new_task())
+    with anyio.fail_after(5):
+        await committed.wait()
+
+
+# ------------------------------------------------------------------- budgets
+
+LIMITS = BudgetLimits(requests_per_minute=60, tokens_per_minute=600)
+
+
+async def test_a_budget_starts_full_and_says_how_long_to_wait(journal: Journal) -> None:
+    assert await journal.take_budget("api", LIMITS, 60, 0, T0) == 0
+    assert await journal.budget_wait("api", LIMITS, 1, 0, T0) == pytest.approx(1.0)
+    assert await journal.take_budget("api", LIMITS, 2, 0, T0) == pytest.approx(2.0)
+    # Nothing was taken by the refused call or the read: one second refills one.
+    assert await journal.take_budget("api", LIMITS, 1, 0, T0 + 1) == 0
+    assert await journal.take_budget("api", LIMITS, 0, 600, T0 + 1) == 0
+    assert await journal.take_budget("api", LIMITS, 0, 10, T0 + 1) == pytest.approx(1.0)
+
+
+async def test_a_budget_is_shared_by_every_process(
+    journal: Journal, other: Journal
+) -> None:
+    taken: list[float] = []
+
+    async def take(target: Journal) -> None:
+        taken.append(await target.take_budget("api", LIMITS, 1, 0, T0))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(80):
+            tg.start_soon(take, journal if n % 2 else other)
+    assert sum(1 for wait in taken if wait == 0) == 60
+    assert await other.budget_wait("api", LIMITS, 1, 0, T0) > 0
+
+
+async def test_asking_more_than_a_budget_can_hold_is_an_error(journal: Journal) -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        await journal.take_budget("api", LIMITS, 61, 0, T0)
