@@ -80,6 +80,12 @@ class Dispatcher:
                     with anyio.move_on_after(RETRY_SECONDS):
                         await self._wake.wait()
                     continue
+                if self._stopped:
+                    # Shutdown began while the claim was in flight: give the
+                    # tasks straight back rather than start them.
+                    for task in claimed:
+                        await self._engine.release_unstarted(task)
+                    return
                 for task in claimed:
                     self._busy += 1
                     start(task)

@@ -208,6 +208,15 @@ class Engine:
         held = HeldLease(run.lease, run.owner_id, run.claimed.tool_name, self.clock())
         await self.recover(held, spec, why)
 
+    async def release_unstarted(self, claimed: Claimed) -> None:
+        """Give back a task claimed but never started (shutdown came first)."""
+        await self.journal.release(
+            claimed.lease,
+            "Queued, waiting for a free worker",
+            "not started",
+            self.clock(),
+        )
+
     # --------------------------------------------------------- other writes
 
     async def cancel(self, task_id: TaskId, reason: str) -> Task | None:

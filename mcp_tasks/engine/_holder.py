@@ -16,6 +16,8 @@ import hashlib
 import os
 import secrets
 import socket
+from collections.abc import Generator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,9 +35,25 @@ def machine_id() -> str:
     return hashlib.sha256(seed.encode()).hexdigest()[:16]
 
 
+#: Holder names of the engines running in this process now. Several engines
+#: may share a process (embedded runtimes, tests): they share its pid, so the
+#: pid alone cannot tell a live engine of this process from a dead one.
+_live_here: set[str] = set()
+
+
 def new_holder() -> str:
-    """A fresh holder name for this process."""
+    """A fresh holder name for an engine of this process."""
     return f"{machine_id() or 'unknown'}/{os.getpid()}/{secrets.token_hex(4)}"
+
+
+@contextmanager
+def holding(holder: str) -> Generator[None]:
+    """Mark ``holder`` as a live engine of this process while the block runs."""
+    _live_here.add(holder)
+    try:
+        yield
+    finally:
+        _live_here.discard(holder)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,25 +73,34 @@ class HolderName:
         return cls(machine, int(pid))
 
 
-def is_certainly_gone(holder: str, me: str) -> bool:
-    """Whether the process that took this lease has surely exited.
+def is_certainly_gone(holder: str) -> bool:
+    """Whether the engine that took this lease has surely stopped.
 
-    ``me`` is this process's own holder name. Only for holders on this machine
-    (same kernel boot and pid namespace), and only when the kernel says no
-    process has that pid, or the pid is ours under another name (an earlier
-    process that had our pid). A pid reused by another process reads as alive:
-    then the lease simply runs out as usual.
+    Only for holders on this machine (same kernel boot and pid namespace):
+    a holder of this process is gone when it is not one of its live engines;
+    one of another process when the kernel says that process does not exist
+    (or is a zombie nobody reaped). A pid reused by another process reads as
+    alive: then the lease simply runs out as usual.
     """
     name = HolderName.parse(holder)
     here = machine_id()
-    if holder == me or name is None or not here or name.machine != here:
+    if name is None or not here or name.machine != here:
         return False
     if name.pid == os.getpid():
-        return True
+        return holder not in _live_here
     try:
         os.kill(name.pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
         return False  # exists, owned by someone else
-    return False
+    return _is_zombie(name.pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits to be reaped (Linux ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]

@@ -50,7 +50,7 @@ async def recover_gone(engine: Engine, runs: Runs) -> int:
             continue  # ours, and alive
         if held.expires_at < now:
             why = f"the lease of {held.lease.holder} ran out"
-        elif is_certainly_gone(held.lease.holder, engine.holder):
+        elif is_certainly_gone(held.lease.holder):
             why = f"its process {held.lease.holder} is gone"
         else:
             continue

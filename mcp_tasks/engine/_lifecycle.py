@@ -24,6 +24,7 @@ from mcp_tasks.engine import _leases
 from mcp_tasks.engine._dispatch import Dispatcher
 from mcp_tasks.engine._engine import Engine
 from mcp_tasks.engine._feed import Feed
+from mcp_tasks.engine._holder import holding
 from mcp_tasks.engine._runner import Runner
 from mcp_tasks.engine._runs import Run, Runs, StopReason
 from mcp_tasks.engine._timers import Timers
@@ -61,6 +62,13 @@ class _StopCancelled:
 @asynccontextmanager
 async def serve(parts: Parts) -> AsyncGenerator[None]:
     """Run every loop of the engine until the block exits, then drain."""
+    with holding(parts.engine.holder):
+        async with _serving(parts):
+            yield
+
+
+@asynccontextmanager
+async def _serving(parts: Parts) -> AsyncGenerator[None]:
     engine, feed = parts.engine, parts.feed
     settings = engine.settings
     feed.subscribe(parts.dispatcher)

@@ -53,7 +53,8 @@ class Reporter:
         self._interval = interval
         self._clock = clock
         self._pending: dict[TaskId, _Report] = {}
-        self._in_flight: set[TaskId] = set()
+        #: Tasks whose report is being written, and the event set when it is.
+        self._in_flight: dict[TaskId, anyio.Event] = {}
         self._wake = anyio.Event()
 
     def report(
@@ -76,13 +77,11 @@ class Reporter:
         self._pending.pop(task_id, None)
 
     async def flush(self, run: Run) -> None:
-        """Write the run's pending report now (before a status change)."""
+        """Write the run's pending report now (before its status changes)."""
+        while (writing := self._in_flight.get(run.task_id)) is not None:
+            await writing.wait()
         pending = self._pending.get(run.task_id)
-        if (
-            pending is not None
-            and pending.run is run
-            and run.task_id not in self._in_flight
-        ):
+        if pending is not None and pending.run is run:
             del self._pending[run.task_id]
             await self._write(pending)
 
@@ -99,7 +98,7 @@ class Reporter:
                     due = pending.run.reported_at + self._interval
                     if due <= now:
                         del self._pending[task_id]
-                        self._in_flight.add(task_id)
+                        self._in_flight[task_id] = anyio.Event()
                         writes.start_soon(self._write, pending)
                     else:
                         wait = min(wait, due - now)
@@ -111,7 +110,7 @@ class Reporter:
 
     async def _write(self, report: _Report) -> None:
         run = report.run
-        self._in_flight.add(run.task_id)
+        writing = self._in_flight.setdefault(run.task_id, anyio.Event())
         try:
             written = await self._journal.report(
                 run.lease,
@@ -126,5 +125,6 @@ class Reporter:
             logger.warning("progress of task %s not recorded: %s", run.task_id, exc)
         finally:
             run.reported_at = anyio.current_time()
-            self._in_flight.discard(run.task_id)
+            del self._in_flight[run.task_id]
+            writing.set()
             self._wake.set()

@@ -115,6 +115,13 @@ def queue_message(ahead: int | None) -> str:
     return f"Queued: {ahead} {noun} ahead of it in this client's queue"
 
 
+def _with_queue_message(task: Task) -> Task:
+    """A queued task with no message of its own says where it stands."""
+    if task.queued_ahead is not None and task.status_message is None:
+        return task.with_status_message(queue_message(task.queued_ahead))
+    return task
+
+
 def _wall_clock() -> float:
     return time.time()
 
@@ -339,14 +346,12 @@ class TaskRuntime:
         task = await self.journal.get(TaskId(task_id), outcome=outcome)
         if task is None or (requester.scoped and task.owner_id != requester.owner_id):
             raise TaskNotFoundError(task_id)
-        if task.queued_ahead is not None and task.status_message is None:
-            return task.with_status_message(queue_message(task.queued_ahead))
-        return task
+        return _with_queue_message(task)
 
     async def wait_terminal(
-        self, requester: Requester, task_id: str, *, outcome: bool = False
+        self, requester: Requester, task_id: str, *, outcome: bool = True
     ) -> Task:
-        """Block until the task is terminal; return it."""
+        """Block until the task is terminal; return it (with its outcome, by default)."""
         return await self.wait_for(
             requester, task_id, lambda t: t.is_terminal, outcome=outcome
         )
@@ -423,7 +428,7 @@ class TaskRuntime:
         rows = await self.journal.list_owned(requester.owner_id, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        tasks = [task for _, task in rows]
+        tasks = [_with_queue_message(task) for _, task in rows]
         next_cursor = (
             _tokens.encode_cursor(self._cursor_secret, requester.owner_id, rows[-1][0])
             if more

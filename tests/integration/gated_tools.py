@@ -177,6 +177,13 @@ def _async_tools(gates: Gates) -> dict[str, ToolSpec]:
         return "progressed"
 
     @tool
+    async def chatty(ctx: TaskContext, lines: int) -> str:
+        """Log ``lines`` lines, then return."""
+        for n in range(lines):
+            await ctx.log("info", f"line {n}")
+        return "said it"
+
+    @tool
     async def structured(count: int) -> dict[str, int]:
         """Return structured content."""
         await anyio.lowlevel.checkpoint()
@@ -188,7 +195,7 @@ def _async_tools(gates: Gates) -> dict[str, ToolSpec]:
         await gates.hold(key, "")
         return f"done {key}"
 
-    return _specs(gate, stubborn, raises, progress, structured, fragile)
+    return _specs(gate, stubborn, raises, progress, chatty, structured, fragile)
 
 
 def _thread_tools(gates: Gates) -> dict[str, ToolSpec]:

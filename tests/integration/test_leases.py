@@ -1,22 +1,33 @@
-"""Leases: a running task whose worker is gone is recovered, never left working."""
+"""Leases: runs are fenced, kept alive while they live, and recovered when gone.
+
+Several `TaskRuntime` objects on one journal file stand for several
+processes: each has its own journal connection, writer and holder name.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
+import pytest
 
-from mcp_tasks import (
-    OwnerId,
-    Requester,
-    Settings,
-    TaskId,
-    TaskRuntime,
-    tool,
-    tools_from,
-)
-from mcp_tasks.journal import NewTask
+from mcp_tasks import OwnerId, Requester, Settings, TaskId, TaskRuntime, TaskStatus, tool
+from mcp_tasks._exceptions import JournalError
+from mcp_tasks._model import Outcome
+from mcp_tasks.engine._holder import machine_id, new_holder
+from mcp_tasks.journal import ChangeKind, Journal, Lease, NewTask, open_journal
+
+from .gated_tools import Gates, make_tools
+
+TIMEOUT = 10.0
+LOCAL = Requester(OwnerId("local"))
 
 
 @tool(recovery="resume")
@@ -31,65 +42,279 @@ async def fragile(text: str) -> str:
     return text
 
 
-async def orphan(runtime: TaskRuntime, tool_name: str) -> TaskId:
-    """A task claimed by a worker that no longer exists, with its lease run out."""
-    task_id = TaskId(f"orphan-{tool_name}")
+def settings(**changes: Any) -> Settings:
+    base: dict[str, Any] = {
+        "synchronous": "NORMAL",
+        "shutdown_grace_seconds": 0.05,
+        "feed_poll_seconds": 0.02,
+    }
+    return Settings(**(base | changes))
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "tasks.db"
+
+
+@pytest.fixture
+def gates() -> Gates:
+    return Gates()
+
+
+OpenRuntime = Callable[..., Any]
+
+
+@pytest.fixture
+def open_runtime(db_path: Path, gates: Gates) -> Callable[..., Any]:
+    tools = make_tools(gates) | {"quick": _spec(quick), "fragile": _spec(fragile)}
+
+    @asynccontextmanager
+    async def open_(**changes: Any) -> AsyncGenerator[TaskRuntime]:
+        async with TaskRuntime.open(db_path, settings(**changes), tools) as runtime:
+            try:
+                yield runtime
+            finally:
+                gates.release_threads()
+
+    return open_
+
+
+def _spec(fn: Callable[..., Any]) -> Any:
+    from mcp_tasks._toolapi import spec_of
+
+    return spec_of(fn)
+
+
+async def orphan(
+    db_path: Path, tool_name: str, holder: str, lease_expires_at: float
+) -> TaskId:
+    """A task claimed by ``holder`` (not a live engine), as a crash leaves it."""
+    task_id = TaskId(f"orphan-{tool_name}-{holder.replace('/', '-')}")
     now = time.time()
-    await runtime.journal.submit(
-        NewTask(task_id, OwnerId("local"), tool_name, {"text": "hi"}, now, 60.0, 1.0)
-    )
-    assert await runtime.journal.claim(task_id, "a-dead-process", now - 1) is not None
+    async with open_journal(db_path) as journal:
+        await journal.submit(
+            NewTask(task_id, OwnerId("local"), tool_name, {"text": "hi"}, now, 60.0, 1.0, 4, 100)
+        )
+        (claimed,) = await journal.claim(holder, lease_expires_at, 1, now)
+        assert claimed.task_id == task_id
     return task_id
 
 
-async def test_heartbeat_recovers_a_task_whose_lease_ran_out(tmp_path: Path) -> None:
-    requester = Requester(OwnerId("local"))
-    async with TaskRuntime.open(tmp_path / "t.db", Settings(), tools_from(quick)) as rt:
-        task_id = await orphan(rt, "quick")
-        assert (await rt.get(requester, task_id)).status.value == "working"
-        await rt.heartbeat()
-        with anyio.fail_after(5):
-            done = await rt.wait_terminal(requester, task_id)
-        events = [e.reason for e in await rt.journal.events(task_id)]
-    assert done.outcome is not None
-    assert done.outcome.result is not None
-    assert done.outcome.result["content"][0]["text"] == "hi"
-    assert "server restarted" in events  # the recovery is journaled
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
-async def test_heartbeat_fails_an_orphan_whose_tool_cannot_resume(
-    tmp_path: Path,
+async def test_a_task_whose_lease_ran_out_is_recovered_and_resumed(
+    open_runtime: OpenRuntime, db_path: Path
 ) -> None:
-    requester = Requester(OwnerId("local"))
-    async with TaskRuntime.open(
-        tmp_path / "t.db", Settings(), tools_from(fragile)
-    ) as rt:
-        task_id = await orphan(rt, "fragile")
-        await rt.heartbeat()
-        task = await rt.get(requester, task_id)
-    assert task.status.value == "failed"
-    assert task.status_message is not None
-    assert "restarted" in task.status_message
+    task_id = await orphan(db_path, "quick", "elsewhere/1/x", time.time() - 1)
+    async with open_runtime() as runtime:
+        with anyio.fail_after(TIMEOUT):
+            done = await runtime.wait_terminal(LOCAL, task_id)
+        events = [e.reason for e in await runtime.journal.events(task_id)]
+    assert done.outcome == Outcome(
+        result={"content": [{"type": "text", "text": "hi"}], "isError": False}
+    )
+    assert "the lease of elsewhere/1/x ran out" in events
 
 
-async def test_heartbeat_leaves_live_work_alone(tmp_path: Path) -> None:
-    started, release = anyio.Event(), anyio.Event()
+async def test_an_orphan_whose_tool_cannot_resume_fails(
+    open_runtime: OpenRuntime, db_path: Path
+) -> None:
+    task_id = await orphan(db_path, "fragile", "elsewhere/1/x", time.time() - 1)
+    async with open_runtime() as runtime:
+        task = await runtime.get(LOCAL, task_id)
+    assert task.status is TaskStatus.FAILED
+    assert task.status_message == (
+        "The task's run was interrupted (the lease of elsewhere/1/x ran out), and "
+        "tool 'fragile' does not resume interrupted work"
+    )
 
-    @tool
-    async def held() -> str:
-        """Wait until released."""
-        started.set()
-        await release.wait()
-        return "released"
 
-    requester = Requester(OwnerId("local"))
-    async with TaskRuntime.open(tmp_path / "t.db", Settings(), tools_from(held)) as rt:
-        task = await rt.submit(requester, "held", {})
-        with anyio.fail_after(5):
-            await started.wait()
-        await rt.heartbeat()  # renews the live lease; nothing to recover
-        assert (await rt.journal.events(task.task_id))[-1].reason == "submitted"
-        release.set()
-        with anyio.fail_after(5):
-            done = await rt.wait_terminal(requester, task.task_id)
-    assert done.status.value == "completed"
+async def test_a_dead_process_of_this_machine_is_recovered_before_its_lease_ends(
+    open_runtime: OpenRuntime, db_path: Path
+) -> None:
+    holder = f"{machine_id()}/{dead_pid()}/x"
+    task_id = await orphan(db_path, "quick", holder, time.time() + 3600)
+    async with open_runtime() as runtime:
+        with anyio.fail_after(TIMEOUT):
+            done = await runtime.wait_terminal(LOCAL, task_id)
+        reasons = [e.reason for e in await runtime.journal.events(task_id)]
+    assert done.status is TaskStatus.COMPLETED
+    assert f"its process {holder} is gone" in reasons
+
+
+async def test_a_live_lease_of_another_machine_is_left_alone(
+    open_runtime: OpenRuntime, db_path: Path
+) -> None:
+    task_id = await orphan(db_path, "quick", "another-machine/1/x", time.time() + 3600)
+    async with open_runtime() as runtime:
+        await runtime.heartbeat()
+        events = await runtime.journal.events(task_id)
+    assert [e.reason for e in events] == ["submitted", "claimed"]
+
+
+async def test_a_live_process_of_this_machine_is_left_alone(
+    open_runtime: OpenRuntime, db_path: Path
+) -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = f"{machine_id()}/{sleeper.pid}/x"
+        task_id = await orphan(db_path, "quick", holder, time.time() + 3600)
+        async with open_runtime() as runtime:
+            await runtime.heartbeat()
+            events = await runtime.journal.events(task_id)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert [e.reason for e in events] == ["submitted", "claimed"]
+
+
+async def test_heartbeat_renews_live_runs_and_leaves_them_alone(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        task = await runtime.submit(LOCAL, "gate", {"key": "k"})
+        await gates.wait_started("k")
+        (before,) = await runtime.journal.held_leases()
+        await runtime.heartbeat()
+        (after,) = await runtime.journal.held_leases()
+        assert after.lease == before.lease
+        assert after.expires_at >= before.expires_at
+        assert gates.cancelled == []
+        gates.open("k")
+        with anyio.fail_after(TIMEOUT):
+            done = await runtime.wait_terminal(LOCAL, task.task_id)
+    assert done.status is TaskStatus.COMPLETED
+
+
+async def test_a_run_whose_lease_was_taken_over_stops_and_cannot_finish(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runtime:
+        task = await runtime.submit(LOCAL, "stubborn", {"key": "s"})
+        await gates.wait_started("s")
+        # Another process takes the task over (as if this one had been paused
+        # past its lease): its journal recovers the lease and claims the task.
+        (held,) = await runtime.journal.held_leases()
+        from mcp_tasks.journal import Recovery
+
+        assert await runtime.journal.recover(held, Recovery.RESUME, "r", "taken over", time.time())
+        (taken,) = await runtime.journal.claim("other/9/y", time.time() + 60, 1, time.time())
+        await runtime.heartbeat()  # the renewal is refused: the run is stopped
+        with anyio.fail_after(TIMEOUT):
+            await gates.wait_ended("s")  # swallowed the cancel, "finished after all"
+        for _ in range(3):
+            await anyio.wait_all_tasks_blocked()
+            await runtime.catch_up()
+        got = await runtime.get(LOCAL, task.task_id)
+    assert gates.cancelled == ["s"]
+    assert got.status is TaskStatus.WORKING  # its late result was refused
+    assert taken.attempt == 2
+
+
+async def test_a_cancel_through_another_process_stops_the_run(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as runner, open_runtime() as other:
+        task = await runner.submit(LOCAL, "gate", {"key": "k"})
+        await gates.wait_started("k")
+        assert runner.statistics().running == 1
+        cancelled = await other.cancel(LOCAL, task.task_id)
+        assert cancelled.status is TaskStatus.CANCELLED
+        with anyio.fail_after(TIMEOUT):
+            await gates.wait_ended("k")  # the runner read the feed and stopped it
+    assert gates.cancelled == ["k"]
+
+
+async def test_a_shut_down_process_hands_its_runs_to_another(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as survivor:
+        async with open_runtime(workers=1) as leaving:
+            task = await leaving.submit(LOCAL, "gate", {"key": "k"})
+            await gates.wait_started("k")
+            first = await leaving.journal.held_leases()
+            assert [h.lease.holder for h in first] == [leaving.holder]
+            gates.reset_started("k")
+        # Handed back at shutdown, the task starts again on the survivor at once.
+        with anyio.fail_after(TIMEOUT):
+            await gates.wait_started("k")
+        (held,) = await survivor.journal.held_leases()
+        assert held.lease.holder == survivor.holder
+        assert held.lease.attempt == 2
+        gates.open("k")
+        with anyio.fail_after(TIMEOUT):
+            done = await survivor.wait_terminal(LOCAL, task.task_id)
+    assert done.status is TaskStatus.COMPLETED
+
+
+class FlakyFinish:
+    """A journal whose next ``finish`` calls fail, as when the disk is full."""
+
+    def __init__(self, inner: Journal, failures: int) -> None:
+        self._inner = inner
+        self.failures = failures
+        self.renewed: list[Lease] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def finish(self, lease: Lease, *args: Any, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise JournalError("database or disk is full")
+        return await self._inner.finish(lease, *args, **kwargs)
+
+    async def renew(self, leases: Any, expires_at: float) -> list[Lease]:
+        self.renewed.extend(leases)
+        return await self._inner.renew(leases, expires_at)
+
+
+async def test_an_outcome_the_journal_refused_is_written_once_it_accepts(
+    db_path: Path, gates: Gates
+) -> None:
+    async with open_journal(db_path) as inner:
+        flaky = FlakyFinish(inner, failures=2)
+        runtime = TaskRuntime(flaky, settings(), make_tools(gates))  # type: ignore[arg-type]
+        async with runtime.running():
+            task = await runtime.submit(LOCAL, "gate", {"key": "k"})
+            await gates.wait_started("k")
+            gates.open("k")
+            await gates.wait_ended("k")
+            # While its outcome waits to be written, the run is alive: its
+            # lease is renewed, so no other process recovers the task.
+            await runtime.heartbeat()
+            assert [lease.task_id for lease in flaky.renewed] == [task.task_id]
+            with anyio.fail_after(TIMEOUT):
+                done = await runtime.wait_terminal(LOCAL, task.task_id)
+    assert done.status is TaskStatus.COMPLETED
+    assert flaky.failures == 0
+
+
+async def test_progress_reaches_other_processes_and_survives_its_writer(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    async with open_runtime() as watcher:
+        async with open_runtime() as runner:
+            task = await runner.submit(LOCAL, "progress", {"key": "p"})
+            with anyio.fail_after(TIMEOUT):
+                seen = await watcher.wait_for(
+                    LOCAL, task.task_id, lambda t: t.status_message == "half way"
+                )
+            assert (seen.progress, seen.progress_total) == (1, 2)
+        # The runner is gone; what it reported is still in the journal.
+        kept = await watcher.get(LOCAL, task.task_id)
+        kinds = [e.kind for e in await watcher.journal.events(task.task_id)]
+    assert kept.progress == 1
+    assert ChangeKind.PROGRESS in kinds
+
+
+def test_holder_names_carry_this_machine_and_pid() -> None:
+    holder = new_holder()
+    machine, pid, _ = holder.split("/")
+    assert machine == (machine_id() or "unknown")
+    assert int(pid) == os.getpid()

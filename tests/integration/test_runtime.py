@@ -31,8 +31,8 @@ from mcp_tasks import (
     TaskStatus,
     TaskTerminalError,
 )
-from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
-from mcp_tasks.journal import SqliteJournal
+from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime
+from mcp_tasks.journal.sqlite import SqliteJournal
 
 from .gated_tools import Gates, make_tools
 
@@ -64,21 +64,29 @@ class FakeClock:
 
 
 class Recorder:
-    """A `RuntimeListener` that keeps everything it hears."""
+    """A change listener that keeps everything it hears, by kind."""
 
     def __init__(self) -> None:
-        self.changes: list[tuple[TaskId, TaskStatus, Mapping[str, Any]]] = []
-        self.progress: list[ProgressEvent] = []
-        self.logs: list[LogEvent] = []
+        self.changes: list[tuple[TaskId, TaskStatus, str]] = []
+        self.progress: list[Change] = []
+        self.logs: list[Change] = []
+        self.heard = anyio.Event()
 
-    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-        self.changes.append((task.task_id, task.status, request_meta))
+    def task_changed(self, change: Change) -> None:
+        if change.kind is ChangeKind.STATUS:
+            self.changes.append((change.task_id, change.status, change.reason))
+        elif change.kind is ChangeKind.PROGRESS:
+            self.progress.append(change)
+        elif change.kind is ChangeKind.LOG:
+            self.logs.append(change)
+        self.heard.set()
+        self.heard = anyio.Event()
 
-    def task_progress(self, event: ProgressEvent) -> None:
-        self.progress.append(event)
-
-    def task_log(self, event: LogEvent) -> None:
-        self.logs.append(event)
+    async def wait(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition`` holds for what was heard."""
+        with anyio.fail_after(TIMEOUT):
+            while not condition():
+                await self.heard.wait()
 
 
 @pytest.fixture
@@ -112,14 +120,29 @@ def open_runtime(db_path: Path, gates: Gates) -> OpenRuntime:
 
 
 async def settle(runtime: TaskRuntime) -> None:
-    """Let the dispatcher start what it may and the journal commit what it has."""
+    """Let the engine claim what it may and the journal commit what it has.
+
+    Rounds of: everything blocked, a write through the (FIFO) writer so every
+    write queued before it has committed, and the change feed read to its end
+    so every listener (the dispatcher among them) has heard every change.
+    """
     with anyio.fail_after(TIMEOUT):
-        for _ in range(4):
+        for _ in range(6):
             await anyio.wait_all_tasks_blocked()
-            # A no-op write: the writer is FIFO, so once it returns every write
-            # queued before it has committed and its caller has been woken.
-            await runtime.journal.set_status_message(TaskId("-"), "", 0.0)
+            await runtime.journal.secret("settle")
+            await runtime.catch_up()
         await anyio.wait_all_tasks_blocked()
+
+
+async def counts(runtime: TaskRuntime, owner: Requester = ALICE) -> tuple[int, int]:
+    """``(queued, running)`` of ``owner``'s tasks, as the journal counts them."""
+    loads = await runtime.load(owner.owner_id)
+    return (loads[0].queued, loads[0].running) if loads else (0, 0)
+
+
+async def unfinished(runtime: TaskRuntime) -> int:
+    """Every unfinished task in the journal."""
+    return sum(load.unfinished for load in await runtime.load())
 
 
 async def finish(runtime: TaskRuntime, requester: Requester, task_id: str) -> Task:
@@ -169,7 +192,7 @@ async def test_submitted_task_completes_with_the_tools_result(
             "content": [{"type": "text", "text": "done k"}],
             "isError": False,
         }
-        assert await runtime.get(ALICE, task.task_id) == done
+        assert await runtime.get(ALICE, task.task_id, outcome=True) == done
         assert gates.finished == ["k"]
 
 
@@ -302,7 +325,7 @@ async def test_cancel_running_task_records_cancelled_and_stops_the_body(
         assert final.status is TaskStatus.CANCELLED
         assert final.outcome is None
         events = await runtime.journal.events(task.task_id)
-        assert [e.status for e in events] == [
+        assert [e.status for e in events if e.kind is ChangeKind.STATUS] == [
             TaskStatus.WORKING,
             TaskStatus.CANCELLED,
         ]
@@ -362,7 +385,7 @@ async def test_cancel_queued_task_means_it_never_starts(
         assert (await runtime.get(ALICE, queued.task_id)).status is (
             TaskStatus.CANCELLED
         )
-        assert runtime.statistics().scheduler.queued == 0
+        assert await counts(runtime) == (0, 0)
 
 
 async def test_cancel_of_a_terminal_task_raises_and_changes_nothing(
@@ -376,7 +399,7 @@ async def test_cancel_of_a_terminal_task_raises_and_changes_nothing(
             await runtime.cancel(ALICE, task.task_id)
 
         assert raised.value.status == "completed"
-        assert await runtime.get(ALICE, task.task_id) == done
+        assert await runtime.get(ALICE, task.task_id, outcome=True) == done
 
 
 async def test_unknown_or_foreign_task_is_not_found(
@@ -459,7 +482,7 @@ async def test_per_client_override_raises_one_clients_cap(
         await gates.wait_started("a0")
         await settle(runtime)
         assert sorted(gates.started) == ["a0", "b0", "b1"]
-        assert runtime.statistics().scheduler.running == 3
+        assert runtime.statistics().running == 3
 
         gates.open("b0", "b1", "b2", "a0", "a1")
         for task in bobs:
@@ -483,8 +506,10 @@ async def test_global_worker_limit_is_honoured(
                 submitted.append((owner, await submit_gate(runtime, key, owner, "all")))
         await settle(runtime)
         assert len(gates.started) == 2
-        stats = runtime.statistics().scheduler
-        assert (stats.running, stats.queued, stats.worker_limit) == (2, 4, 2)
+        stats = runtime.statistics()
+        assert (stats.running, stats.workers) == (2, 2)
+        loads = await runtime.load()
+        assert sum(load.queued for load in loads) == 4
 
         gates.open(*(f"{owner.owner_id}-{i}" for owner in owners for i in range(2)))
         for owner, task in submitted:
@@ -556,12 +581,13 @@ async def test_queued_tasks_report_working_with_their_queue_position(
     assert running.status_message is None or "Queued" not in running.status_message
     assert third.status is TaskStatus.WORKING
     assert third.status_message is not None
-    assert "Queued" in third.status_message
-    assert "position 3 of 3" in third.status_message
+    assert third.status_message == "Queued: 2 tasks ahead of it in this client's queue"
     assert [t.status_message for t in listed[1:]] == [
-        f"Queued: position {i} of 3 in this client's queue; 1 of 1 workers busy"
-        for i in (1, 2, 3)
+        "Queued: next in this client's queue, waiting for a free worker",
+        "Queued: 1 task ahead of it in this client's queue",
+        "Queued: 2 tasks ahead of it in this client's queue",
     ]
+    assert third.queued_ahead == 2
 
 
 # -------------------------------------------------------------------- backlog
@@ -596,7 +622,7 @@ async def test_a_submit_whose_caller_is_cancelled_mid_commit_still_runs(
         assert (await finish(runtime, ALICE, only[1].task_id)).status is (
             TaskStatus.COMPLETED
         )
-        assert runtime.statistics().unfinished == 0
+        assert await unfinished(runtime) == 0
         await submit_gate(runtime, "next")  # the backlog slot of 1 came back
 
 
@@ -617,7 +643,7 @@ async def test_backlog_refuses_the_fourth_submit_and_stores_nothing(
 
         assert raised.value.limit == 3
         assert len(await runtime.journal.list_owned(ALICE.owner_id, 0, 100)) == 3
-        assert runtime.statistics().unfinished == 3
+        assert await unfinished(runtime) == 3
         other = await submit_gate(runtime, "bob", BOB)  # the cap is per client
 
         gates.open("a0")
@@ -654,7 +680,7 @@ async def test_concurrent_submits_cannot_over_admit(
 
         assert (len(accepted), len(refused)) == (3, 7)
         assert len(await runtime.journal.list_owned(ALICE.owner_id, 0, 100)) == 3
-        assert runtime.statistics().unfinished == 3
+        assert await unfinished(runtime) == 3
 
 
 # ----------------------------------------------------------- slot accounting
@@ -689,9 +715,8 @@ async def test_slots_and_backlog_never_leak(
         await gates.wait_ended("thread")
         await settle(runtime)
 
-        stats = runtime.statistics()
-        assert (stats.scheduler.running, stats.scheduler.queued) == (0, 0)
-        assert stats.unfinished == 0
+        assert runtime.statistics().running == 0
+        assert await unfinished(runtime) == 0
         assert "queued" not in gates.started
 
         # The full backlog and both workers are available again.
@@ -701,8 +726,8 @@ async def test_slots_and_backlog_never_leak(
             done = await finish(runtime, ALICE, task.task_id)
             assert done.status is TaskStatus.COMPLETED
         await settle(runtime)
-        assert runtime.statistics().unfinished == 0
-        assert runtime.statistics().scheduler.running == 0
+        assert await unfinished(runtime) == 0
+        assert runtime.statistics().running == 0
 
 
 # ----------------------------------------------------------------------- call
@@ -721,7 +746,7 @@ async def test_call_returns_the_terminal_task_and_is_not_listed(
         listed, cursor = await runtime.list(ALICE)
         assert (listed, cursor) == ([], None)
         assert (await runtime.get(ALICE, done.task_id)).status is TaskStatus.COMPLETED
-        assert runtime.statistics().unfinished == 0
+        assert await unfinished(runtime) == 0
 
 
 async def test_cancelling_the_caller_of_call_cancels_the_task(
@@ -738,7 +763,7 @@ async def test_cancelling_the_caller_of_call_cancels_the_task(
         assert gates.cancelled == ["k"]
         task = await runtime.get(ALICE, gates.task_ids["k"])
         assert task.status is TaskStatus.CANCELLED
-        assert runtime.statistics().unfinished == 0
+        assert await unfinished(runtime) == 0
 
 
 # ----------------------------------------------------------------------- list
@@ -920,28 +945,32 @@ async def test_restart_resumes_every_unfinished_task(
         await gates.wait_started("r")
         plain = await runtime.submit(ALICE, "structured", {"count": 1})
 
-    # The running body was stopped once the grace ran out, and its row says so.
+    # The running body was stopped once the grace ran out and its task handed
+    # back to the queue, saying so, for another process or the next start.
     assert gates.started == ["r"]
     assert gates.cancelled == ["r"]
     phase, attempts, message = _rows(db_path)[interrupted.task_id]
-    assert (phase, attempts) == ("running", 1)
-    assert message is not None
-    assert "interrupted" in message.lower()
+    assert (phase, attempts) == ("queued", 1)
+    assert message == (
+        "Resuming after its run was interrupted (server shutting down)"
+    )
 
     gates.reset_started("r")
+    # Bob was never served, so his task runs first (one worker); let it through.
+    gates.open("q3")
     async with open_runtime(settings) as runtime:
         await gates.wait_started("r")
         resumed = await runtime.get(ALICE, interrupted.task_id)
         assert resumed.status is TaskStatus.WORKING
-        assert resumed.status_message == "Resuming after a server restart"
 
-        gates.open("r", "q1", "q2", "q3")
+        gates.open("r", "q1", "q2")
         results = [await finish(runtime, ALICE, interrupted.task_id)]
         results += [await finish(runtime, ALICE, t.task_id) for t in queued[:2]]
         results.append(await finish(runtime, BOB, queued[2].task_id))
         results.append(await finish(runtime, ALICE, plain.task_id))
         await settle(runtime)
-        stats = runtime.statistics()
+        left = await unfinished(runtime)
+        running = runtime.statistics().running
 
     assert [text_of(r) for r in results] == [
         "done r",
@@ -951,11 +980,7 @@ async def test_restart_resumes_every_unfinished_task(
         '{"count":1}',
     ]
     assert [r.status for r in results] == [TaskStatus.COMPLETED] * 5
-    assert (stats.unfinished, stats.scheduler.running, stats.scheduler.queued) == (
-        0,
-        0,
-        0,
-    )
+    assert (left, running) == (0, 0)
     assert {attempts for _, attempts, _ in _rows(db_path).values()} == {1, 2}
     assert _rows(db_path)[interrupted.task_id][1] == 2
 
@@ -1021,13 +1046,15 @@ async def test_a_tool_that_cannot_resume_fails_after_a_restart(
     async with open_runtime() as runtime:
         failed = await finish(runtime, ALICE, task.task_id)
         await settle(runtime)
-        stats = runtime.statistics()
+        left = await unfinished(runtime)
 
     assert failed.status is TaskStatus.FAILED
-    assert failed.status_message is not None
-    assert "restarted" in failed.status_message
+    assert failed.status_message == (
+        "The task's run was interrupted (server shutting down), and tool "
+        "'fragile' does not resume interrupted work"
+    )
     assert gates.started == ["f"]  # not run a second time
-    assert stats.unfinished == 0
+    assert left == 0
 
 
 async def test_restart_recovers_a_task_left_running_by_a_crash(
@@ -1046,8 +1073,8 @@ async def test_restart_recovers_a_task_left_running_by_a_crash(
     gates.reset_started("r")
     async with open_runtime() as runtime:
         await gates.wait_started("r")
-        resumed = await runtime.get(ALICE, task.task_id)
-        assert resumed.status_message == "Resuming after a server restart"
+        events = await runtime.journal.events(task.task_id)
+        assert events[-2].reason == "the lease of dead ran out"
         gates.open("r")
         done = await finish(runtime, ALICE, task.task_id)
     assert done.status is TaskStatus.COMPLETED
@@ -1066,17 +1093,22 @@ async def test_listener_hears_transitions_and_progress(
 
         task = await runtime.submit(ALICE, "progress", {"key": "p"}, request_meta=meta)
         await gates.wait_started("p")
-        assert [(e.progress, e.total, e.message) for e in recorder.progress] == [
-            (1, 2, "half way")
-        ]
-        assert recorder.progress[0].request_meta == meta
-        assert recorder.progress[0].task_id == task.task_id
+        await recorder.wait(lambda: bool(recorder.progress))
         shown = await runtime.get(ALICE, task.task_id)
-        assert shown.status_message == "half way"
+        assert (shown.status_message, shown.progress, shown.progress_total) == (
+            "half way", 1, 2,
+        )  # fmt: skip
+        first = recorder.progress[0]
+        assert (first.task_id, first.data, first.status_message) == (
+            task.task_id, {"progress": 1, "total": 2}, "half way",
+        )  # fmt: skip
 
         gates.open("p")
         await finish(runtime, ALICE, task.task_id)
-        assert [(e.progress, e.total) for e in recorder.progress] == [(1, 2), (2, 2)]
+        assert [e.data for e in recorder.progress] == [
+            {"progress": 1, "total": 2},
+            {"progress": 2, "total": 2},
+        ]
 
         doomed = await submit_gate(runtime, "c")
         await gates.wait_started("c")
@@ -1084,7 +1116,9 @@ async def test_listener_hears_transitions_and_progress(
 
         threaded = await runtime.submit(ALICE, "blocking_progress", {"key": "t"})
         await gates.wait_started("t")
-        assert recorder.progress[-1].message == "thread half way"
+        await recorder.wait(
+            lambda: recorder.progress[-1].status_message == "thread half way"
+        )
         gates.open("t")
         await finish(runtime, ALICE, threaded.task_id)
 
@@ -1092,27 +1126,30 @@ async def test_listener_hears_transitions_and_progress(
         quiet = await runtime.submit(ALICE, "structured", {"count": 0})
         await finish(runtime, ALICE, quiet.task_id)
 
-    assert recorder.changes == [
-        (task.task_id, TaskStatus.COMPLETED, meta),
-        (doomed.task_id, TaskStatus.CANCELLED, {}),
-        (threaded.task_id, TaskStatus.COMPLETED, {}),
+    ended = [c for c in recorder.changes if c[1].is_terminal]
+    assert ended == [
+        (task.task_id, TaskStatus.COMPLETED, "tool returned"),
+        (doomed.task_id, TaskStatus.CANCELLED, "cancelled by request"),
+        (threaded.task_id, TaskStatus.COMPLETED, "tool returned"),
     ]
+    assert quiet.task_id not in {c[0] for c in recorder.changes}
 
 
-async def test_listener_gets_the_request_meta_when_a_queued_task_is_cancelled(
-    open_runtime: OpenRuntime, gates: Gates
+async def test_listener_hears_log_lines_in_order_before_the_end(
+    open_runtime: OpenRuntime,
 ) -> None:
     recorder = Recorder()
-    meta = {"progressToken": "q"}
-    settings = make_settings(workers=1)
-    async with open_runtime(settings) as runtime:
+    async with open_runtime() as runtime:
         runtime.subscribe(recorder)
-        await submit_gate(runtime, "busy")
-        queued = await submit_gate(runtime, "q", request_meta=meta)
-        await gates.wait_started("busy")
-        await runtime.cancel(ALICE, queued.task_id)
-
-    assert recorder.changes == [(queued.task_id, TaskStatus.CANCELLED, meta)]
+        task = await runtime.submit(ALICE, "chatty", {"lines": 3})
+        await finish(runtime, ALICE, task.task_id)
+        await settle(runtime)
+    assert [c.data for c in recorder.logs] == [
+        {"level": "info", "message": f"line {n}"} for n in range(3)
+    ]
+    end = max(c.position for c in recorder.logs)
+    assert all(c.task_id == task.task_id for c in recorder.logs)
+    assert end < max(c.position for c in recorder.progress + recorder.logs) + 1
 
 
 async def test_waiting_for_a_task_leaves_no_state_behind(
@@ -1125,7 +1162,7 @@ async def test_waiting_for_a_task_leaves_no_state_behind(
         await finish(runtime, ALICE, task.task_id)
         await runtime.wait_terminal(ALICE, task.task_id)
         await runtime.call(ALICE, "structured", {"count": 1})
-        leftover = dict(runtime._events.waiters)
+        leftover = dict(runtime._parts.feed._waiters)
     assert leftover == {}
 
 
@@ -1143,7 +1180,7 @@ async def test_waiting_on_unknown_ids_leaves_no_state_behind(
             await runtime.wait_change(ALICE, task.task_id, task)
         await finish(runtime, BOB, task.task_id)
         leftover = {
-            k: v for k, v in runtime._events.waiters.items() if k != task.task_id
+            k: v for k, v in runtime._parts.feed._waiters.items() if k != task.task_id
         }
     assert leftover == {}
 
@@ -1152,13 +1189,7 @@ async def test_failing_listener_does_not_break_the_runtime(
     open_runtime: OpenRuntime,
 ) -> None:
     class Broken:
-        def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-            raise RuntimeError("listener bug")
-
-        def task_progress(self, event: ProgressEvent) -> None:
-            raise RuntimeError("listener bug")
-
-        def task_log(self, event: LogEvent) -> None:
+        def task_changed(self, change: Change) -> None:
             raise RuntimeError("listener bug")
 
     async with open_runtime() as runtime:

@@ -130,7 +130,8 @@ async def test_a_duplicate_task_id_fails_alone(sqlite_journal: SqliteJournal) ->
     assert isinstance(outcomes["duplicate"], JournalError)
     assert outcomes["neighbour"] is None
     got = await sqlite_journal.get(first.task_id)
-    assert got is not None and got.owner_id == ALICE
+    assert got is not None
+    assert got.owner_id == ALICE
     (bob,) = await sqlite_journal.load(BOB)
     assert bob.queued == 1  # the refused duplicate left no count behind
 
@@ -201,7 +202,8 @@ async def test_writes_and_reads_after_closing_are_refused(db_path: Path) -> None
     heard: list[BaseException | None] = []
     with pytest.raises(JournalError, match="closed"):
         await opened.submit(new_task(), heard.append)
-    assert len(heard) == 1 and isinstance(heard[0], JournalError)
+    assert len(heard) == 1
+    assert isinstance(heard[0], JournalError)
     with pytest.raises(JournalError):
         await opened.get(TaskId("any"))
 
@@ -320,7 +322,8 @@ async def test_a_version_two_database_is_upgraded_with_its_tasks(db_path: Path) 
         assert (loads[ALICE].queued, loads[ALICE].running) == (1, 1)
         assert loads[BOB].waiting == 1
         errored = await journal.get(TaskId("t-error"))
-        assert errored is not None and errored.tool_error == "nope"
+        assert errored is not None
+        assert errored.tool_error == "nope"
         (event,) = await journal.events(TaskId("t-queued"))
         assert (event.kind, event.status) == (ChangeKind.STATUS, TaskStatus.WORKING)
         assert [h.lease.task_id for h in await journal.held_leases()] == ["t-running"]
@@ -390,7 +393,8 @@ def test_statements_keep_trigger_bodies_whole() -> None:
     """
     found = statements(script)
     assert len(found) == 2
-    assert found[1].startswith("CREATE TRIGGER") and found[1].endswith("END;")
+    assert found[1].startswith("CREATE TRIGGER")
+    assert found[1].endswith("END;")
 
 
 # ----------------------------------------------------------------- the file

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from mcp_tasks import Task, TaskStatus, ToolError
-from mcp_tasks._runtime import LogEvent, ProgressEvent
+from mcp_tasks import TaskStatus, ToolError
+from mcp_tasks.engine import Change, ChangeKind
 
 from .support import TESTER, TIMEOUT, FakeContext, load_tool, open_runtime
 
@@ -34,21 +32,16 @@ async def test_refuses_out_of_range_durations(seconds: float) -> None:
 
 
 class FirstProgress:
-    """A runtime listener that signals the first progress report it hears."""
+    """A change listener that signals the first progress report it hears."""
 
     def __init__(self) -> None:
-        self.events: list[ProgressEvent] = []
+        self.events: list[Change] = []
         self.heard = anyio.Event()
 
-    def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
-        pass
-
-    def task_progress(self, event: ProgressEvent) -> None:
-        self.events.append(event)
-        self.heard.set()
-
-    def task_log(self, event: LogEvent) -> None:
-        pass
+    def task_changed(self, change: Change) -> None:
+        if change.kind is ChangeKind.PROGRESS:
+            self.events.append(change)
+            self.heard.set()
 
 
 async def test_runtime_cancel_stops_a_long_wait(tmp_path: Path) -> None:
@@ -58,13 +51,13 @@ async def test_runtime_cancel_stops_a_long_wait(tmp_path: Path) -> None:
         task = await runtime.submit(TESTER, "wait", {"seconds": 3600})
         with anyio.fail_after(TIMEOUT):
             await listener.heard.wait()
-        assert (listener.events[0].progress, listener.events[0].total) == (0, 3600)
+        assert listener.events[0].data == {"progress": 0, "total": 3600}
         running = await runtime.get(TESTER, task.task_id)
         assert running.status_message == "waiting 3600 s"
         cancelled = await runtime.cancel(TESTER, task.task_id)
         assert cancelled.status is TaskStatus.CANCELLED
         # The body unwinds and gives its worker back.
         with anyio.fail_after(TIMEOUT):
-            while runtime.statistics().scheduler.running:
+            while runtime.statistics().running:
                 await anyio.wait_all_tasks_blocked()
                 await anyio.lowlevel.checkpoint()

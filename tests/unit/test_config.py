@@ -112,12 +112,27 @@ def test_synchronous_normal_is_read(config_file: WriteFile) -> None:
     assert settings.synchronous == "NORMAL"
 
 
-INT_KEYS = ["workers", "client_concurrency", "client_backlog", "max_argument_bytes"]
+def test_the_feed_poll_interval_is_read_and_checked(config_file: WriteFile) -> None:
+    settings = Settings.load(config_file("[journal]\nfeed_poll_seconds = 0.2\n"))
+    assert settings.feed_poll_seconds == 0.2
+    key = load_error(config_file("[journal]\nfeed_poll_seconds = 0\n"))
+    assert key == "journal.feed_poll_seconds"
+
+
+INT_KEYS = [
+    "workers",
+    "client_concurrency",
+    "client_backlog",
+    "max_argument_bytes",
+    "max_result_bytes",
+]
 NUMBER_KEYS = [
     "poll_interval_seconds",
     "sweep_interval_seconds",
     "shutdown_grace_seconds",
     "mrtr_timeout_seconds",
+    "lease_seconds",
+    "progress_interval_seconds",
 ]
 DURATION_KEYS = ["default_ttl_seconds", "max_ttl_seconds"]
 

@@ -206,6 +206,10 @@ def test_with_status_message_changes_that_field_and_keeps_every_other() -> None:
         poll_interval_seconds=2.0,
         outcome=Outcome(result={"content": []}),
         listed=False,
+        tool_error="bad",
+        queued_ahead=3,
+        progress=1.0,
+        progress_total=2.0,
     )
     changed = task.with_status_message("new")
     assert changed.status_message == "new"

@@ -282,7 +282,18 @@ class SqliteJournal:
         self, owner_id: OwnerId, after_seq: int, limit: int
     ) -> list[tuple[int, Task]]:
         rows = await self._read("list_owned", owner_id, after_seq, limit)
-        return [(row[0], _rows.task_from_row(row[1:])) for row in rows]
+        queued = [row[0] for row in rows if row[-1]]
+        ahead = 0
+        if queued:
+            # Queued tasks of one owner in seq order are consecutive in its queue.
+            ((ahead,),) = await self._read("queued_ahead", owner_id, queued[0])
+        listed: list[tuple[int, Task]] = []
+        for row in rows:
+            position = None
+            if row[-1]:
+                position, ahead = ahead, ahead + 1
+            listed.append((row[0], _rows.task_from_row((*row[1:-1], position))))
+        return listed
 
     async def request_meta(self, task_id: TaskId) -> dict[str, Any]:
         rows = await self._read("request_meta_of", task_id)

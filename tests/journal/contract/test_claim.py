@@ -52,9 +52,11 @@ async def test_a_claim_takes_a_queued_task_once_under_a_new_lease(
     claimed = await claim_one(journal)
     assert claimed is not None
     assert claimed.task_id == new.task_id
-    assert claimed.lease.holder == HOLDER and claimed.attempt == 1
+    assert claimed.lease.holder == HOLDER
+    assert claimed.attempt == 1
     assert (claimed.owner_id, claimed.tool_name) == (ALICE, "echo")
-    assert claimed.arguments == {"x": 1} and claimed.request_meta == {"m": True}
+    assert claimed.arguments == {"x": 1}
+    assert claimed.request_meta == {"m": True}
     assert claimed.retries == 0
     assert not await journal.claimable()
     assert await claim_one(journal) is None
@@ -105,7 +107,8 @@ async def test_a_newcomer_waits_behind_no_burst(journal: Journal) -> None:
     late = new_task(BOB)
     await journal.submit(late)
     claimed = await claim_one(journal)
-    assert claimed is not None and claimed.task_id == late.task_id
+    assert claimed is not None
+    assert claimed.task_id == late.task_id
 
 
 async def test_a_client_at_its_cap_is_skipped_until_a_task_ends(

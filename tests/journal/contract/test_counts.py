@@ -73,7 +73,7 @@ async def apply(world: World, operation: str, pick: int, via: int) -> None:
     elif operation == "answer" and world.asked:
         task_id = world.asked[pick % len(world.asked)]
         keys = [r.key for r in await journal.input_requests(task_id) if r.is_open]
-        await journal.answer(task_id, dict.fromkeys(keys, {"action": "decline"}), now)
+        await journal.answer(task_id, {key: {"action": "decline"} for key in keys}, now)
     elif operation == "recover" and world.running:
         # One run's process is gone: its task is recovered by a policy.
         claimed = world.running.pop(pick % len(world.running))

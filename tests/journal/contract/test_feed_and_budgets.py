@@ -22,7 +22,8 @@ async def test_the_feed_starts_empty_and_grows_in_order(journal: Journal) -> Non
     assert submitted.position == head > 0
     assert (submitted.task_id, submitted.owner_id) == (new.task_id, ALICE)
     assert (submitted.kind, submitted.status) == (ChangeKind.STATUS, TaskStatus.WORKING)
-    assert submitted.reason == "submitted" and submitted.at == T0
+    assert submitted.reason == "submitted"
+    assert submitted.at == T0
     assert await journal.changes(head, 10) == []
 
 

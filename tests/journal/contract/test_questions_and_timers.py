@@ -22,7 +22,8 @@ async def test_ask_stores_the_questions_and_waits_for_input(journal: Journal) ->
     asked = await journal.ask(
         claimed.lease, [question("a"), question("b", T0 + 60)], "a?", T0 + 1
     )
-    assert asked is not None and asked.status is TaskStatus.INPUT_REQUIRED
+    assert asked is not None
+    assert asked.status is TaskStatus.INPUT_REQUIRED
     assert asked.status_message == "a?"
     stored = await journal.input_requests(claimed.task_id)
     assert [(r.key, r.method, r.is_open, r.expires_at) for r in stored] == [
@@ -54,12 +55,14 @@ async def test_answers_are_recorded_once_and_the_last_one_resumes(
     assert (accepted, resumed) == ([], None)  # answered already: the first answer stays
     accepted, resumed = await journal.answer(claimed.task_id, {"b": one}, T0 + 4)
     assert accepted == ["b"]
-    assert resumed is not None and resumed.status is TaskStatus.WORKING
+    assert resumed is not None
+    assert resumed.status is TaskStatus.WORKING
     assert resumed.status_message == "Input received; resuming"
     stored = {r.key: r.response for r in await journal.input_requests(claimed.task_id)}
     assert stored == {"a": one, "b": one}
     (again,) = await journal.claim(HOLDER, T0 + 40, 1, T0 + 5)
-    assert again.task_id == claimed.task_id and again.attempt == 2
+    assert again.task_id == claimed.task_id
+    assert again.attempt == 2
     kinds = [(e.kind, e.data) for e in await journal.events(claimed.task_id)]
     assert (ChangeKind.ANSWER, {"key": "a"}) in kinds
     assert (ChangeKind.ANSWER, {"key": "b"}) in kinds
@@ -72,10 +75,11 @@ async def test_answers_for_an_unknown_or_finished_task_record_nothing(
     claimed = await submit_and_claim(journal)
     await journal.ask(claimed.lease, [question("a")], "?", T0 + 1)
     await journal.cancel(claimed.task_id, "stop", "test", T0 + 2)
-    accepted, resumed = await journal.answer(claimed.task_id, {"a": TIMEOUT}, T0 + 3)
+    _accepted, resumed = await journal.answer(claimed.task_id, {"a": TIMEOUT}, T0 + 3)
     assert resumed is None
     got = await journal.get(claimed.task_id)
-    assert got is not None and got.status is TaskStatus.CANCELLED
+    assert got is not None
+    assert got.status is TaskStatus.CANCELLED
 
 
 async def test_overdue_questions_time_out_and_resume_their_task(

@@ -37,9 +37,9 @@ async def test_resume_requeues_and_keeps_recorded_steps(journal: Journal) -> Non
     (held,) = await journal.held_leases()
     assert await journal.recover(held, Recovery.RESUME, "Resuming", "restart", T0 + 40)
     got = await journal.get(claimed.task_id)
-    assert (
-        got is not None and got.status_message == "Resuming" and got.queued_ahead == 0
-    )
+    assert got is not None
+    assert got.status_message == "Resuming"
+    assert got.queued_ahead == 0
     assert await journal.steps(claimed.task_id) == {"step:a-1": 1}
     (again,) = await journal.claim(OTHER_HOLDER, T0 + 80, 1, T0 + 40)
     assert again.attempt == 2
@@ -63,7 +63,8 @@ async def test_fail_ends_the_task_with_an_internal_error(journal: Journal) -> No
         held, Recovery.FAIL, "It was interrupted", "restart", T0 + 40
     )
     got = await journal.get(claimed.task_id, outcome=True)
-    assert got is not None and got.status is TaskStatus.FAILED
+    assert got is not None
+    assert got.status is TaskStatus.FAILED
     assert got.status_message == "It was interrupted"
     assert got.outcome == Outcome(
         error={"code": -32603, "message": "It was interrupted"}
@@ -76,7 +77,8 @@ async def test_recovery_of_a_lease_that_moved_on_does_nothing(journal: Journal) 
     await complete(journal, claimed)
     assert not await journal.recover(held, Recovery.RESUME, "no", "restart", T0 + 40)
     got = await journal.get(claimed.task_id)
-    assert got is not None and got.status is TaskStatus.COMPLETED
+    assert got is not None
+    assert got.status is TaskStatus.COMPLETED
 
 
 async def test_of_two_processes_recovering_one_task_exactly_one_succeeds(
@@ -96,7 +98,8 @@ async def test_of_two_processes_recovering_one_task_exactly_one_succeeds(
         tg.start_soon(recover, other)
     assert sorted(outcomes) == [False, True]
     events = [e for e in await journal.events(claimed.task_id) if e.reason == "gone"]
-    assert len(events) == 1 and events[0].kind is ChangeKind.PHASE
+    assert len(events) == 1
+    assert events[0].kind is ChangeKind.PHASE
 
 
 # ----------------------------------------------------------------- retention
@@ -140,7 +143,8 @@ async def test_a_task_finishing_well_within_its_ttl_keeps_its_ttl(
 ) -> None:
     claimed = await submit_and_claim(journal, new_task(ttl_seconds=3600.0))
     done = await complete(journal, claimed, at=T0 + 1)
-    assert done is not None and done.ttl_seconds == 3600.0
+    assert done is not None
+    assert done.ttl_seconds == 3600.0
 
 
 async def test_purge_drops_old_progress_and_log_changes_but_not_history(

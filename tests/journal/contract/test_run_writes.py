@@ -40,13 +40,16 @@ async def test_finish_stores_the_outcome_under_the_current_lease(
         T0 + 2,
         outcome=Outcome(RESULT),
     )
-    assert done is not None and done.status is TaskStatus.COMPLETED
+    assert done is not None
+    assert done.status is TaskStatus.COMPLETED
     assert done.tool_error is None
     got = await journal.get(claimed.task_id, outcome=True)
-    assert got is not None and got.outcome == Outcome(result=RESULT)
+    assert got is not None
+    assert got.outcome == Outcome(result=RESULT)
     assert got.last_updated_at.timestamp() == T0 + 2
     plain = await journal.get(claimed.task_id)
-    assert plain is not None and plain.outcome is None  # only loaded when asked
+    assert plain is not None
+    assert plain.outcome is None
     assert not await journal.claimable()
 
 
@@ -60,7 +63,8 @@ async def test_a_tool_error_result_is_remembered_as_its_text(journal: Journal) -
         T0 + 1,
         outcome=Outcome(result),
     )
-    assert done is not None and done.tool_error == "bad input"
+    assert done is not None
+    assert done.tool_error == "bad input"
 
 
 async def test_finish_failed_stores_the_error_and_message(journal: Journal) -> None:
@@ -70,9 +74,11 @@ async def test_finish_failed_stores_the_error_and_message(journal: Journal) -> N
         claimed.lease, TaskStatus.FAILED, "tool returned", T0 + 1,
         message="boom", outcome=Outcome(error=error),
     )  # fmt: skip
-    assert done is not None and done.status_message == "boom"
+    assert done is not None
+    assert done.status_message == "boom"
     got = await journal.get(claimed.task_id, outcome=True)
-    assert got is not None and got.outcome == Outcome(error=error)
+    assert got is not None
+    assert got.outcome == Outcome(error=error)
 
 
 async def test_finish_refuses_to_cancel(journal: Journal) -> None:
@@ -94,8 +100,10 @@ async def test_every_run_write_under_a_stale_lease_is_refused(journal: Journal) 
         assert not await journal.release(lease, "late", "late", T0 + 1)
         assert await journal.renew([lease], T0 + 100) == [lease]
     got = await journal.get(claimed.task_id)
-    assert got is not None and got.status is TaskStatus.WORKING
-    assert got.status_message is None and got.progress is None
+    assert got is not None
+    assert got.status is TaskStatus.WORKING
+    assert got.status_message is None
+    assert got.progress is None
     assert await journal.steps(claimed.task_id) == {}
     assert await journal.input_requests(claimed.task_id) == []
     assert [e.kind for e in await journal.events(claimed.task_id)] == [
@@ -108,12 +116,14 @@ async def test_every_run_write_under_a_stale_lease_is_refused(journal: Journal) 
 async def test_a_cancelled_task_refuses_its_runs_writes(journal: Journal) -> None:
     claimed = await submit_and_claim(journal)
     cancelled = await journal.cancel(claimed.task_id, "stop", "by request", T0 + 1)
-    assert cancelled is not None and cancelled.status is TaskStatus.CANCELLED
+    assert cancelled is not None
+    assert cancelled.status is TaskStatus.CANCELLED
     assert await complete(journal, claimed) is None
     assert not await journal.record_step(claimed.lease, "step:a-1", 1, T0 + 2)
     assert await journal.renew([claimed.lease], T0 + 60) == [claimed.lease]
     got = await journal.get(claimed.task_id)
-    assert got is not None and got.status is TaskStatus.CANCELLED
+    assert got is not None
+    assert got.status is TaskStatus.CANCELLED
     assert await journal.cancel(claimed.task_id, "again", "by request", T0 + 3) is None
 
 
@@ -127,7 +137,8 @@ async def test_a_lease_taken_over_by_another_process_fences_the_old_run(
         held, Recovery.RESUME, "resuming", "lease ran out", T0 + 31
     )
     (taken,) = await other.claim(OTHER_HOLDER, T0 + 61, 1, T0 + 31)
-    assert taken.task_id == claimed.task_id and taken.attempt == claimed.attempt + 1
+    assert taken.task_id == claimed.task_id
+    assert taken.attempt == claimed.attempt + 1
     # The first process wakes up (GC pause, SIGSTOP) and tries to go on.
     assert not await journal.record_step(claimed.lease, "step:a-1", "late", T0 + 32)
     assert await complete(journal, claimed) is None
@@ -141,14 +152,16 @@ async def test_park_sets_the_task_aside_until_its_time(journal: Journal) -> None
         claimed.lease, T0 + 50, "Retrying in 50 s", "retry", T0 + 1, retry=True
     )
     got = await journal.get(claimed.task_id)
-    assert got is not None and got.status is TaskStatus.WORKING
+    assert got is not None
+    assert got.status is TaskStatus.WORKING
     assert got.status_message == "Retrying in 50 s"
     assert not await journal.claimable()
     assert await journal.next_due() == T0 + 50
     assert await journal.wake_due(T0 + 49) == 0
     assert await journal.wake_due(T0 + 50) == 1
     (again,) = await journal.claim(HOLDER, T0 + 90, 1, T0 + 50)
-    assert again.attempt == 2 and again.retries == 1  # a retry counts; a claim does not
+    assert again.attempt == 2
+    assert again.retries == 1
 
 
 async def test_a_budget_wait_is_no_retry(journal: Journal) -> None:
@@ -203,13 +216,12 @@ async def test_release_gives_the_task_back_to_the_queue(journal: Journal) -> Non
     claimed = await submit_and_claim(journal)
     assert await journal.release(claimed.lease, "Handed back", "shutdown", T0 + 1)
     got = await journal.get(claimed.task_id)
-    assert (
-        got is not None
-        and got.status_message == "Handed back"
-        and got.queued_ahead == 0
-    )
+    assert got is not None
+    assert got.status_message == "Handed back"
+    assert got.queued_ahead == 0
     (again,) = await journal.claim(OTHER_HOLDER, T0 + 40, 1, T0 + 2)
-    assert again.attempt == 2 and again.retries == 0
+    assert again.attempt == 2
+    assert again.retries == 0
 
 
 async def test_renew_extends_live_leases_and_names_the_lost_ones(
@@ -221,5 +233,7 @@ async def test_renew_extends_live_leases_and_names_the_lost_ones(
     lost = await journal.renew([first.lease, second.lease], T0 + 500)
     assert lost == [second.lease]
     (held,) = await journal.held_leases()
-    assert held.lease == first.lease and held.expires_at == T0 + 500
-    assert held.owner_id == ALICE and held.tool_name == "echo"
+    assert held.lease == first.lease
+    assert held.expires_at == T0 + 500
+    assert held.owner_id == ALICE
+    assert held.tool_name == "echo"

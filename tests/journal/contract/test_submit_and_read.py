@@ -52,9 +52,11 @@ async def test_get_returns_every_field_submit_stored(journal: Journal) -> None:
     assert got.ttl_seconds == 120.0
     assert got.poll_interval_seconds == 1.0
     assert got.listed is False
-    assert got.outcome is None and got.tool_error is None
+    assert got.outcome is None
+    assert got.tool_error is None
     assert got.queued_ahead == 0
-    assert submitted.task_id == got.task_id and submitted.status is got.status
+    assert submitted.task_id == got.task_id
+    assert submitted.status is got.status
 
 
 async def test_times_come_back_as_aware_utc_datetimes(journal: Journal) -> None:
@@ -70,7 +72,8 @@ async def test_unlimited_retention_round_trips_as_none(journal: Journal) -> None
     new = new_task(ttl_seconds=None)
     await journal.submit(new)
     got = await journal.get(new.task_id)
-    assert got is not None and got.ttl_seconds is None
+    assert got is not None
+    assert got.ttl_seconds is None
 
 
 async def test_get_of_an_unknown_task_is_none(journal: Journal) -> None:
@@ -93,9 +96,11 @@ async def test_a_queued_task_knows_how_many_of_its_clients_tasks_are_ahead(
     assert aheads == [0, 1, 2, 0]
     await journal.claim(HOLDER, T0 + LEASE, 1, T0)  # alice's first
     got = await journal.get(first.task_id)
-    assert got is not None and got.queued_ahead is None  # running, not queued
+    assert got is not None
+    assert got.queued_ahead is None
     got = await journal.get(third.task_id)
-    assert got is not None and got.queued_ahead == 1
+    assert got is not None
+    assert got.queued_ahead == 1
 
 
 async def test_list_owned_pages_through_one_owners_listed_tasks_in_order(
@@ -160,7 +165,8 @@ async def test_a_submit_over_the_backlog_is_refused_and_stores_nothing(
     refused = new_task(backlog=3)
     with pytest.raises(CapacityError) as caught:
         await journal.submit(refused)
-    assert caught.value.owner_id == ALICE and caught.value.limit == 3
+    assert caught.value.owner_id == ALICE
+    assert caught.value.limit == 3
     assert await journal.get(refused.task_id) is None
     await journal.submit(new_task(BOB, backlog=3))  # another client is not affected
 
@@ -179,7 +185,8 @@ async def test_settled_hears_each_submit_outcome(journal: Journal) -> None:
     await journal.submit(new_task(backlog=1), heard.append)
     with pytest.raises(CapacityError):
         await journal.submit(new_task(backlog=1), heard.append)
-    assert heard[0] is None and isinstance(heard[1], CapacityError)
+    assert heard[0] is None
+    assert isinstance(heard[1], CapacityError)
 
 
 async def test_concurrent_submits_on_two_journals_cannot_over_admit(
@@ -202,7 +209,8 @@ async def test_concurrent_submits_on_two_journals_cannot_over_admit(
         async with anyio.create_task_group() as tg:
             for n in range(40):
                 tg.start_soon(submit, journal if n % 2 else other)
-    assert len(accepted) == 5 and refused == 35
+    assert len(accepted) == 5
+    assert refused == 35
     (load,) = await journal.load(ALICE)
     assert load.queued == 5
 
@@ -259,7 +267,8 @@ async def test_tasks_survive_closing_and_reopening(
         secret = await first.secret("cursor")
     async with backend.open(database) as second:
         got = await second.get(new.task_id)
-        assert got is not None and got.status is TaskStatus.WORKING
+        assert got is not None
+        assert got.status is TaskStatus.WORKING
         assert await second.events(new.task_id) == events
         assert await second.secret("cursor") == secret
         assert len(await second.claim(HOLDER, T0 + LEASE, 5, T0)) == 2
@@ -288,4 +297,5 @@ async def test_submits_through_one_journal_are_read_by_another(
     new = new_task(OwnerId("zed"))
     await journal.submit(new)
     got = await other.get(new.task_id)
-    assert got is not None and got.owner_id == "zed"
+    assert got is not None
+    assert got.owner_id == "zed"

@@ -34,9 +34,12 @@ FROM tasks t WHERE t.task_id = ?
 -- list_owned --
 SELECT seq, task_id, owner_id, tool_name, status, status_message, created_at,
        updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
-       progress, progress_total, NULL
+       progress, progress_total, phase = 'queued'
 FROM tasks WHERE owner_id = ? AND listed = 1 AND seq > ?
 ORDER BY seq LIMIT ?
+
+-- queued_ahead --
+SELECT count(*) FROM tasks WHERE owner_id = ? AND phase = 'queued' AND seq < ?
 
 -- request_meta_of --
 SELECT request_meta FROM tasks WHERE task_id = ?
