@@ -48,9 +48,14 @@ class Feed:
         return self._position
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
-        """Register ``listener``; returns a function that unregisters it."""
+        """Register ``listener``; returns a function that unregisters it (once)."""
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
 
     def nudge(self) -> None:
         """Read the feed now (this process just committed something)."""

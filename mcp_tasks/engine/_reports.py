@@ -1,45 +1,41 @@
 """Status messages and progress of running tasks, written to the journal sparingly.
 
-A tool may report progress thousands of times a second; the journal gets at
-most one write per task per ``interval`` (and never two in flight), always
-with the latest values, and the last report is never lost: a report that
-arrives too soon waits and is written when its turn comes. The writes of
-different tasks share commits through the journal's group commit.
+A tool may report progress thousands of times a second. The journal gets at
+most one write per task per ``interval`` (and never two in flight for one
+task); each write carries the reports made since the last one, in order, up to
+`MAX_REPORTS_PER_WRITE` of the newest (a flood loses its middle, never its
+end). The writes of different tasks share commits through the journal's group
+commit. Before a run's status changes, its pending reports are written first,
+so a client never sees progress after the task ended.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import final
+from dataclasses import dataclass, field
+from typing import Final, final
 
 import anyio
 
 from mcp_tasks._exceptions import JournalError
 from mcp_tasks._model import TaskId
 from mcp_tasks.engine._runs import Run, StopReason
-from mcp_tasks.journal import Journal
+from mcp_tasks.journal import Journal, Report
 
 logger = logging.getLogger("mcp_tasks.engine")
 
+#: The most reports one write keeps (the newest); older ones of a burst are dropped.
+MAX_REPORTS_PER_WRITE: Final = 8
+
 
 @dataclass(slots=True)
-class _Report:
+class _Pending:
     run: Run
-    message: str | None = None
-    progress: float | None = None
-    total: float | None = None
-
-    def merge(
-        self, message: str | None, progress: float | None, total: float | None
-    ) -> None:
-        if message is not None:
-            self.message = message
-        if progress is not None:
-            self.progress = progress
-        if total is not None:
-            self.total = total
+    reports: deque[Report] = field(
+        default_factory=lambda: deque[Report](maxlen=MAX_REPORTS_PER_WRITE)
+    )
 
 
 @final
@@ -52,8 +48,8 @@ class Reporter:
         self._journal = journal
         self._interval = interval
         self._clock = clock
-        self._pending: dict[TaskId, _Report] = {}
-        #: Tasks whose report is being written, and the event set when it is.
+        self._pending: dict[TaskId, _Pending] = {}
+        #: Tasks whose reports are being written, and the event set when they are.
         self._in_flight: dict[TaskId, anyio.Event] = {}
         self._wake = anyio.Event()
 
@@ -65,11 +61,11 @@ class Reporter:
         progress: float | None = None,
         total: float | None = None,
     ) -> None:
-        """Note a run's latest status message and/or progress."""
+        """Note a status message and/or progress of a run."""
         pending = self._pending.get(run.task_id)
         if pending is None or pending.run is not run:
-            pending = self._pending[run.task_id] = _Report(run)
-        pending.merge(message, progress, total)
+            pending = self._pending[run.task_id] = _Pending(run)
+        pending.reports.append(Report(message, progress, total))
         self._wake.set()
 
     def forget(self, task_id: TaskId) -> None:
@@ -77,7 +73,7 @@ class Reporter:
         self._pending.pop(task_id, None)
 
     async def flush(self, run: Run) -> None:
-        """Write the run's pending report now (before its status changes)."""
+        """Write the run's pending reports now (before its status changes)."""
         while (writing := self._in_flight.get(run.task_id)) is not None:
             await writing.wait()
         pending = self._pending.get(run.task_id)
@@ -108,16 +104,12 @@ class Reporter:
                 else:
                     await self._wake.wait()
 
-    async def _write(self, report: _Report) -> None:
-        run = report.run
+    async def _write(self, pending: _Pending) -> None:
+        run = pending.run
         writing = self._in_flight.setdefault(run.task_id, anyio.Event())
         try:
             written = await self._journal.report(
-                run.lease,
-                self._clock(),
-                message=report.message,
-                progress=report.progress,
-                total=report.total,
+                run.lease, self._clock(), list(pending.reports)
             )
             if not written:
                 run.stop(StopReason.LEASE_LOST)

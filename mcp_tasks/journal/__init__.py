@@ -17,6 +17,7 @@ from mcp_tasks.journal._records import (
     Lease,
     NewTask,
     Recovery,
+    Report,
     TaskEvent,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "Lease",
     "NewTask",
     "Recovery",
+    "Report",
     "Settled",
     "TaskEvent",
     "open_journal",

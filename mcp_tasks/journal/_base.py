@@ -37,6 +37,7 @@ from mcp_tasks.journal._records import (
     Lease,
     NewTask,
     Recovery,
+    Report,
     TaskEvent,
 )
 
@@ -206,16 +207,12 @@ class Journal(Protocol):
         """
         ...
 
-    async def report(
-        self,
-        lease: Lease,
-        at: float,
-        *,
-        message: str | None = None,
-        progress: float | None = None,
-        total: float | None = None,
-    ) -> bool:
-        """Record the run's latest status message and progress; False if not current."""
+    async def report(self, lease: Lease, at: float, reports: Sequence[Report]) -> bool:
+        """Record the run's status reports, in order, in one transaction.
+
+        Each report is a change in the feed; the task keeps the latest message
+        and progress. False (recording nothing) if the lease is not current.
+        """
         ...
 
     async def log(self, lease: Lease, level: str, message: str, at: float) -> bool:

@@ -71,6 +71,15 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class Report:
+    """One status report of a run: a new status message and/or progress."""
+
+    message: str | None = None
+    progress: float | None = None
+    total: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HeldLease:
     """A running task's lease as the journal holds it (for recovery)."""
 

@@ -18,7 +18,15 @@ from typing import Any
 import anyio
 import pytest
 
-from mcp_tasks import OwnerId, Requester, Settings, TaskId, TaskRuntime, TaskStatus, tool
+from mcp_tasks import (
+    OwnerId,
+    Requester,
+    Settings,
+    TaskId,
+    TaskRuntime,
+    TaskStatus,
+    tool,
+)
 from mcp_tasks._exceptions import JournalError
 from mcp_tasks._model import Outcome
 from mcp_tasks.engine._holder import machine_id, new_holder
@@ -93,7 +101,17 @@ async def orphan(
     now = time.time()
     async with open_journal(db_path) as journal:
         await journal.submit(
-            NewTask(task_id, OwnerId("local"), tool_name, {"text": "hi"}, now, 60.0, 1.0, 4, 100)
+            NewTask(
+                task_id,
+                OwnerId("local"),
+                tool_name,
+                {"text": "hi"},
+                now,
+                60.0,
+                1.0,
+                4,
+                100,
+            )
         )
         (claimed,) = await journal.claim(holder, lease_expires_at, 1, now)
         assert claimed.task_id == task_id
@@ -202,8 +220,12 @@ async def test_a_run_whose_lease_was_taken_over_stops_and_cannot_finish(
         (held,) = await runtime.journal.held_leases()
         from mcp_tasks.journal import Recovery
 
-        assert await runtime.journal.recover(held, Recovery.RESUME, "r", "taken over", time.time())
-        (taken,) = await runtime.journal.claim("other/9/y", time.time() + 60, 1, time.time())
+        assert await runtime.journal.recover(
+            held, Recovery.RESUME, "r", "taken over", time.time()
+        )
+        (taken,) = await runtime.journal.claim(
+            "other/9/y", time.time() + 60, 1, time.time()
+        )
         await runtime.heartbeat()  # the renewal is refused: the run is stopped
         with anyio.fail_after(TIMEOUT):
             await gates.wait_ended("s")  # swallowed the cancel, "finished after all"

@@ -186,7 +186,16 @@ Step = tuple[str, int, int]
 STEPS = st.lists(
     st.tuples(
         st.sampled_from(
-            ["submit", "submit", "submit", "release", "release", "cancel", "beat", "crash"]
+            [
+                "submit",
+                "submit",
+                "submit",
+                "release",
+                "release",
+                "cancel",
+                "beat",
+                "crash",
+            ]
         ),
         st.integers(0, 40),
         st.integers(0, 40),

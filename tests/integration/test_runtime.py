@@ -951,9 +951,7 @@ async def test_restart_resumes_every_unfinished_task(
     assert gates.cancelled == ["r"]
     phase, attempts, message = _rows(db_path)[interrupted.task_id]
     assert (phase, attempts) == ("queued", 1)
-    assert message == (
-        "Resuming after its run was interrupted (server shutting down)"
-    )
+    assert message == ("Resuming after its run was interrupted (server shutting down)")
 
     gates.reset_started("r")
     # Bob was never served, so his task runs first (one worker); let it through.

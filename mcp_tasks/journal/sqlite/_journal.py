@@ -38,6 +38,7 @@ from mcp_tasks.journal._records import (
     Lease,
     NewTask,
     Recovery,
+    Report,
     TaskEvent,
 )
 from mcp_tasks.journal._sql import queries
@@ -475,29 +476,26 @@ class SqliteJournal:
         recorded: bool = await self._write(apply)
         return recorded
 
-    async def report(
-        self,
-        lease: Lease,
-        at: float,
-        *,
-        message: str | None = None,
-        progress: float | None = None,
-        total: float | None = None,
-    ) -> bool:
-        params = (message, progress, total, at, *_fence(lease))
-        data = {
-            k: v for k, v in (("progress", progress), ("total", total)) if v is not None
-        }
-
+    async def report(self, lease: Lease, at: float, reports: Sequence[Report]) -> bool:
         def apply(db: sqlite3.Connection) -> bool:
-            rows = db.execute(_SQL["report"], params).fetchall()
-            if not rows:
-                return False
-            ((owner, current),) = rows
-            _change(
-                db, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
-                current, "progress", at, data or None,
-            )  # fmt: skip
+            for report in reports:
+                params = (report.message, report.progress, report.total, at)
+                rows = db.execute(_SQL["report"], (*params, *_fence(lease))).fetchall()
+                if not rows:
+                    return False
+                ((owner, current),) = rows
+                data = {
+                    key: value
+                    for key, value in (
+                        ("progress", report.progress),
+                        ("total", report.total),
+                    )
+                    if value is not None
+                }
+                _change(
+                    db, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
+                    current, "progress", at, data or None,
+                )  # fmt: skip
             return True
 
         reported: bool = await self._write(apply)

@@ -7,7 +7,7 @@ import pytest
 
 from mcp_tasks._budgets import BudgetLimits
 from mcp_tasks._model import InputRequest, TaskStatus
-from mcp_tasks.journal import ChangeKind, Journal
+from mcp_tasks.journal import ChangeKind, Journal, Report
 
 from .support import ALICE, T0, complete, new_task, submit_and_claim
 
@@ -32,7 +32,7 @@ async def test_each_operation_appears_in_the_feed_with_its_kind(
 ) -> None:
     start = await journal.feed_head()
     claimed = await submit_and_claim(journal)
-    await journal.report(claimed.lease, T0 + 1, message="half", progress=5, total=10)
+    await journal.report(claimed.lease, T0 + 1, [Report("half", 5, 10)])
     await journal.log(claimed.lease, "info", "hello", T0 + 2)
     question = InputRequest("q", "roots/list", {}, expires_at=T0 + 60)
     await journal.ask(claimed.lease, [question], "roots?", T0 + 3)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import anyio
 
 from mcp_tasks._model import Outcome, TaskStatus
-from mcp_tasks.journal import TERMINAL_GRACE_SECONDS, ChangeKind, Journal, Recovery
+from mcp_tasks.journal import (
+    TERMINAL_GRACE_SECONDS,
+    ChangeKind,
+    Journal,
+    Recovery,
+    Report,
+)
 
 from .support import (
     BOB,
@@ -151,9 +157,9 @@ async def test_purge_drops_old_progress_and_log_changes_but_not_history(
     journal: Journal,
 ) -> None:
     claimed = await submit_and_claim(journal, new_task(ttl_seconds=None))
-    await journal.report(claimed.lease, T0 + 1, message="old")
+    await journal.report(claimed.lease, T0 + 1, [Report("old")])
     await journal.log(claimed.lease, "info", "old", T0 + 1)
-    await journal.report(claimed.lease, T0 + 100, message="new")
+    await journal.report(claimed.lease, T0 + 100, [Report("new")])
     await journal.purge_expired(T0 + 100, feed_before=T0 + 50)
     kinds = [(e.kind, e.at) for e in await journal.events(claimed.task_id)]
     assert kinds == [

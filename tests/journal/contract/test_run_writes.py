@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from mcp_tasks._model import InputRequest, Outcome, TaskStatus
-from mcp_tasks.journal import ChangeKind, Claimed, Journal, Lease, Recovery
+from mcp_tasks.journal import ChangeKind, Claimed, Journal, Lease, Recovery, Report
 
 from .support import ALICE, HOLDER, LEASE, OTHER_HOLDER, T0, complete, submit_and_claim
 
@@ -95,7 +95,7 @@ async def test_every_run_write_under_a_stale_lease_is_refused(journal: Journal) 
         assert not await journal.park(lease, T0 + 9, "later", "retry", T0 + 1)
         assert await journal.ask(lease, [question], "asking", T0 + 1) is None
         assert not await journal.record_step(lease, "step:a-1", 1, T0 + 1)
-        assert not await journal.report(lease, T0 + 1, message="late", progress=1)
+        assert not await journal.report(lease, T0 + 1, [Report("late", 1)])
         assert not await journal.log(lease, "info", "late", T0 + 1)
         assert not await journal.release(lease, "late", "late", T0 + 1)
         assert await journal.renew([lease], T0 + 100) == [lease]
@@ -186,9 +186,9 @@ async def test_steps_are_recorded_once_per_key(journal: Journal) -> None:
 async def test_report_keeps_the_latest_message_and_progress(journal: Journal) -> None:
     claimed = await submit_and_claim(journal)
     assert await journal.report(
-        claimed.lease, T0 + 1, message="1 of 10", progress=1, total=10
+        claimed.lease, T0 + 1, [Report("0 of 10", 0, 10), Report("1 of 10", 1)]
     )
-    assert await journal.report(claimed.lease, T0 + 2, progress=2)
+    assert await journal.report(claimed.lease, T0 + 2, [Report(progress=2)])
     got = await journal.get(claimed.task_id)
     assert got is not None
     assert (got.status_message, got.progress, got.progress_total) == ("1 of 10", 2, 10)
@@ -198,7 +198,8 @@ async def test_report_keeps_the_latest_message_and_progress(journal: Journal) ->
         if e.kind is ChangeKind.PROGRESS
     ]
     assert [(e.status_message, e.data) for e in reports] == [
-        ("1 of 10", {"progress": 1, "total": 10}),
+        ("0 of 10", {"progress": 0, "total": 10}),
+        ("1 of 10", {"progress": 1}),
         ("1 of 10", {"progress": 2}),
     ]
 
