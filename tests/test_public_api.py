@@ -13,12 +13,35 @@ import mcp_tasks
 
 PACKAGE_DIR = Path(mcp_tasks.__file__).parent
 SDK = {"mcp", "mcp_types"}
-#: The runtime's modules, each importing only those before it.
+#: Modules everything may build on; they import none of the packages above them.
+BASE = (
+    "mcp_tasks._exceptions",
+    "mcp_tasks._model",
+    "mcp_tasks._budgets",
+    "mcp_tasks._config",
+    "mcp_tasks._questions",
+    "mcp_tasks._toolapi",
+    "mcp_tasks._tokens",
+)
+#: The engine's modules in layers, lowest first: each imports only earlier layers.
 ENGINE_LAYERS = (
-    "mcp_tasks._dispatch",
-    "mcp_tasks._worker",
-    "mcp_tasks._lifecycle",
-    "mcp_tasks._runtime",
+    ("mcp_tasks.engine._holder", "mcp_tasks.engine._runs", "mcp_tasks.engine._events"),
+    ("mcp_tasks.engine._reports",),
+    ("mcp_tasks.engine._engine",),
+    (
+        "mcp_tasks.engine._context",
+        "mcp_tasks.engine._execution",
+        "mcp_tasks.engine._preflight",
+    ),
+    (
+        "mcp_tasks.engine._runner",
+        "mcp_tasks.engine._dispatch",
+        "mcp_tasks.engine._timers",
+        "mcp_tasks.engine._leases",
+        "mcp_tasks.engine._feed",
+    ),
+    ("mcp_tasks.engine._lifecycle",),
+    ("mcp_tasks.engine._runtime",),
 )
 
 
@@ -93,20 +116,16 @@ def test_the_import_scan_sees_the_whole_package() -> None:
     modules = imports_by_module()
     for expected in (
         "mcp_tasks",
-        "mcp_tasks._model",
-        "mcp_tasks._runtime",
-        *ENGINE_LAYERS,
-        "mcp_tasks._events",
-        "mcp_tasks._tokens",
-        "mcp_tasks._scheduler",
+        *BASE,
+        *(m for layer in ENGINE_LAYERS for m in layer),
         "mcp_tasks.client",
         "mcp_tasks.journal",
-        "mcp_tasks.journal._sqlite",
+        "mcp_tasks.journal.sqlite._journal",
         "mcp_tasks.binding",
     ):
-        assert expected in modules
-    assert _imports_from("mcp_tasks._runtime", "mcp_tasks.journal")
-    assert _imports_from("mcp_tasks._worker", "mcp_tasks._dispatch")
+        assert expected in modules, expected
+    assert _imports_from("mcp_tasks.engine._runtime", "mcp_tasks.journal")
+    assert _imports_from("mcp_tasks.engine._runner", "mcp_tasks.engine._engine")
     assert _imports_from("mcp_tasks._model", "mcp_tasks._exceptions")
     assert any(_imports_from(m, *SDK) for m in _modules_under("mcp_tasks.binding"))
 
@@ -128,20 +147,25 @@ def test_the_model_imports_nothing_from_the_package_but_the_exceptions() -> None
     )
 
 
+def _engine_rules() -> list[tuple[str, tuple[str, ...]]]:
+    rules: list[tuple[str, tuple[str, ...]]] = []
+    for index, layer in enumerate(ENGINE_LAYERS):
+        higher = tuple(m for later in ENGINE_LAYERS[index + 1 :] for m in later)
+        rules.extend((module, ("mcp_tasks.binding", *higher)) for module in layer)
+    return rules
+
+
 @pytest.mark.parametrize(
     ("importer", "forbidden"),
     [
-        ("mcp_tasks.journal", ("mcp_tasks._scheduler", *ENGINE_LAYERS)),
-        ("mcp_tasks.journal", ("mcp_tasks.binding",)),
-        ("mcp_tasks._scheduler", ("mcp_tasks.journal",)),
-        ("mcp_tasks._runtime", ("mcp_tasks.binding",)),
-        # The engine behind the runtime facade, lowest layer first:
-        # events, tokens → dispatch → worker → lifecycle → runtime.
-        ("mcp_tasks._events", ("mcp_tasks.binding", *ENGINE_LAYERS)),
-        ("mcp_tasks._tokens", ("mcp_tasks.binding", *ENGINE_LAYERS)),
-        ("mcp_tasks._dispatch", ("mcp_tasks.binding", *ENGINE_LAYERS[1:])),
-        ("mcp_tasks._worker", ("mcp_tasks.binding", *ENGINE_LAYERS[2:])),
-        ("mcp_tasks._lifecycle", ("mcp_tasks.binding", *ENGINE_LAYERS[3:])),
+        *(
+            (module, ("mcp_tasks.journal", "mcp_tasks.engine", "mcp_tasks.binding"))
+            for module in BASE
+        ),
+        ("mcp_tasks.journal", ("mcp_tasks.engine", "mcp_tasks.binding")),
+        # The engine never sees SQL: it opens journals through open_journal only.
+        ("mcp_tasks.engine", ("mcp_tasks.binding", "mcp_tasks.journal.sqlite")),
+        *_engine_rules(),
     ],
 )
 def test_lower_layers_do_not_import_higher_ones(

@@ -84,7 +84,10 @@ class Dispatcher:
                     # Shutdown began while the claim was in flight: give the
                     # tasks straight back rather than start them.
                     for task in claimed:
-                        await self._engine.release_unstarted(task)
+                        try:
+                            await self._engine.release_unstarted(task)
+                        except JournalError as exc:
+                            logger.error("cannot give back %s: %s", task.task_id, exc)
                     return
                 for task in claimed:
                     self._busy += 1

@@ -32,6 +32,9 @@ from mcp_tasks.journal import Change, ChangeKind, Claimed
 
 logger = logging.getLogger("mcp_tasks.engine")
 
+#: How long a failed service loop waits before it starts again.
+RESTART_SECONDS = 1.0
+
 
 @dataclass(eq=False)
 class Parts:
@@ -91,9 +94,11 @@ async def _serving(parts: Parts) -> AsyncGenerator[None]:
                 run = Run(claimed, engine.now())
                 work.start_soon(_run_and_release, parts, run)
 
-            service.start_soon(parts.dispatcher.run, start)
-            service.start_soon(parts.timers.run)
-            service.start_soon(engine.reporter.run)
+            service.start_soon(
+                _supervised, "dispatch", lambda: parts.dispatcher.run(start)
+            )
+            service.start_soon(_supervised, "timers", parts.timers.run)
+            service.start_soon(_supervised, "progress writer", engine.reporter.run)
             service.start_soon(_every, settings.lease_seconds / 3, "heartbeat",
                                lambda: _leases.heartbeat(engine, parts.runs))  # fmt: skip
             service.start_soon(_every, settings.sweep_interval_seconds, "sweep",
@@ -137,6 +142,21 @@ async def drain(parts: Parts, work: TaskGroup) -> None:
     with anyio.move_on_after(max(5.0, engine.settings.shutdown_grace_seconds)):
         await runs.wait_idle()
     work.cancel_scope.cancel()
+
+
+async def _supervised(what: str, loop: Callable[[], Awaitable[object]]) -> None:
+    """Run a service loop; if it fails, log it and start it again.
+
+    One bad moment (the journal briefly unwritable, a bug in a rare path) must
+    not take the whole engine down with it.
+    """
+    while True:
+        try:
+            await loop()
+            return
+        except Exception:
+            logger.exception("%s loop failed; restarting it", what)
+            await anyio.sleep(RESTART_SECONDS)
 
 
 async def _every(
