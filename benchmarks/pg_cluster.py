@@ -104,9 +104,8 @@ def ensure_bindir(*, install: bool = True) -> Path:
     """Return the server binaries' folder, installing ``postgresql`` if allowed.
 
     Args:
-        install: When True, we are root and ``apt-get`` exists, a missing server
-            is installed with ``apt-get install postgresql`` (after one
-            ``apt-get update`` if the first attempt fails).
+        install: When True, a missing server is installed with `apt_install`
+            (``postgresql``), if we are root and have ``apt-get``.
 
     Raises:
         PostgresUnavailableError: No binaries, and they could not be installed.
@@ -115,13 +114,7 @@ def ensure_bindir(*, install: bool = True) -> Path:
     if found is not None:
         return found
 
-    if install and os.geteuid() == 0 and shutil.which("apt-get") is not None:
-        print(
-            "PostgreSQL not found; running apt-get install postgresql", file=sys.stderr
-        )
-        if not _apt_install("postgresql"):
-            _apt_update()
-            _apt_install("postgresql")
+    if install and apt_install("postgresql"):
         found = find_bindir()
         if found is not None:
             return found
@@ -129,25 +122,28 @@ def ensure_bindir(*, install: bool = True) -> Path:
     raise PostgresUnavailableError(INSTALL_HINT)
 
 
-def _apt_install(package: str) -> bool:
+def apt_install(package: str) -> bool:
+    """Install one OS package with ``apt-get`` if we are root; True on success.
+
+    Runs ``apt-get update`` once and tries again when the first attempt fails
+    (a fresh machine has no package lists). False, and nothing tried, when we
+    are not root or there is no ``apt-get``.
+    """
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return False
+
+    print(f"{package} not found; running apt-get install {package}", file=sys.stderr)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(
-        ["apt-get", "install", "-y", "-q", package],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=False,
-    )
-    return done.returncode == 0
+    install = ["apt-get", "install", "-y", "-q", package]
+    if _quiet(install, env) == 0:
+        return True
+    _quiet(["apt-get", "update", "-q"], env)
+    return _quiet(install, env) == 0
 
 
-def _apt_update() -> None:
-    subprocess.run(
-        ["apt-get", "update", "-q"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=False,
-    )
+def _quiet(argv: list[str], env: dict[str, str]) -> int:
+    out = subprocess.DEVNULL
+    return subprocess.run(argv, env=env, stdout=out, stderr=out, check=False).returncode
 
 
 def free_port() -> int:
