@@ -34,7 +34,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import final
+
+from .host import apt_install, free_port
 
 #: The environment variable naming an existing server for the test suite.
 TEST_URL_VARIABLE = "MCP_TASKS_TEST_POSTGRES_URL"
@@ -120,38 +121,6 @@ def ensure_bindir(*, install: bool = True) -> Path:
             return found
 
     raise PostgresUnavailableError(INSTALL_HINT)
-
-
-def apt_install(package: str) -> bool:
-    """Install one OS package with ``apt-get`` if we are root; True on success.
-
-    Runs ``apt-get update`` once and tries again when the first attempt fails
-    (a fresh machine has no package lists). False, and nothing tried, when we
-    are not root or there is no ``apt-get``.
-    """
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return False
-
-    print(f"{package} not found; running apt-get install {package}", file=sys.stderr)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", package]
-    if _quiet(install, env) == 0:
-        return True
-    _quiet(["apt-get", "update", "-q"], env)
-    return _quiet(install, env) == 0
-
-
-def _quiet(argv: list[str], env: dict[str, str]) -> int:
-    out = subprocess.DEVNULL
-    return subprocess.run(argv, env=env, stdout=out, stderr=out, check=False).returncode
-
-
-def free_port() -> int:
-    """Return a loopback TCP port that was free a moment ago (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # ------------------------------------------------------------------- cluster
@@ -239,20 +208,28 @@ class PgCluster:
 
     @classmethod
     def create(
-        cls, *, bindir: Path | None = None, max_connections: int = MAX_CONNECTIONS
+        cls,
+        *,
+        bindir: Path | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        base_dir: Path | None = None,
     ) -> PgCluster:
         """Make a temporary folder and run ``initdb`` in it.
 
         Args:
             bindir: The server binaries; found (or installed) when None.
             max_connections: The server's ``max_connections``.
+            base_dir: Where the temporary folder goes (default: the system's
+                temporary folder, or ``/tmp`` when that one is private to us
+                and the server runs as another user).
 
         Raises:
             PostgresUnavailableError: No binaries, or ``initdb`` failed.
         """
         bindir = bindir if bindir is not None else ensure_bindir()
         account = _server_account()
-        root = Path(tempfile.mkdtemp(prefix="mcp-tasks-pg-", dir=_base_folder(account)))
+        base = base_dir if base_dir is not None else _base_folder(account)
+        root = Path(tempfile.mkdtemp(prefix="mcp-tasks-pg-", dir=base))
         cluster = cls(root, bindir, account.user)
         try:
             cluster._initdb(max_connections)
@@ -386,12 +363,15 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def running_cluster(*, max_connections: int = MAX_CONNECTIONS) -> Generator[PgCluster]:
+def running_cluster(
+    *, max_connections: int = MAX_CONNECTIONS, base_dir: Path | None = None
+) -> Generator[PgCluster]:
     """Create and start a cluster; stop it and delete its folder afterwards.
 
-    The folder is removed even when the block or the start-up fails.
+    The folder is removed even when the block or the start-up fails. The
+    arguments are those of `PgCluster.create`.
     """
-    cluster = PgCluster.create(max_connections=max_connections)
+    cluster = PgCluster.create(max_connections=max_connections, base_dir=base_dir)
     try:
         cluster.start()
         yield cluster
@@ -416,49 +396,53 @@ def with_database(url: str, dbname: str) -> str:
 # ----------------------------------------------------------------------- CLI
 
 
-_STATE = Path(__file__).resolve().parent.parent / ".postgres-cluster.json"
+#: Where ``scripts/postgres`` remembers its cluster (git-ignored).
+STATE_FILE = Path(__file__).resolve().parent.parent / ".postgres-cluster.json"
 
 
-def _load_state() -> PgCluster | None:
+def _load_state(path: Path) -> PgCluster | None:
     try:
-        state = json.loads(_STATE.read_text(encoding="utf-8"))
+        state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     cluster = PgCluster(Path(state["root"]), Path(state["bindir"]), state["user"])
     cluster.port = int(state["port"])
     if not (cluster.data / "postmaster.pid").exists():
         # The machine rebooted or someone removed /tmp: forget it.
-        _STATE.unlink()
+        path.unlink()
         shutil.rmtree(cluster.root, ignore_errors=True)
         return None
     return cluster
 
 
-def _save_state(cluster: PgCluster) -> None:
+def _save_state(path: Path, cluster: PgCluster) -> None:
     state = {
         "root": str(cluster.root),
         "bindir": str(cluster.bindir),
         "user": cluster.user,
         "port": cluster.port,
     }
-    _STATE.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, state: Path = STATE_FILE) -> int:
     """``scripts/postgres start|stop|url``: one persistent throwaway cluster.
 
     ``start`` creates and starts it (or reports the running one) and prints its
     URL; ``url`` prints the URL; ``stop`` stops it and deletes its folder. The
-    state lives in ``.postgres-cluster.json`` at the repository root. Point the
-    test suite at it with
+    state lives in `STATE_FILE` (``.postgres-cluster.json`` at the repository
+    root). Point the test suite at it with
     ``MCP_TASKS_TEST_POSTGRES_URL=$(scripts/postgres url) scripts/test``.
+
+    Returns:
+        The exit status: 0, 1 (no cluster, or it cannot start), 2 (usage).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1 or args[0] not in {"start", "stop", "url"}:
         print("usage: scripts/postgres start|stop|url", file=sys.stderr)
         return 2
 
-    cluster = _load_state()
+    cluster = _load_state(state)
     try:
         if args[0] == "start":
             if cluster is None:
@@ -468,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except BaseException:
                     cluster.remove()
                     raise
-                _save_state(cluster)
+                _save_state(state, cluster)
             print(cluster.url())
         elif args[0] == "url":
             if cluster is None:
@@ -477,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(cluster.url())
         elif cluster is not None:
             cluster.remove()
-            _STATE.unlink()
+            state.unlink()
     except PostgresUnavailableError as exc:
         print(exc, file=sys.stderr)
         return 1

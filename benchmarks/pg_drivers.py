@@ -58,7 +58,8 @@ import psycopg
 import psycopg_pool
 from psycopg import sql as pgsql
 
-from .pg_cluster import SERVER_USER, apt_install, free_port, running_cluster
+from .host import apt_install, free_port
+from .pg_cluster import SERVER_USER, running_cluster
 
 #: The journal-like table the operations run on.
 SCHEMA: LiteralString = """
@@ -73,6 +74,13 @@ CREATE TABLE bench_tasks (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX bench_tasks_queued ON bench_tasks (seq) WHERE status = 'queued';
+DROP TABLE IF EXISTS bench_events;
+CREATE TABLE bench_events (
+    seq     bigserial PRIMARY KEY,
+    task_id text NOT NULL,
+    kind    text NOT NULL,
+    at      timestamptz NOT NULL DEFAULT now()
+);
 """
 PREFILL: LiteralString = """
 INSERT INTO bench_tasks (task_id, owner_id, status, params)
@@ -100,6 +108,14 @@ SELECT task_id, owner_id, status, params, claimed_by, created_at
 FROM bench_tasks WHERE task_id = $1
 """
 NOTIFY: LiteralString = "SELECT pg_notify('bench_wake', $1)"
+#: A finish as the journal might write it: the row, an event, then read back.
+FINISH: LiteralString = """
+UPDATE bench_tasks SET status = 'completed'
+WHERE task_id = $1 AND status IN ('queued', 'working')
+"""
+EVENT: LiteralString = (
+    "INSERT INTO bench_events (task_id, kind) VALUES ($1, 'completed')"
+)
 CHANNEL = "bench_wake"
 COPY_COLUMNS = ("task_id", "owner_id", "status", "params")
 BATCH = 64
@@ -132,6 +148,7 @@ class Driver(Protocol):
     async def claim(self, worker: str) -> bool: ...
     async def get(self, task_id: str) -> bool: ...
     async def get_held(self, task_id: str) -> bool: ...
+    async def finish(self, task_id: str) -> bool: ...
     async def notify(self, payload: str) -> None: ...
     def listen(
         self, on_notify: Callable[[], None]
@@ -213,6 +230,14 @@ class AsyncpgDriver:
     async def get_held(self, task_id: str) -> bool:
         return await self._held.fetchrow(GET, task_id) is not None
 
+    async def finish(self, task_id: str) -> bool:
+        # asyncpg has no pipeline: BEGIN, three statements, COMMIT, one
+        # round trip each.
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(FINISH, task_id)
+            await conn.execute(EVENT, task_id)
+            return await conn.fetchrow(GET, task_id) is not None
+
     async def notify(self, payload: str) -> None:
         async with self._pool.acquire() as conn:
             await conn.execute(NOTIFY, payload)
@@ -254,6 +279,8 @@ class PsycopgDriver:
         self._claim: LiteralString = _psycopg_sql(CLAIM)
         self._get: LiteralString = _psycopg_sql(GET)
         self._notify: LiteralString = _psycopg_sql(NOTIFY)
+        self._finish: LiteralString = _psycopg_sql(FINISH)
+        self._event: LiteralString = _psycopg_sql(EVENT)
 
     @classmethod
     async def open(
@@ -315,6 +342,16 @@ class PsycopgDriver:
     async def get_held(self, task_id: str) -> bool:
         cursor = await self._held.execute(self._get, (task_id,))
         return await cursor.fetchone() is not None
+
+    async def finish(self, task_id: str) -> bool:
+        # Pipeline mode: BEGIN, the three statements and COMMIT leave in one
+        # go; the results are read when the pipeline ends.
+        async with self._pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute(self._finish, (task_id,))
+                await conn.execute(self._event, (task_id,))
+                cursor = await conn.execute(self._get, (task_id,))
+            return await cursor.fetchone() is not None
 
     async def notify(self, payload: str) -> None:
         async with self._pool.connection() as conn:
@@ -505,6 +542,14 @@ async def op_get_held(driver: Driver, sizes: Sizes) -> Sample:
     return await _timed([lambda t=t: driver.get_held(t) for t in ids], sizes.warmup)
 
 
+async def op_finish(driver: Driver, sizes: Sizes) -> Sample:
+    """Three statements in one transaction (psycopg pipelines them)."""
+    await _reset(driver, prefill=sizes.warmup + sizes.gets)
+    await driver.execute("TRUNCATE bench_events")
+    ids = [f"pre-{i}" for i in range(1, sizes.warmup + sizes.gets + 1)]
+    return await _timed([lambda t=t: driver.finish(t) for t in ids], sizes.warmup)
+
+
 async def op_notify(driver: Driver, sizes: Sizes) -> Sample:
     """From the sender's ``pg_notify`` call to the listener's callback."""
     woken = anyio.Event()
@@ -531,6 +576,7 @@ OPERATIONS: dict[str, Callable[[Driver, Sizes], Awaitable[Sample]]] = {
     "claim SKIP LOCKED x8 conns": op_claim,
     "get by PK (pool)": op_get,
     "get by PK (held conn)": op_get_held,
+    "txn: update + insert + select": op_finish,
     "NOTIFY -> LISTEN wake-up": op_notify,
 }
 
