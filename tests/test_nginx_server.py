@@ -109,15 +109,18 @@ def test_a_session_id_always_reaches_the_same_backend(nginx: NginxServer) -> Non
     assert set().union(*placed.values()) == {"a", "b"}
 
 
-def test_requests_without_a_session_id_all_reach_one_backend(
+def test_requests_without_a_session_id_are_balanced_round_robin(
     nginx: NginxServer,
 ) -> None:
-    # The trap for MCP 2025-11-25 behind `hash $http_mcp_session_id`: the
-    # initialize request carries no session id yet, so every session is born
-    # on the backend that the empty string hashes to, while its later requests
-    # go where its id hashes to. Stickiness by session id alone therefore needs
-    # either sessions any replica can serve, or ids that name their replica.
-    assert len({_backend_of(nginx, "/mcp") for _ in range(8)}) == 1
+    # The trap for MCP 2025-11-25 behind `hash $http_mcp_session_id`: nginx
+    # balances a request whose key is empty round robin, and the initialize
+    # request carries no session id yet. A session is born on whichever
+    # backend came next, while its later requests go where its id hashes to.
+    # Stickiness by session id alone therefore needs sessions that any replica
+    # can serve, or session ids that name their replica (routed with `map`).
+    seen = [_backend_of(nginx, "/mcp") for _ in range(8)]
+    assert sorted(seen) == ["a"] * 4 + ["b"] * 4
+    assert all(x != y for x, y in itertools.pairwise(seen))
 
 
 def test_nginx_is_stopped_and_its_folder_removed(
