@@ -394,6 +394,7 @@ class Sizes:
     batches: int
     claims_per_worker: int
     gets: int
+    finishes: int
     notifies: int
     pooler_iterations: int
 
@@ -405,6 +406,7 @@ FULL = Sizes(
     batches=300,
     claims_per_worker=600,
     gets=8000,
+    finishes=1000,
     notifies=1500,
     pooler_iterations=25,
 )
@@ -415,6 +417,7 @@ QUICK = Sizes(
     batches=4,
     claims_per_worker=8,
     gets=50,
+    finishes=20,
     notifies=10,
     pooler_iterations=8,
 )
@@ -544,9 +547,9 @@ async def op_get_held(driver: Driver, sizes: Sizes) -> Sample:
 
 async def op_finish(driver: Driver, sizes: Sizes) -> Sample:
     """Three statements in one transaction (psycopg pipelines them)."""
-    await _reset(driver, prefill=sizes.warmup + sizes.gets)
+    await _reset(driver, prefill=sizes.warmup + sizes.finishes)
     await driver.execute("TRUNCATE bench_events")
-    ids = [f"pre-{i}" for i in range(1, sizes.warmup + sizes.gets + 1)]
+    ids = [f"pre-{i}" for i in range(1, sizes.warmup + sizes.finishes + 1)]
     return await _timed([lambda t=t: driver.finish(t) for t in ids], sizes.warmup)
 
 
