@@ -13,6 +13,7 @@ connection pool, acquiring a connection per operation as the journal will:
   LIMIT 1) RETURNING …`` from 8 connections at once;
 - ``get``: ``SELECT`` of one row by primary key (the ``tasks/get`` path), and the
   same on a connection held outside the pool (the driver alone);
+- ``txn``: UPDATE + INSERT + SELECT in one transaction (a journal's finish);
 - ``notify``: LISTEN/NOTIFY wake-up latency, ``pg_notify`` committed on a pooled
   connection to a callback on a dedicated listening connection.
 
@@ -231,8 +232,7 @@ class AsyncpgDriver:
         return await self._held.fetchrow(GET, task_id) is not None
 
     async def finish(self, task_id: str) -> bool:
-        # asyncpg has no pipeline: BEGIN, three statements, COMMIT, one
-        # round trip each.
+        # BEGIN, three statements, COMMIT: five round trips.
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(FINISH, task_id)
             await conn.execute(EVENT, task_id)
@@ -344,13 +344,10 @@ class PsycopgDriver:
         return await cursor.fetchone() is not None
 
     async def finish(self, task_id: str) -> bool:
-        # Pipeline mode: BEGIN, the three statements and COMMIT leave in one
-        # go; the results are read when the pipeline ends.
-        async with self._pool.connection() as conn:
-            async with conn.pipeline(), conn.transaction():
-                await conn.execute(self._finish, (task_id,))
-                await conn.execute(self._event, (task_id,))
-                cursor = await conn.execute(self._get, (task_id,))
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(self._finish, (task_id,))
+            await conn.execute(self._event, (task_id,))
+            cursor = await conn.execute(self._get, (task_id,))
             return await cursor.fetchone() is not None
 
     async def notify(self, payload: str) -> None:
@@ -546,7 +543,7 @@ async def op_get_held(driver: Driver, sizes: Sizes) -> Sample:
 
 
 async def op_finish(driver: Driver, sizes: Sizes) -> Sample:
-    """Three statements in one transaction (psycopg pipelines them)."""
+    """Three statements in one transaction, as a journal's finish might be."""
     await _reset(driver, prefill=sizes.warmup + sizes.finishes)
     await driver.execute("TRUNCATE bench_events")
     ids = [f"pre-{i}" for i in range(1, sizes.warmup + sizes.finishes + 1)]
@@ -606,8 +603,10 @@ METRICS: tuple[tuple[str, int, Callable[[Sample], float]], ...] = (
 def render(results: dict[str, dict[str, list[Sample]]], configs: Sequence[str]) -> str:
     """One Markdown table per metric: median [range] per configuration.
 
-    The last configuration is compared with each of the others (ratio of
-    medians), so that the table reads "psycopg / asyncpg".
+    The last configuration is compared with each of the others: the median
+    over trials of the ratio within a trial (the configurations of one trial
+    ran back to back, so a slow minute of the machine cancels out), so that
+    the table reads "psycopg / asyncpg".
     """
     tables: list[str] = []
     last, others = configs[-1], configs[:-1]
@@ -619,10 +618,10 @@ def render(results: dict[str, dict[str, list[Sample]]], configs: Sequence[str]) 
         ]
         for op, per_config in results.items():
             cells = [_fmt([value(s) for s in per_config[c]], digits) for c in configs]
-            median = {
-                c: statistics.median(value(s) for s in per_config[c]) for c in configs
-            }
-            cells += [f"{median[last] / median[other]:.2f}" for other in others]
+            for other in others:
+                pairs = zip(per_config[last], per_config[other], strict=True)
+                ratio = statistics.median(value(a) / value(b) for a, b in pairs)
+                cells.append(f"{ratio:.2f}")
             lines.append(f"| {op} | {' | '.join(cells)} |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
