@@ -1,0 +1,242 @@
+"""nginx in front of local servers, for tests of several replicas behind a balancer.
+
+`running_nginx` writes a generated ``nginx.conf`` into a fresh temporary
+folder, starts ``nginx -p DIR -c nginx.conf -g 'daemon off;'`` as a child
+process on a free loopback port, waits until that port accepts connections,
+and on exit stops it and removes the folder. Each `Route` maps one nginx
+``location`` to a set of loopback backends, either round robin or sticky by a
+request header (``hash $http_<header> consistent``, e.g. ``Mcp-Session-Id``).
+
+nginx is Debian's package. When it is missing and we are root with apt-get it
+is installed; otherwise `NginxUnavailableError` says in one line what to
+install. As root, nginx's workers run as ``nobody``; the folder is made
+readable for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.host import apt_install, free_port
+
+#: The one line printed when nginx is missing and cannot be installed.
+INSTALL_HINT = (
+    "nginx not found: install it with `apt-get install nginx` (Debian/Ubuntu)"
+)
+#: Bound on nginx starting to listen, and on it exiting after SIGTERM.
+START_TIMEOUT_SECONDS = 15.0
+#: Attempts at starting on a fresh free port when another process took ours.
+START_ATTEMPTS = 5
+#: Where Debian puts nginx (not on a normal user's PATH).
+DEBIAN_NGINX = Path("/usr/sbin/nginx")
+
+
+class NginxUnavailableError(RuntimeError):
+    """Raised when nginx cannot be found, installed or started; one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One ``location`` and the backends it balances over.
+
+    Attributes:
+        location: An nginx location, e.g. ``"/mcp"`` or ``"~ ^/rr/"``.
+        backends: Ports of the backends on ``127.0.0.1``.
+        sticky_header: Balance by ``hash`` of this request header
+            (``consistent``: ketama), instead of round robin.
+    """
+
+    location: str
+    backends: Sequence[int]
+    sticky_header: str | None = None
+
+    def upstream(self, name: str) -> str:
+        """The ``upstream`` block for this route."""
+        lines = [f"    upstream {name} {{"]
+        if self.sticky_header is not None:
+            variable = "http_" + self.sticky_header.lower().replace("-", "_")
+            lines.append(f"        hash ${variable} consistent;")
+        lines += [f"        server 127.0.0.1:{port};" for port in self.backends]
+        lines.append("    }")
+        return "\n".join(lines)
+
+    def block(self, name: str) -> str:
+        """The ``location`` block proxying to upstream ``name``."""
+        return "\n".join(
+            [
+                f"        location {self.location} {{",
+                f"            proxy_pass http://{name};",
+                # Streamable HTTP: keep-alive upstream, stream responses (SSE).
+                "            proxy_http_version 1.1;",
+                '            proxy_set_header Connection "";',
+                "            proxy_buffering off;",
+                "        }",
+            ]
+        )
+
+
+def render_config(folder: Path, port: int, routes: Sequence[Route]) -> str:
+    """The whole ``nginx.conf``: one worker, every path inside ``folder``."""
+    upstreams = [route.upstream(f"route{i}") for i, route in enumerate(routes)]
+    locations = [route.block(f"route{i}") for i, route in enumerate(routes)]
+    temp = [
+        f"    {kind}_temp_path {folder}/temp/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    ]
+    return "\n".join(
+        [
+            # One worker: round robin is then a strict alternation.
+            "worker_processes 1;",
+            f"pid {folder}/nginx.pid;",
+            f"error_log {folder}/error.log warn;",
+            "events { worker_connections 256; }",
+            "http {",
+            f"    access_log {folder}/access.log;",
+            *temp,
+            *upstreams,
+            "    server {",
+            f"        listen 127.0.0.1:{port};",
+            *locations,
+            "    }",
+            "}",
+            "",
+        ]
+    )
+
+
+def ensure_nginx(*, install: bool = True) -> Path:
+    """Return the nginx binary, installing Debian's ``nginx`` if allowed.
+
+    Raises:
+        NginxUnavailableError: Not found and not installable.
+    """
+    for candidate in (shutil.which("nginx"), DEBIAN_NGINX):
+        if candidate is not None and Path(candidate).exists():
+            return Path(candidate)
+
+    if install and apt_install("nginx"):
+        return ensure_nginx(install=False)
+    raise NginxUnavailableError(INSTALL_HINT)
+
+
+@dataclass(frozen=True, slots=True)
+class NginxServer:
+    """A running nginx: where it listens and where its files are."""
+
+    port: int
+    folder: Path
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def running_nginx(routes: Sequence[Route]) -> Generator[NginxServer]:
+    """Start nginx with ``routes``; stop it and remove its folder afterwards.
+
+    Raises:
+        NginxUnavailableError: nginx is missing, or it did not start.
+    """
+    binary = ensure_nginx()
+    # pytest's tmp_path is private to root; nginx's workers (nobody) must be
+    # able to reach their temp folders, so the folder lives under /tmp.
+    folder = Path(tempfile.mkdtemp(prefix="mcp-tasks-nginx-", dir="/tmp"))
+    folder.chmod(0o755)
+    try:
+        with _started(binary, folder, routes) as server:
+            yield server
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _started(
+    binary: Path, folder: Path, routes: Sequence[Route]
+) -> Generator[NginxServer]:
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        (folder / "nginx.conf").write_text(render_config(folder, port, routes))
+        process = _spawn(binary, folder)
+        try:
+            if _wait_until_listening(process, port):
+                yield NginxServer(port, folder)
+                return
+        finally:
+            _stop(process)
+        if "Address already in use" not in _error_log(folder):
+            raise NginxUnavailableError(f"nginx did not start: {_error_log(folder)}")
+
+    raise NginxUnavailableError(f"nginx found no free port in {START_ATTEMPTS} tries")
+
+
+def _spawn(binary: Path, folder: Path) -> subprocess.Popen[bytes]:
+    (folder / "temp").mkdir(exist_ok=True)
+    argv = [str(binary), "-p", str(folder), "-c", "nginx.conf"]
+    # -e: the log nginx writes before it has read the config (its compiled-in
+    # default is /var/log/nginx, which a normal user cannot write).
+    argv += ["-e", str(folder / "error.log"), "-g", "daemon off;"]
+    with (folder / "stderr.log").open("wb") as stderr:
+        return subprocess.Popen(
+            argv, cwd=folder, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
+        )
+
+
+def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> bool:
+    """True once ``port`` accepts; False if nginx exited first."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        # A readiness poll of another process (nginx prints nothing when it
+        # is ready), bounded by the deadline; not a test synchronisation.
+        time.sleep(0.02)
+    raise NginxUnavailableError(
+        f"nginx did not listen within {START_TIMEOUT_SECONDS} s"
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        # SIGTERM: nginx's fast shutdown; a test may still hold a stream open,
+        # which the graceful SIGQUIT would wait for.
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=START_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _error_log(folder: Path) -> str:
+    """What nginx said: its stderr if anything, else the tail of error.log."""
+    for name in ("stderr.log", "error.log"):
+        with contextlib.suppress(FileNotFoundError):
+            lines = (folder / name).read_text(errors="replace").splitlines()
+            if lines:
+                return " | ".join(line.strip() for line in lines[-10:])
+    return "(nginx wrote no log)"
+
+
+__all__ = [
+    "INSTALL_HINT",
+    "NginxServer",
+    "NginxUnavailableError",
+    "Route",
+    "ensure_nginx",
+    "render_config",
+    "running_nginx",
+]
