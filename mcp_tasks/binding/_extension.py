@@ -92,10 +92,14 @@ def detailed_task_json(task: Task, open_requests: list[InputRequest]) -> dict[st
     """A ``DetailedTask``: the task plus its result, error or input requests."""
     data = task_json(task)
     outcome = task.outcome
-    if task.status is TaskStatus.COMPLETED and outcome is not None:
-        data["result"] = (
-            outcome.result if outcome.result is not None else {"content": []}
-        )
+    if task.status is TaskStatus.COMPLETED:
+        stored = outcome.result if outcome is not None else None
+        result = stored if stored is not None else {"content": []}
+        # The stored result is wire-neutral. On this wire it is the call's
+        # result, and every 2026-07-28 result carries ``resultType``: a
+        # synchronous call gets "complete" from the SDK, so the same call
+        # finished as a task shows the same (strict clients reject it absent).
+        data["result"] = {**result, "resultType": "complete"}
     elif task.status is TaskStatus.FAILED:
         error = outcome.error if outcome is not None else None
         data["error"] = error or {"code": -32603, "message": "Task failed"}
