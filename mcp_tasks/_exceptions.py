@@ -17,11 +17,46 @@ Every public error derives from `McpTasksError`::
 
 Bindings map these to JSON-RPC errors in exactly one table
 (`mcp_tasks.binding._common`). This module imports nothing from the package.
+
+Messages never carry a client's value whole: `excerpt` and `clip` bound what
+an error echoes (a 10 MB task id must not come back in its error, twice).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+
+#: How many characters of a client's value an error message may echo.
+ECHO_LIMIT: Final = 64
+#: How long a composed message (e.g. a validator's) may grow before clipping.
+MESSAGE_LIMIT: Final = 256
+#: How many validation problems one error lists.
+MAX_REPORTED_ERRORS: Final = 10
+
+
+def excerpt(value: str, limit: int = ECHO_LIMIT) -> str:
+    """``value`` quoted for a message: whole if short, else its first ``limit`` characters.
+
+    >>> excerpt("abc")
+    "'abc'"
+    >>> excerpt("x" * 100, 4)
+    "'xxxx'… (100 characters)"
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
+def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """Free text (which may embed a client's value somewhere) cut to about ``limit``.
+
+    The head and the tail are kept, since validators put the offending value
+    first and what is wrong with it last (``'xxx…' is not of type 'integer'``).
+    """
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}… ({len(text)} characters) …{text[-half:]}"
 
 
 class McpTasksError(Exception):
@@ -68,7 +103,7 @@ class TaskNotFoundError(McpTasksError):
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        super().__init__(f"Task not found: {task_id!r}")
+        super().__init__(f"Task not found: {excerpt(task_id)}")
 
 
 class TaskTerminalError(McpTasksError):
@@ -77,7 +112,9 @@ class TaskTerminalError(McpTasksError):
     def __init__(self, task_id: str, status: str) -> None:
         self.task_id = task_id
         self.status = status
-        super().__init__(f"Task {task_id!r} is already in terminal status {status!r}")
+        super().__init__(
+            f"Task {excerpt(task_id)} is already in terminal status {status!r}"
+        )
 
 
 class InvalidTransitionError(McpTasksError):
@@ -88,7 +125,7 @@ class InvalidTransitionError(McpTasksError):
         self.current = current
         self.requested = requested
         super().__init__(
-            f"Task {task_id!r}: cannot move from {current!r} to {requested!r}"
+            f"Task {excerpt(task_id)}: cannot move from {current!r} to {requested!r}"
         )
 
 
@@ -97,20 +134,27 @@ class UnknownToolError(McpTasksError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"Unknown tool: {name!r}")
+        super().__init__(f"Unknown tool: {excerpt(name)}")
 
 
 class InvalidArgumentsError(McpTasksError):
     """Raised when tool arguments fail validation against the tool's schema.
 
-    ``errors`` holds one ``{"field": ..., "message": ...}`` entry per problem.
+    ``errors`` holds one ``{"field": ..., "message": ...}`` entry per problem,
+    at most `MAX_REPORTED_ERRORS` of them, each clipped: a field path may hold
+    a client's key, and a validator's message the client's value.
     """
 
     def __init__(self, tool: str, errors: list[dict[str, Any]]) -> None:
         self.tool = tool
-        self.errors = errors
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        super().__init__(f"Invalid arguments for tool {tool!r}: {detail}")
+        self.errors = [
+            {"field": clip(str(e["field"])), "message": clip(str(e["message"]))}
+            for e in errors[:MAX_REPORTED_ERRORS]
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in self.errors)
+        if len(errors) > MAX_REPORTED_ERRORS:
+            detail += f"; and {len(errors) - MAX_REPORTED_ERRORS} more"
+        super().__init__(f"Invalid arguments for tool {excerpt(tool)}: {detail}")
 
 
 class TaskSupportError(McpTasksError):
@@ -135,7 +179,7 @@ class InvalidCursorError(McpTasksError):
 
     def __init__(self, cursor: str) -> None:
         self.cursor = cursor
-        super().__init__(f"Invalid cursor: {cursor[:64]!r}")
+        super().__init__(f"Invalid cursor: {excerpt(cursor)}")
 
 
 class CapacityError(McpTasksError):
@@ -148,6 +192,6 @@ class CapacityError(McpTasksError):
         self.owner_id = owner_id
         self.limit = limit
         super().__init__(
-            f"Backlog limit reached: client {owner_id!r} already has {limit} "
+            f"Backlog limit reached: client {excerpt(owner_id)} already has {limit} "
             "unfinished tasks; retry after some finish"
         )

@@ -25,7 +25,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from pydantic import Field
 
-from mcp_tasks._exceptions import McpTasksError, TaskTerminalError
+from mcp_tasks._exceptions import McpTasksError, TaskTerminalError, excerpt
 from mcp_tasks._model import Task, TaskStatus
 from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
 from mcp_tasks._toolapi import ProtocolError, ToolError, ToolSpec
@@ -94,7 +94,7 @@ def detailed_task_json(task: Task, open_requests: list[InputRequest]) -> dict[st
     outcome = task.outcome
     if task.status is TaskStatus.COMPLETED:
         stored = outcome.result if outcome is not None else None
-        result = stored if stored is not None else {"content": []}
+        result: Mapping[str, Any] = stored if stored is not None else {"content": []}
         # The stored result is wire-neutral. On this wire it is the call's
         # result, and every 2026-07-28 result carries ``resultType``: a
         # synchronous call gets "complete" from the SDK, so the same call
@@ -162,8 +162,8 @@ class ExtensionTasks:
         if _decode_header(sent) != task_id:
             raise MCPError(
                 HEADER_MISMATCH,
-                f"Header mismatch: Mcp-Name header value {sent!r} does not match "
-                f"body value {task_id!r} (params.taskId)",
+                f"Header mismatch: Mcp-Name header value {excerpt(sent)} does not "
+                f"match body value {excerpt(str(task_id))} (params.taskId)",
             )
 
     # ------------------------------------------------------------------ calls

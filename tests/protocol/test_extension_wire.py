@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 from mcp_tasks.client import RpcError, TaskClient
-from tests.schemas import check, check_get_task_result, check_task_notification
 
+from ..schemas import check, check_get_task_result, check_task_notification
 from . import protocol_tools
 from .conftest import Connect
 
@@ -328,3 +328,17 @@ async def test_task_notifications_match_the_published_schemas(
     assert frames[-1]["params"]["result"]["resultType"] == "complete"
     for frame in frames:
         check_task_notification(frame)
+
+
+@pytest.mark.parametrize("task", [{"ttl": 1.5}, {"ttl": "soon"}, "junk", [1]])
+async def test_params_task_is_ignored_as_an_unknown_field_even_when_malformed(
+    connect: Connect, task: object
+) -> None:
+    async with connect(wire=MODERN) as client:
+        params: dict[str, Any] = {"name": "never_task", "arguments": {}, "task": task}
+        direct = await client.request("tools/call", params)
+        created = await client.request(
+            "tools/call", {**params, "name": "echo", "arguments": {"text": "t"}}
+        )
+    assert direct["content"][0]["text"] == "right away"
+    assert created["resultType"] == "task"

@@ -37,7 +37,7 @@ def _registry() -> Registry[Any]:
     return registry
 
 
-def problems(schema: Schema, definition: str, instance: object) -> list[str]:
+def problems(schema: Schema, definition: str, instance: Any) -> list[str]:
     """Every way ``instance`` breaks ``definition`` of ``schema`` (empty: valid)."""
     uri = _FILES[schema][1]
     validator = Draft202012Validator(
@@ -49,7 +49,7 @@ def problems(schema: Schema, definition: str, instance: object) -> list[str]:
     ]
 
 
-def check(schema: Schema, definition: str, instance: object) -> None:
+def check(schema: Schema, definition: str, instance: Any) -> None:
     """Fail the test when ``instance`` is not a valid ``definition``."""
     found = problems(schema, definition, instance)
     assert not found, f"not a valid {schema} {definition}: {found}"
