@@ -48,15 +48,16 @@ def excerpt(value: str, limit: int = ECHO_LIMIT) -> str:
 
 
 def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """Free text (which may embed a client's value somewhere) cut to about ``limit``.
+    """Free text (which may embed a client's value somewhere) cut to at most ``limit``.
 
     The head and the tail are kept, since validators put the offending value
     first and what is wrong with it last (``'xxx…' is not of type 'integer'``).
     """
     if len(text) <= limit:
         return text
-    half = limit // 2
-    return f"{text[:half]}… ({len(text)} characters) …{text[-half:]}"
+    marker = f"… ({len(text)} characters) …"
+    keep = max(limit - len(marker), 2) // 2
+    return f"{text[:keep]}{marker}{text[-keep:]}"
 
 
 class McpTasksError(Exception):

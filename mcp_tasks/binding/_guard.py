@@ -31,13 +31,15 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
-from mcp_tasks._exceptions import ECHO_LIMIT, MAX_REPORTED_ERRORS, clip
+from mcp_tasks._exceptions import ECHO_LIMIT, MAX_REPORTED_ERRORS, MESSAGE_LIMIT, clip
 from mcp_tasks.binding._common import INTERNAL_ERROR, INVALID_PARAMS, ReplayedError
 
 logger = logging.getLogger("mcp_tasks.binding.guard")
 
 #: Error data deeper than this is cut (it is ours or the SDK's, never deep).
 _DATA_DEPTH: Final = 8
+#: The longest message an error may carry (ours list up to ten problems).
+_MESSAGE_LIMIT: Final = 4 * MESSAGE_LIMIT
 
 
 async def guard(
@@ -191,7 +193,7 @@ def bounded(exc: MCPError) -> MCPError:
     if isinstance(exc, ReplayedError):
         return exc
     error = exc.error
-    message = clip(error.message)
+    message = clip(error.message, _MESSAGE_LIMIT)
     data = _bounded_data(error.data, 0)
     if message == error.message and data == error.data:
         return exc
