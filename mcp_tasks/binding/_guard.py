@@ -65,31 +65,57 @@ async def guard(
 
 
 def reject_non_finite(params: Mapping[str, Any] | None) -> None:
-    """Raise -32602 naming the first number in ``params`` that is not a finite double.
+    """Raise -32602 naming the first number in ``params`` that is not a finite double."""
+    if params and not _all_finite(params):
+        path = _path_of_non_finite(params)
+        raise _invalid(
+            path,
+            "must be a finite number (NaN, Infinity and numbers beyond the range "
+            "of a double are not JSON)",
+        )
 
-    Walks iteratively: the SDK's JSON readers cap nesting, but params built in
-    process need not.
-    """
-    if not params:
-        return
-    stack: list[tuple[str, object]] = [(_key(str(k), ""), v) for k, v in params.items()]
+
+def _all_finite(params: Mapping[str, Any]) -> bool:
+    # The hot path, run on every request: values only, no paths, exact type
+    # tests (what a JSON reader builds) before the slower ABC checks. Walks
+    # iteratively: the SDK's readers cap nesting, params built in process need not.
+    stack: list[object] = list(params.values())
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is str or kind is bool or value is None:
+            continue
+        if kind is dict:
+            stack.extend(cast("dict[object, object]", value).values())
+        elif kind is list:
+            stack.extend(cast("list[object]", value))
+        elif isinstance(value, float | int):
+            if not _finite(value):
+                return False
+        elif isinstance(value, Mapping):
+            stack.extend(cast("Mapping[object, object]", value).values())
+        elif isinstance(value, list | tuple):
+            stack.extend(cast("Sequence[object]", value))
+    return True
+
+
+def _path_of_non_finite(params: Mapping[str, Any]) -> str:
+    """Where the first non-finite number is (only run once one was found)."""
+    stack: list[tuple[str, object]] = [(str(k), v) for k, v in params.items()]
     while stack:
         path, value = stack.pop()
         if isinstance(value, bool | str) or value is None:
             continue
         if isinstance(value, float | int):
             if not _finite(value):
-                raise _invalid(
-                    path,
-                    "must be a finite number (NaN, Infinity and numbers beyond "
-                    "the range of a double are not JSON)",
-                )
+                return path
         elif isinstance(value, Mapping):
             items = cast("Mapping[object, object]", value).items()
             stack.extend((_key(str(k), path), v) for k, v in items)
         elif isinstance(value, list | tuple):
             entries = cast("Sequence[object]", value)
             stack.extend((f"{path}[{i}]", v) for i, v in enumerate(entries))
+    return "params"  # unreachable: _all_finite found one
 
 
 def _finite(value: float) -> bool:
