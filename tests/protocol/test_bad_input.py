@@ -3,7 +3,7 @@
 The errors of every handler pass one guard (`binding/_guard.py`), so no
 response carries code 0 or a Python exception's text, non-JSON numbers (NaN,
 Infinity, 1e400) are refused wherever they are, and no error echoes more than a
-short prefix of a client's value (spec-notes.md C17-C20).
+short prefix of a client's value (spec-notes.md C17-C21).
 """
 
 from __future__ import annotations

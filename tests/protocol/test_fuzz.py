@@ -9,7 +9,7 @@ answer must be a result or a JSON-RPC error with a proper code (never 0, and no
 wrong; the server must still answer a normal request afterwards. At the end
 the journal must pass ``PRAGMA integrity_check``, hold only strict JSON and
 finite numbers, and every task in it must read back through the normal API
-(spec-notes.md C18).
+(spec-notes.md C19).
 
 The server runs in a blocking portal so that hypothesis drives a plain
 function and the final checks run once, after every example. Deterministic:
