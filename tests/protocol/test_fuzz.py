@@ -1,15 +1,15 @@
 """Fuzz every request method and parameter of both wires (hypothesis).
 
-Each example sends one request, valid or not, built from a mix of sensible
-values (known tool names and task ids, cursors the server issued) and junk
-(wrong types, NaN, Infinity, numbers beyond a double, huge strings, nested
-rubbish, unknown keys, a tampered ``_meta`` envelope). Whatever the request, the
-answer must be a result or a JSON-RPC error with a proper code (never 0, and no
--32603: bad input is the client's error) and a short message naming what was
-wrong; the server must still answer a normal request afterwards. At the end
-the journal must pass ``PRAGMA integrity_check``, hold only strict JSON and
-finite numbers, and every task in it must read back through the normal API
-(spec-notes.md C19).
+First a sweep puts each of `SWEEP_HAZARDS` (NaN, ±Infinity, 1e400, 2^64, a
+huge string, wrong types, removal) at each path of each method, on both wires.
+Then hypothesis sends requests that start sensible (a tool with arguments of
+the right shape, a task id the server gave out) and have up to three fields at
+any depth spoiled, or are junk throughout. Whatever the request, the answer
+must be a result or a JSON-RPC error with a proper code (never 0, and no
+-32603: bad input is the client's error) and a short message; the server must
+still answer a normal request afterwards. At the end the journal must pass
+``PRAGMA integrity_check``, hold only strict JSON and finite numbers, and every
+task in it must read back through the normal API (spec-notes.md C19).
 
 The server runs in a blocking portal so that hypothesis drives a plain
 function and the final checks run once, after every example. Deterministic:
