@@ -19,12 +19,48 @@ Bindings map these to JSON-RPC errors in exactly one table
 (`mcp_tasks.binding._common`). `ErrorCode` is the one list of JSON-RPC codes:
 the engine stores some of them in outcomes, and the bindings answer with them.
 This module imports nothing from the package.
+
+Messages never carry a client's value whole: `excerpt` and `clip` bound what
+an error echoes (a 10 MB task id must not come back in its error, twice).
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
+
+#: How many characters of a client's value an error message may echo.
+ECHO_LIMIT: Final = 64
+#: How long a composed message (e.g. a validator's) may grow before clipping.
+MESSAGE_LIMIT: Final = 256
+#: How many validation problems one error lists.
+MAX_REPORTED_ERRORS: Final = 10
+
+
+def excerpt(value: str, limit: int = ECHO_LIMIT) -> str:
+    """``value`` quoted for a message: whole if short, else its first ``limit`` characters.
+
+    >>> excerpt("abc")
+    "'abc'"
+    >>> excerpt("x" * 100, 4)
+    "'xxxx'… (100 characters)"
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
+def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """Free text (which may embed a client's value somewhere) cut to at most ``limit``.
+
+    The head and the tail are kept, since validators put the offending value
+    first and what is wrong with it last (``'xxx…' is not of type 'integer'``).
+    """
+    if len(text) <= limit:
+        return text
+    marker = f"… ({len(text)} characters) …"
+    keep = max(limit - len(marker), 2) // 2
+    return f"{text[:keep]}{marker}{text[-keep:]}"
 
 
 class ErrorCode(IntEnum):
@@ -35,9 +71,8 @@ class ErrorCode(IntEnum):
     INVALID_PARAMS = -32602  #: JSON-RPC: a parameter is wrong; the message names it
     INTERNAL_ERROR = -32603  #: JSON-RPC: the server failed (details in its log)
     CAPACITY_EXCEEDED = -32000  #: server-defined: a client's backlog is full
-    HEADER_MISMATCH = (
-        -32020
-    )  #: MCP 2026-07-28: a routing header disagrees with the body
+    #: MCP 2026-07-28: a routing header disagrees with the body
+    HEADER_MISMATCH = -32020
     MISSING_REQUIRED_CLIENT_CAPABILITY = -32021  #: MCP: the client lacks a capability
 
 
@@ -85,7 +120,7 @@ class TaskNotFoundError(McpTasksError):
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        super().__init__(f"Task not found: {task_id!r}")
+        super().__init__(f"Task not found: {excerpt(task_id)}")
 
 
 class TaskTerminalError(McpTasksError):
@@ -94,7 +129,9 @@ class TaskTerminalError(McpTasksError):
     def __init__(self, task_id: str, status: str) -> None:
         self.task_id = task_id
         self.status = status
-        super().__init__(f"Task {task_id!r} is already in terminal status {status!r}")
+        super().__init__(
+            f"Task {excerpt(task_id)} is already in terminal status {status!r}"
+        )
 
 
 class InvalidTransitionError(McpTasksError):
@@ -105,7 +142,7 @@ class InvalidTransitionError(McpTasksError):
         self.current = current
         self.requested = requested
         super().__init__(
-            f"Task {task_id!r}: cannot move from {current!r} to {requested!r}"
+            f"Task {excerpt(task_id)}: cannot move from {current!r} to {requested!r}"
         )
 
 
@@ -114,20 +151,27 @@ class UnknownToolError(McpTasksError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"Unknown tool: {name!r}")
+        super().__init__(f"Unknown tool: {excerpt(name)}")
 
 
 class InvalidArgumentsError(McpTasksError):
     """Raised when tool arguments fail validation against the tool's schema.
 
-    ``errors`` holds one ``{"field": ..., "message": ...}`` entry per problem.
+    ``errors`` holds one ``{"field": ..., "message": ...}`` entry per problem,
+    at most `MAX_REPORTED_ERRORS` of them, each clipped: a field path may hold
+    a client's key, and a validator's message the client's value.
     """
 
     def __init__(self, tool: str, errors: list[dict[str, Any]]) -> None:
         self.tool = tool
-        self.errors = errors
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        super().__init__(f"Invalid arguments for tool {tool!r}: {detail}")
+        self.errors = [
+            {"field": clip(str(e["field"])), "message": clip(str(e["message"]))}
+            for e in errors[:MAX_REPORTED_ERRORS]
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in self.errors)
+        if len(errors) > MAX_REPORTED_ERRORS:
+            detail += f"; and {len(errors) - MAX_REPORTED_ERRORS} more"
+        super().__init__(f"Invalid arguments for tool {excerpt(tool)}: {detail}")
 
 
 class TaskSupportError(McpTasksError):
@@ -152,7 +196,7 @@ class InvalidCursorError(McpTasksError):
 
     def __init__(self, cursor: str) -> None:
         self.cursor = cursor
-        super().__init__(f"Invalid cursor: {cursor[:64]!r}")
+        super().__init__(f"Invalid cursor: {excerpt(cursor)}")
 
 
 class CapacityError(McpTasksError):
@@ -165,6 +209,6 @@ class CapacityError(McpTasksError):
         self.owner_id = owner_id
         self.limit = limit
         super().__init__(
-            f"Backlog limit reached: client {owner_id!r} already has {limit} "
+            f"Backlog limit reached: client {excerpt(owner_id)} already has {limit} "
             "unfinished tasks; retry after some finish"
         )

@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, cast
 import jsonschema
 import pydantic
 
-from mcp_tasks._exceptions import McpTasksError
+from mcp_tasks._exceptions import McpTasksError, clip, excerpt
 
 ELICIT: Final = "elicitation/create"
 SAMPLE: Final = "sampling/createMessage"
@@ -54,8 +54,11 @@ class InvalidAnswerError(McpTasksError):
     def __init__(self, task_id: str, key: str, problem: str) -> None:
         self.task_id = task_id
         self.key = key
-        self.problem = problem
-        super().__init__(f"Invalid answer for input request {key!r}: {problem}")
+        # A validator's message may quote the client's whole answer.
+        self.problem = clip(problem)
+        super().__init__(
+            f"Invalid answer for input request {excerpt(key)}: {self.problem}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
 from mcp_tasks._exceptions import (
+    ECHO_LIMIT,
     CapacityError,
     InvalidArgumentsError,
     InvalidCursorError,
@@ -34,6 +35,7 @@ from mcp_tasks._exceptions import (
     TaskSupportError,
     TaskTerminalError,
     UnknownToolError,
+    clip,
 )
 from mcp_tasks._model import OwnerId
 from mcp_tasks._questions import InputNotSupportedError, InvalidAnswerError
@@ -56,9 +58,25 @@ HEADER_MISMATCH: Final = -32020
 MISSING_REQUIRED_CLIENT_CAPABILITY: Final = -32021
 
 
+class ReplayedError(MCPError):
+    """A task's own stored JSON-RPC error, answered again exactly as recorded.
+
+    ``tasks/result`` must return the same error the call produced (TASKS-2025
+    l.862), so the guard (`_guard.bounded`) leaves these whole; their size was
+    bounded by the arguments that produced them.
+    """
+
+
+def echo(value: str) -> str:
+    """A client's value for error ``data``: whole if short, else cut with ``…``."""
+    return value if len(value) <= ECHO_LIMIT else f"{value[:ECHO_LIMIT]}…"
+
+
 def _not_found(exc: TaskNotFoundError) -> MCPError:
     return MCPError(
-        INVALID_PARAMS, f"Failed to retrieve task: {exc}", {"taskId": exc.task_id}
+        INVALID_PARAMS,
+        f"Failed to retrieve task: {exc} (field: taskId)",
+        {"field": "taskId", "taskId": echo(exc.task_id)},
     )
 
 
@@ -66,7 +84,7 @@ def _terminal(exc: TaskTerminalError) -> MCPError:
     return MCPError(
         INVALID_PARAMS,
         f"Cannot cancel task: already in terminal status {exc.status!r}",
-        {"taskId": exc.task_id, "status": exc.status},
+        {"field": "taskId", "taskId": echo(exc.task_id), "status": exc.status},
     )
 
 
@@ -135,7 +153,8 @@ def rpc_error(exc: McpTasksError) -> MCPError:
 
 
 def invalid_params(field: str, message: str) -> MCPError:
-    """A -32602 error naming the offending field."""
+    """A -32602 error naming the offending field (both clipped: they may echo input)."""
+    field, message = clip(field, 2 * ECHO_LIMIT), clip(message)
     return MCPError(
         INVALID_PARAMS, f"Invalid params: {field}: {message}", {"field": field}
     )

@@ -25,7 +25,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from pydantic import Field
 
-from mcp_tasks._exceptions import McpTasksError, TaskTerminalError
+from mcp_tasks._exceptions import McpTasksError, TaskTerminalError, excerpt
 from mcp_tasks._model import InputRequest, Task, TaskStatus
 from mcp_tasks._toolapi import ProtocolError, ToolError, ToolSpec
 from mcp_tasks.binding._common import (
@@ -91,10 +91,14 @@ def detailed_task_json(task: Task, open_requests: list[InputRequest]) -> dict[st
     """A ``DetailedTask``: the task plus its result, error or input requests."""
     data = task_json(task)
     outcome = task.outcome
-    if task.status is TaskStatus.COMPLETED and outcome is not None:
-        data["result"] = (
-            outcome.result if outcome.result is not None else {"content": []}
-        )
+    if task.status is TaskStatus.COMPLETED:
+        stored = outcome.result if outcome is not None else None
+        result: Mapping[str, Any] = stored if stored is not None else {"content": []}
+        # The stored result is wire-neutral. On this wire it is the call's
+        # result, and every 2026-07-28 result carries ``resultType``: a
+        # synchronous call gets "complete" from the SDK, so the same call
+        # finished as a task shows the same (strict clients reject it absent).
+        data["result"] = {**result, "resultType": "complete"}
     elif task.status is TaskStatus.FAILED:
         error = outcome.error if outcome is not None else None
         data["error"] = error or {"code": -32603, "message": "Task failed"}
@@ -157,8 +161,8 @@ class ExtensionTasks:
         if _decode_header(sent) != task_id:
             raise MCPError(
                 HEADER_MISMATCH,
-                f"Header mismatch: Mcp-Name header value {sent!r} does not match "
-                f"body value {task_id!r} (params.taskId)",
+                f"Header mismatch: Mcp-Name header value {excerpt(sent)} does not "
+                f"match body value {excerpt(str(task_id))} (params.taskId)",
             )
 
     # ------------------------------------------------------------------ calls

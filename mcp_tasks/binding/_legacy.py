@@ -24,7 +24,8 @@ import math
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, cast
+from dataclasses import replace
+from typing import Any, Final, cast
 
 import anyio
 import mcp_types as types
@@ -39,6 +40,7 @@ from mcp_tasks.binding._common import (
     LEGACY_VERSION,
     RELATED_TASK_META,
     PushChannels,
+    ReplayedError,
     Requesters,
     check_arguments_size,
     connection_of,
@@ -60,6 +62,9 @@ logger = logging.getLogger("mcp_tasks.binding.legacy")
 CANCELLED_TEXT = "The task was cancelled before it produced a result."
 #: How many preflight rounds one task-augmented call may take.
 MAX_PREFLIGHT_ROUNDS = 10
+#: The largest ``task.ttl`` accepted (ms): 2^53 - 1, the largest integer every
+#: JSON reader holds exactly (about 285,000 years; ``max_ttl_seconds`` caps it).
+MAX_TTL_MS: Final = 2**53 - 1
 
 Job = Callable[[], Coroutine[Any, Any, None]]
 
@@ -108,16 +113,28 @@ def tasks_capability(identified: bool) -> types.ServerTasksCapability:
 
 
 def _ttl_seconds(task_params: object) -> float | None:
+    """The retention a task-augmented call asks for, in seconds (``None``: default).
+
+    Anything but a finite number of milliseconds in ``[0, MAX_TTL_MS]`` is
+    refused before anything is stored: NaN would store a task that is never
+    purged, Infinity one whose ttl cannot be shown again.
+    """
     if not isinstance(task_params, Mapping):
         raise invalid_params("task", "must be an object")
-    ttl = task_params.get("ttl")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    ttl: object = cast("Mapping[str, object]", task_params).get("ttl")
     if ttl is None:
         return None
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
+    # NaN fails both comparisons; Infinity and 1e400 (which arrives as it) the second.
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not 0 <= ttl <= MAX_TTL_MS
+    ):
         raise invalid_params(
-            "task.ttl", "must be a non-negative number of milliseconds"
+            "task.ttl",
+            f"must be a finite number of milliseconds from 0 to {MAX_TTL_MS}",
         )
-    return float(ttl) / 1000.0
+    return ttl / 1000.0
 
 
 class LegacyTasks:
@@ -155,28 +172,37 @@ class LegacyTasks:
     async def middleware(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
-        """Answer task-augmented ``tools/call`` on 2025-11-25; pass the rest on."""
+        """Answer task-augmented ``tools/call`` on 2025-11-25; pass the rest on.
+
+        On every other version ``task`` is not an opt-in but an unknown field,
+        and is dropped before the SDK validates the params against a model that
+        still types it (SEP-2663: "servers MUST ignore it"; TASKS-2025 l.392).
+        """
         params = ctx.params
-        if (
-            ctx.method == "tools/call"
-            and ctx.protocol_version == LEGACY_VERSION
-            and isinstance(params, Mapping)
-            and params.get("task") is not None
-            and ctx.session.client_params is not None
-        ):
+        if ctx.method != "tools/call" or not isinstance(params, Mapping):
+            return await call_next(ctx)
+        if ctx.protocol_version != LEGACY_VERSION:
+            if "task" in params:
+                params = {k: v for k, v in params.items() if k != "task"}
+                return await call_next(replace(ctx, params=params))
+            return await call_next(ctx)
+        if params.get("task") is not None and ctx.session.client_params is not None:
             return await self._create_task(ctx, params)
         return await call_next(ctx)
 
     async def _create_task(
         self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any]
     ) -> dict[str, Any]:
-        name = params.get("name")
-        if not isinstance(name, str):
-            raise invalid_params("name", "must be a string")
-        raw_arguments: object = params.get("arguments") or {}
-        if not isinstance(raw_arguments, Mapping):
-            raise invalid_params("arguments", "must be an object")
-        arguments = cast("Mapping[str, Any]", raw_arguments)
+        # This path answers before the SDK validates params (as it does for a
+        # plain call), so validate with the same model here: both paths accept
+        # the same params (``arguments: []`` is -32602, not ``{}``). ``task`` is
+        # checked on its own: this wire's ttl is any number, the model's an int.
+        typed = types.CallToolRequestParams.model_validate(
+            {key: value for key, value in params.items() if key != "task"},
+            by_name=False,
+        )
+        name = typed.name
+        arguments: Mapping[str, Any] = typed.arguments or {}
         check_arguments_size(arguments, self._runtime.settings.max_argument_bytes)
         ttl_seconds = _ttl_seconds(params["task"])
         capabilities = ctx.session.client_capabilities
@@ -187,11 +213,9 @@ class LegacyTasks:
                 else {}
             )
         }
-        meta: object = params.get("_meta")
-        if isinstance(meta, Mapping):
-            token = cast("Mapping[str, Any]", meta).get("progressToken")
-            if token is not None:
-                request_meta["progressToken"] = token
+        token = (typed.meta or {}).get("progress_token")
+        if token is not None:
+            request_meta["progressToken"] = token
         try:
             spec = self._runtime.tool(name)
             if spec.task_support == "forbidden":
@@ -284,7 +308,9 @@ class LegacyTasks:
         outcome = task.outcome
         if outcome is not None and outcome.error is not None:
             error = outcome.error
-            raise MCPError(int(error["code"]), str(error["message"]), error.get("data"))
+            raise ReplayedError(
+                int(error["code"]), str(error["message"]), error.get("data")
+            )
         if outcome is None or outcome.result is None:
             result: dict[str, Any] = {
                 "content": [{"type": "text", "text": CANCELLED_TEXT}],

@@ -36,6 +36,7 @@ from mcp_tasks.binding._common import (
     METHOD_NOT_FOUND,
     MODERN_VERSION,
     PushChannels,
+    ReplayedError,
     Requesters,
     Transport,
     check_arguments_size,
@@ -48,6 +49,7 @@ from mcp_tasks.binding._extension import (
     declares_extension,
     missing_extension_error,
 )
+from mcp_tasks.binding._guard import guard
 from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
 from mcp_tasks.binding._listen import TaskNotifications
 from mcp_tasks.binding._mrtr import client_capabilities
@@ -198,6 +200,8 @@ class McpTasksServer:
         )
         server.legacy_tasks_capability = tasks_capability(self.requesters.identified)
         server.extensions[self.extension.identifier] = {}
+        # Outermost of ours: every request, both wires, passes the guard.
+        server.middleware.append(guard)
         server.middleware.append(self._register_connection)
         server.middleware.append(self.legacy.middleware)
         server.middleware.append(self.extension.middleware)
@@ -559,7 +563,9 @@ def _call_result(task: Task) -> types.CallToolResult:
     outcome = task.outcome
     if outcome is not None and outcome.error is not None:
         error = outcome.error
-        raise MCPError(int(error["code"]), str(error["message"]), error.get("data"))
+        raise ReplayedError(
+            int(error["code"]), str(error["message"]), error.get("data")
+        )
     if outcome is None or outcome.result is None:
         return types.CallToolResult(
             content=[types.TextContent(text=CANCELLED_TEXT)], is_error=True

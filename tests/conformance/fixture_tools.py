@@ -41,7 +41,7 @@ from mcp_tasks import (
     ToolResult,
     tool,
 )
-from mcp_tasks._preflight import PreflightContext
+from mcp_tasks.engine._preflight import PreflightContext
 
 # --------------------------------------------------------------------- content
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import pytest
 
 from mcp_tasks.client import RpcError

@@ -26,6 +26,7 @@ TOOLS = [
     protocol_tools.never_task,
     protocol_tools.confirm,
     protocol_tools.ask_name,
+    protocol_tools.counted,
 ]
 
 Connect = Callable[..., AbstractAsyncContextManager[TaskClient]]

@@ -88,3 +88,15 @@ async def ask_name(ctx: TaskContext) -> str:
     }
     answer = await ctx.elicit("Your name?", schema, key="name")
     return f"Hello, {answer.content['name']}!"
+
+
+@tool(
+    input_schema={
+        "type": "object",
+        "properties": {"count": {"type": "integer"}},
+        "required": ["count"],
+    }
+)
+async def counted(count: int) -> str:
+    """Validated by a JSON schema (whose messages quote the value given)."""
+    return f"counted {count}"

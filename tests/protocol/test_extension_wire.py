@@ -9,6 +9,7 @@ import pytest
 
 from mcp_tasks.client import RpcError, TaskClient
 
+from ..schemas import check, check_get_task_result, check_task_notification
 from . import protocol_tools
 from .conftest import Connect
 
@@ -234,3 +235,110 @@ async def test_task_notifications_need_the_extension(connect: Connect) -> None:
                 "subscriptions/listen", {"notifications": {"taskIds": ["any"]}}
             )
     assert caught.value.code == -32021
+
+
+async def test_a_completed_tasks_result_carries_result_type_like_a_direct_call(
+    connect: Connect,
+) -> None:
+    async with connect(wire=MODERN) as client:
+        direct = await client.call_tool("never_task", {})
+        created = client.created_task(await client.call_tool("echo", {"text": "r"}))
+        assert created is not None
+        done = await settle(client, created["taskId"])
+    assert direct["resultType"] == "complete"
+    assert done["result"]["resultType"] == "complete"
+    check("core", "CallToolResult", done["result"])
+
+
+async def test_tasks_get_results_match_the_published_schemas(connect: Connect) -> None:
+    async with connect(wire=MODERN, capabilities=FORM) as client:
+        tasks: dict[str, str] = {}
+        for name, arguments in [
+            ("echo", {"text": "ok"}),
+            ("broken", {}),
+            ("refused", {}),
+            ("gate", {"key": "s1"}),
+            ("gate", {"key": "s2"}),
+            ("confirm", {"what": "s"}),
+        ]:
+            result = await client.call_tool(name, arguments)
+            check("ext", "CreateTaskResult", result)
+            tasks[f"{name}{arguments}"] = result["taskId"]
+        with anyio.fail_after(5):
+            await protocol_tools.STARTED["s1"].wait()
+            await protocol_tools.STARTED["s2"].wait()
+        seen = {
+            "completed": await settle(client, tasks["echo{'text': 'ok'}"]),
+            "tool error": await settle(client, tasks["broken{}"]),
+            "failed": await settle(client, tasks["refused{}"]),
+            "working": await client.get_task(tasks["gate{'key': 's1'}"]),
+            "input_required": await settle(
+                client, tasks["confirm{'what': 's'}"], "input_required"
+            ),
+        }
+        cancel_ack = await client.cancel_task(tasks["gate{'key': 's2'}"])
+        seen["cancelled"] = await settle(client, tasks["gate{'key': 's2'}"])
+        update_ack = await client.update_task(
+            tasks["confirm{'what': 's'}"],
+            {"confirm": {"action": "accept", "content": {"ok": True}}},
+        )
+        protocol_tools.GATES["s1"].set()
+    assert {kind: task["status"] for kind, task in seen.items()} == {
+        "completed": "completed",
+        "tool error": "completed",
+        "failed": "failed",
+        "working": "working",
+        "input_required": "input_required",
+        "cancelled": "cancelled",
+    }
+    for task in seen.values():
+        check_get_task_result(task)
+    check("ext", "CancelTaskResult", cancel_ack)
+    check("ext", "UpdateTaskResult", update_ack)
+
+
+async def test_task_notifications_match_the_published_schemas(
+    connect: Connect,
+) -> None:
+    async with connect(wire=MODERN, capabilities=FORM) as client:
+        created = client.created_task(
+            await client.call_tool("confirm", {"what": "frames"})
+        )
+        assert created is not None
+        task_id = created["taskId"]
+        await settle(client, task_id, "input_required")
+        frames: list[dict[str, Any]] = []
+        async with anyio.create_task_group() as tg:
+            listen = {"notifications": {"taskIds": [task_id]}}
+            tg.start_soon(client.request, "subscriptions/listen", listen)
+            with anyio.fail_after(5):
+                await client.next_notification(
+                    "notifications/subscriptions/acknowledged"
+                )
+                frames.append(await client.next_notification("notifications/tasks"))
+                await client.update_task(
+                    task_id, {"confirm": {"action": "accept", "content": {"ok": True}}}
+                )
+                while frames[-1]["params"]["status"] != "completed":
+                    frames.append(await client.next_notification("notifications/tasks"))
+            tg.cancel_scope.cancel()
+    statuses = [frame["params"]["status"] for frame in frames]
+    assert statuses[0] == "input_required"
+    assert statuses[-1] == "completed"
+    assert frames[-1]["params"]["result"]["resultType"] == "complete"
+    for frame in frames:
+        check_task_notification(frame)
+
+
+@pytest.mark.parametrize("task", [{"ttl": 1.5}, {"ttl": "soon"}, "junk", [1]])
+async def test_params_task_is_ignored_as_an_unknown_field_even_when_malformed(
+    connect: Connect, task: object
+) -> None:
+    async with connect(wire=MODERN) as client:
+        params: dict[str, Any] = {"name": "never_task", "arguments": {}, "task": task}
+        direct = await client.request("tools/call", params)
+        created = await client.request(
+            "tools/call", {**params, "name": "echo", "arguments": {"text": "t"}}
+        )
+    assert direct["content"][0]["text"] == "right away"
+    assert created["resultType"] == "task"
