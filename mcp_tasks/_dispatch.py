@@ -251,6 +251,8 @@ class Dispatcher:
     ) -> tuple[list[str], bool]:
         """Record answers; return the keys accepted and whether the task resumed."""
         accepted, resumed = await self.journal.answer(task_id, answers, self._clock())
+        for key in accepted:
+            self.events.question_answered(task_id, key)
         if resumed is not None:
             self.enqueue(resumed.owner_id, resumed.task_id)
             self.events.task_changed(

@@ -1,4 +1,4 @@
-"""What the runtime tells the outside: task changes, progress and log events.
+"""What the runtime tells the outside: task changes, answers, progress and logs.
 
 `Broadcaster` fans each event out to the subscribed `RuntimeListener` objects
 (the bindings) and wakes whoever waits on the task (`TaskRuntime.wait_for`).
@@ -53,6 +53,9 @@ class RuntimeListener(Protocol):
 
     def task_log(self, event: LogEvent) -> None:
         """A running task logged a message."""
+
+    def question_answered(self, task_id: TaskId, key: str) -> None:
+        """The question ``key`` of a task was answered (or timed out); committed."""
 
 
 @final
@@ -114,6 +117,14 @@ class Broadcaster:
                 listener.task_progress(event)
             except Exception:
                 logger.exception("listener failed on progress of %s", event.task_id)
+
+    def question_answered(self, task_id: TaskId, key: str) -> None:
+        """Tell every listener that question ``key`` of ``task_id`` is settled."""
+        for listener in list(self.listeners):
+            try:
+                listener.question_answered(task_id, key)
+            except Exception:
+                logger.exception("listener failed on an answer to %s", task_id)
 
     def log(self, event: LogEvent) -> None:
         """Hand a tool's log message to every listener."""

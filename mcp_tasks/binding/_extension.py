@@ -26,7 +26,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import Field
 
 from mcp_tasks._exceptions import McpTasksError, TaskTerminalError
-from mcp_tasks._model import Task, TaskStatus
+from mcp_tasks._model import Task, TaskId, TaskStatus
 from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
 from mcp_tasks._toolapi import ProtocolError, ToolError, ToolSpec
 from mcp_tasks.binding._common import (
@@ -267,4 +267,8 @@ class ExtensionTasks:
 
     def task_log(self, event: LogEvent) -> None:
         """Log messages are not delivered for tasks on this wire (EXT l.507)."""
+        return
+
+    def question_answered(self, task_id: TaskId, key: str) -> None:
+        """Nothing to withdraw: this wire sends no requests for questions."""
         return

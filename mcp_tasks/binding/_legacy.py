@@ -48,11 +48,13 @@ from mcp_tasks.binding._common import (
     milliseconds,
     rpc_error,
 )
+from mcp_tasks.binding._copies import Copies
 from mcp_tasks.binding._delivery import (
     ask_open_questions,
-    connection_channel,
     request_channel,
+    request_send,
     serve_until_terminal,
+    standalone_channel,
 )
 
 logger = logging.getLogger("mcp_tasks.binding.legacy")
@@ -100,6 +102,13 @@ def _first_text(result: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+def _ended(task: Task) -> str:
+    """Why a question of ``task`` is withdrawn once the task is over."""
+    if task.status is TaskStatus.CANCELLED:
+        return "The task was cancelled."
+    return f"The task has ended ({wire_status(task)})."
+
+
 def tasks_capability(identified: bool) -> types.ServerTasksCapability:
     """The ``capabilities.tasks`` this server advertises on 2025-11-25.
 
@@ -141,10 +150,9 @@ class LegacyTasks:
         self._origins: weakref.WeakValueDictionary[TaskId, Connection] = (
             weakref.WeakValueDictionary()
         )
-        # Questions in flight per (connection, task), so a push is not repeated.
-        self._asked: weakref.WeakKeyDictionary[Connection, dict[TaskId, set[str]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        #: The questions out to sessions: one copy per session, withdrawn once
+        #: settled. Shared with synchronous calls (`_server`).
+        self.copies = Copies()
         send, receive = anyio.create_memory_object_stream[Job](math.inf)
         self._jobs_in = send
         self._jobs_out = receive
@@ -230,7 +238,7 @@ class LegacyTasks:
         # Before the task exists, questions go out on this call's own stream,
         # and each round runs the preflight again with every answer so far. A
         # preflight that declines the call refuses the task: nothing is stored.
-        send = request_channel(ctx)
+        send = request_send(ctx)
         answers: dict[str, Any] = {}
         try:
             for _ in range(MAX_PREFLIGHT_ROUNDS):
@@ -273,9 +281,10 @@ class LegacyTasks:
             # the spec's side channel for input during a 2025-11-25 task.
             await serve_until_terminal(
                 self._runtime,
+                self.copies,
                 requester,
                 params.task_id,
-                request_channel(ctx),
+                request_channel(ctx, "tasks/result stream"),
                 related_task=True,
             )
             task = await self._runtime.get(requester, params.task_id)
@@ -334,8 +343,11 @@ class LegacyTasks:
 
         A task that starts waiting for input also has its questions pushed to
         them, because common clients only poll ``tasks/get`` and never open
-        ``tasks/result`` before the task ends.
+        ``tasks/result`` before the task ends. A task that ends has its
+        questions still out withdrawn, wherever they are.
         """
+        if task.is_terminal:
+            self.copies.task_ended(task.task_id, _ended(task))
         if not task.listed:
             return  # a synchronous call: its caller never learned of a task
         payload = task_json(task)
@@ -344,6 +356,16 @@ class LegacyTasks:
                 self._pushes.push(connection, "notifications/tasks/status", payload)
                 if task.status is TaskStatus.INPUT_REQUIRED:
                     self._push_questions(connection, task.owner_id, task.task_id)
+
+    def question_answered(self, task_id: TaskId, key: str) -> None:
+        """Withdraw every copy of the question still out, on every session.
+
+        The engine reports each recorded answer (from any stream or session,
+        ``tasks/update`` on the other wire, or a timeout), so this is the one
+        path that withdraws; the stream that got the answer has nothing left
+        to withdraw.
+        """
+        self.copies.settled(task_id, key)
 
     def connection_opened(self, owner: OwnerId, connection: Connection) -> None:
         """A new session of ``owner``: offer it every question still waiting."""
@@ -356,20 +378,36 @@ class LegacyTasks:
 
         self._queue(offer)
 
+    def standalone_opened(self, session_id: str) -> None:
+        """An HTTP session opened its GET stream: offer it the waiting questions.
+
+        Called as the SDK starts the stream's response; the SDK registers the
+        stream in the same scheduling round, before the queued offer (which
+        reads the journal first) can send anything on it.
+        """
+        found = self._pushes.session(session_id)
+        if found is not None:
+            self.connection_opened(*found)
+
+    def standalone_closed(self, session_id: str) -> None:
+        """An HTTP session's GET stream closed: what it carried may be lost."""
+        found = self._pushes.session(session_id)
+        if found is not None:
+            self.copies.detach(found[1])
+
     def _push_questions(
         self, connection: Connection, owner: OwnerId, task_id: TaskId
     ) -> None:
-        asked = self._asked.setdefault(connection, {}).setdefault(task_id, set())
-
         async def push() -> None:
+            if not self._pushes.can_ask(connection):
+                return  # no GET stream: offered again when one opens
             await ask_open_questions(
                 self._runtime,
+                self.copies,
                 Requester(owner),
                 task_id,
-                connection_channel(connection),
-                asked,
+                standalone_channel(connection),
                 related_task=True,
-                capabilities=connection.client_capabilities,
                 check_capabilities=True,
             )
 

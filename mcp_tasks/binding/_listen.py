@@ -154,6 +154,10 @@ class TaskNotifications:
         """Log messages never travel on a listen stream (EXT l.507)."""
         return
 
+    def question_answered(self, task_id: TaskId, key: str) -> None:
+        """An answer shows in the next frame, sent on the task's change."""
+        return
+
 
 def _acknowledgement(
     requested: types.SubscriptionFilter, task_ids: list[str], meta: Mapping[str, Any]

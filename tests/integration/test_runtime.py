@@ -34,7 +34,7 @@ from mcp_tasks import (
 from mcp_tasks._runtime import LogEvent, ProgressEvent, Requester, TaskRuntime
 from mcp_tasks.journal import SqliteJournal
 
-from .gated_tools import Gates, make_tools
+from .gated_tools import QUESTION_TIMEOUT_SECONDS, Gates, make_tools
 
 TIMEOUT = 5.0
 ALICE = Requester(OwnerId("alice"))
@@ -70,6 +70,7 @@ class Recorder:
         self.changes: list[tuple[TaskId, TaskStatus, Mapping[str, Any]]] = []
         self.progress: list[ProgressEvent] = []
         self.logs: list[LogEvent] = []
+        self.answered: list[tuple[TaskId, str]] = []
 
     def task_changed(self, task: Task, request_meta: Mapping[str, Any]) -> None:
         self.changes.append((task.task_id, task.status, request_meta))
@@ -79,6 +80,9 @@ class Recorder:
 
     def task_log(self, event: LogEvent) -> None:
         self.logs.append(event)
+
+    def question_answered(self, task_id: TaskId, key: str) -> None:
+        self.answered.append((task_id, key))
 
 
 @pytest.fixture
@@ -1099,6 +1103,38 @@ async def test_listener_hears_transitions_and_progress(
     ]
 
 
+async def test_listener_hears_each_question_answered_or_timed_out(
+    open_runtime: OpenRuntime,
+) -> None:
+    # Bindings withdraw the other copies of a question when they hear it was
+    # answered, wherever the answer came from: one event per recorded answer.
+    clock = FakeClock()
+    recorder = Recorder()
+    can_ask: dict[str, Any] = {"clientCapabilities": {"elicitation": {"form": {}}}}
+    yes = {"action": "accept", "content": {"yes": True}}
+    async with open_runtime(make_settings(), clock) as runtime:
+        runtime.subscribe(recorder)
+        task = await runtime.submit(ALICE, "questions", {}, request_meta=can_ask)
+        with anyio.fail_after(TIMEOUT):
+            waiting = await runtime.wait_settled(ALICE, task.task_id)
+        assert waiting.status is TaskStatus.INPUT_REQUIRED
+        assert recorder.answered == []
+
+        receipt = await runtime.answer(
+            ALICE, task.task_id, {"first": yes, "unknown": yes}
+        )
+        assert receipt.accepted == ["first"]
+        assert recorder.answered == [(task.task_id, "first")]
+        await runtime.answer(ALICE, task.task_id, {"first": yes})  # ignored: no event
+        assert recorder.answered == [(task.task_id, "first")]
+
+        clock.now = T0 + QUESTION_TIMEOUT_SECONDS + 1
+        assert await runtime.fire_due_timers() == 1
+        done = await finish(runtime, ALICE, task.task_id)
+    assert recorder.answered == [(task.task_id, "first"), (task.task_id, "second")]
+    assert text_of(done) == "accept timeout"
+
+
 async def test_listener_gets_the_request_meta_when_a_queued_task_is_cancelled(
     open_runtime: OpenRuntime, gates: Gates
 ) -> None:
@@ -1159,6 +1195,9 @@ async def test_failing_listener_does_not_break_the_runtime(
             raise RuntimeError("listener bug")
 
         def task_log(self, event: LogEvent) -> None:
+            raise RuntimeError("listener bug")
+
+        def question_answered(self, task_id: TaskId, key: str) -> None:
             raise RuntimeError("listener bug")
 
     async with open_runtime() as runtime:

@@ -10,7 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from mcp_tasks import Task, TaskStatus, ToolError
+from mcp_tasks import Task, TaskId, TaskStatus, ToolError
 from mcp_tasks._runtime import LogEvent, ProgressEvent
 
 from .support import TESTER, TIMEOUT, FakeContext, load_tool, open_runtime
@@ -48,6 +48,9 @@ class FirstProgress:
         self.heard.set()
 
     def task_log(self, event: LogEvent) -> None:
+        pass
+
+    def question_answered(self, task_id: TaskId, key: str) -> None:
         pass
 
 
