@@ -118,19 +118,40 @@ class Copies:
     def __init__(self) -> None:
         # task id -> question key -> copies (usually one per session).
         self._open: dict[str, dict[str, list[Copy]]] = {}
-        # Keys answered while their task lives on: a stream that read the
-        # question before the answer must not ask it afterwards.
-        self._settled: dict[str, set[str]] = {}
+        # Streams reading a task's open questions (a journal read), and what
+        # was settled meanwhile (None: the whole task ended): a stream that
+        # read a question before its answer must not ask it afterwards.
+        self._readers: dict[str, int] = {}
+        self._stale: dict[str, set[str] | None] = {}
         # (session, task id) -> the waiting streams to wake when a copy is handed on.
         self._watchers: dict[tuple[Connection, str], dict[anyio.Event, Channel]] = {}
         self._request_ids = itertools.count(1)
 
     # ---------------------------------------------------------------- asking
 
+    @contextmanager
+    def reading(self, task_id: str) -> Generator[None]:
+        """Around reading a task's open questions and claiming copies of them."""
+        self._readers[task_id] = self._readers.get(task_id, 0) + 1
+        try:
+            yield
+        finally:
+            remaining = self._readers[task_id] - 1
+            if remaining:
+                self._readers[task_id] = remaining
+            else:
+                del self._readers[task_id]
+                self._stale.pop(task_id, None)
+
     def claim(self, channel: Channel, task_id: str, key: str) -> Copy | None:
-        """The copy ``channel`` may send now, or None if it must not ask."""
-        if key in self._settled.get(task_id, ()):
-            return None
+        """The copy ``channel`` may send now, or None if it must not ask.
+
+        Call it within `reading`, right after reading the open questions.
+        """
+        if task_id in self._stale:
+            stale = self._stale[task_id]
+            if stale is None or key in stale:
+                return None
         if channel.asks.get(key, 0) >= MAX_ASKS_PER_CHANNEL:
             return None
         copies = self._open.setdefault(task_id, {}).setdefault(key, [])
@@ -231,8 +252,8 @@ class Copies:
             keys.pop(copy.key, None)
         if not keys:
             self._open.pop(copy.task_id, None)
-        if copy.key in self._settled.get(copy.task_id, ()):
-            return
+        if copy.withdrawn is not None:
+            return  # settled, over, or taken over: nothing to hand on
         if any(
             c.channel.connection is copy.channel.connection
             and c.withdrawn is None
@@ -246,13 +267,17 @@ class Copies:
 
     def settled(self, task_id: str, key: str) -> None:
         """The engine recorded an answer to ``key``: withdraw every copy of it."""
-        self._settled.setdefault(task_id, set()).add(key)
+        if task_id in self._readers:
+            stale = self._stale.setdefault(task_id, set())
+            if stale is not None:
+                stale.add(key)
         for copy in list(self._open.get(task_id, {}).get(key, ())):
             copy.withdraw(ANSWERED)
 
     def task_ended(self, task_id: str, reason: str) -> None:
         """The task reached a terminal status: withdraw all its copies."""
-        self._settled.pop(task_id, None)
+        if task_id in self._readers:
+            self._stale[task_id] = None
         for copies in list(self._open.get(task_id, {}).values()):
             for copy in list(copies):
                 copy.withdraw(reason)

@@ -102,18 +102,21 @@ async def ask_open_questions(
     ``related_task`` the requests carry the related-task ``_meta`` (they belong
     to a task the client knows about).
     """
-    try:
-        requests = await runtime.input_requests(requester, task_id)
-    except TaskNotFoundError:
-        return
     capabilities = channel.connection.client_capabilities
-    async with anyio.create_task_group() as tg:
+    claimed: list[tuple[InputRequest, Copy]] = []
+    with copies.reading(task_id):
+        try:
+            requests = await runtime.input_requests(requester, task_id)
+        except TaskNotFoundError:
+            return
         for request in requests:
             if check_capabilities and not can_answer(capabilities, request.method):
                 continue
             copy = copies.claim(channel, task_id, request.key)
-            if copy is None:
-                continue
+            if copy is not None:
+                claimed.append((request, copy))
+    async with anyio.create_task_group() as tg:
+        for request, copy in claimed:
             tg.start_soon(_ask, runtime, copies, requester, request, copy, related_task)
 
 

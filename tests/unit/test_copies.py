@@ -185,8 +185,23 @@ async def test_an_answer_withdraws_every_copy_and_no_new_one_goes_out(
     assert outbound(on_result_stream.channel).withdrawn() == [
         (on_result_stream.request_id, ANSWERED)
     ]
-    # A stream that read the question before the answer must not ask it after.
-    assert copies.claim(Session().request_stream(), TASK, "q") is None
+    # Once nobody is reading the task's questions, nothing is kept for it.
+    assert copies._stale == {}
+
+
+async def test_a_stream_that_read_a_question_before_it_settled_does_not_ask_it(
+    copies: Copies,
+) -> None:
+    late = Session().request_stream()
+    with copies.reading(TASK):  # the journal read is in flight...
+        copies.settled(TASK, "q")  # ...when the answer is recorded
+        assert copies.claim(late, TASK, "q") is None
+        claimed(copies, late, key="still open")
+    with copies.reading(TASK):
+        copies.task_ended(TASK, "The task was cancelled.")
+        assert copies.claim(late, TASK, "other") is None
+    assert copies._readers == {}
+    assert copies._stale == {}
 
 
 async def test_a_copy_withdrawn_before_it_went_out_is_never_sent(
@@ -217,7 +232,7 @@ async def test_the_end_of_the_task_withdraws_all_its_copies(copies: Copies) -> N
     ]
     # Forgotten with the task: nothing is kept per finished task.
     assert copies._open == {}
-    assert copies._settled == {}
+    assert copies._stale == {}
 
 
 async def test_a_copy_given_up_wakes_the_sessions_other_streams(
