@@ -244,6 +244,21 @@ class _HttpObserver:
             self.get_answered.set()
 
 
+class _NoGetTransport(httpx2.AsyncBaseTransport):
+    """HTTP transport that refuses GETs itself: no standalone stream is opened."""
+
+    def __init__(self) -> None:
+        self._inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "GET":
+            return httpx2.Response(405, request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class TaskClient:
     """A raw JSON-RPC MCP client for one server connection, on either task wire.
 
@@ -390,6 +405,7 @@ class TaskClient:
         on_request: ServerRequestHandler | None = None,
         headers: Mapping[str, str] | None = None,
         client_info: Mapping[str, Any] | None = None,
+        standalone_stream: bool = True,
     ) -> AsyncGenerator[Self]:
         """Connect to a Streamable HTTP MCP endpoint such as ``http://127.0.0.1:8000/mcp``.
 
@@ -398,6 +414,10 @@ class TaskClient:
             token: If given, every HTTP request carries
                 ``Authorization: Bearer <token>``.
             headers: Extra headers for every HTTP request.
+            standalone_stream: Whether to open the standalone GET stream. With
+                ``False`` the client answers its own GETs with ``405`` and never
+                opens it, like clients that only read POST response streams:
+                the server can then reach it only on those.
             wire, capabilities, declare_tasks_extension, on_request, client_info:
                 As for :meth:`stdio`.
 
@@ -417,6 +437,7 @@ class TaskClient:
             headers=default_headers,
             timeout=_HTTP_TIMEOUT,
             event_hooks={"response": [observer.on_response]},
+            transport=None if standalone_stream else _NoGetTransport(),
         )
         async with http_client:
             transport = streamable_http_client(url, http_client=http_client)

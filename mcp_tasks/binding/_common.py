@@ -22,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
+from mcp.shared.dispatcher import Outbound
 from mcp.shared.exceptions import MCPError
 
 from mcp_tasks._exceptions import (
@@ -39,6 +40,7 @@ from mcp_tasks._exceptions import (
 )
 from mcp_tasks._model import OwnerId
 from mcp_tasks._questions import InputNotSupportedError, InvalidAnswerError
+from mcp_tasks.binding._streams import StandaloneStreams
 from mcp_tasks.engine import Requester
 
 logger = logging.getLogger("mcp_tasks.binding")
@@ -238,6 +240,26 @@ def connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection:
     return connection
 
 
+def request_outbound(ctx: ServerRequestContext[Any, Any]) -> Outbound:
+    """The SDK channel that sends on the stream of the request behind ``ctx``.
+
+    Questions sent there go out under an id we choose (``CallOptions.request_id``,
+    public), so they can be withdrawn by id; only the raw channel takes
+    options, and mcp 2.3 keeps it private to the per-request session
+    (`ServerSession.send_request` takes none). This is the one place that
+    reaches for it (pinned to mcp 2.3.x). Should the SDK change under it, this
+    raises and every question asked on ``tasks/result`` fails, which the e2e
+    tests (tests/e2e/test_question_copies.py) catch, as they catch an SDK that
+    stops honouring the chosen id.
+    """
+    outbound: object = getattr(ctx.session, "_request_outbound", None)
+    if not isinstance(outbound, Outbound):
+        raise RuntimeError(
+            "mcp internals changed: ServerSession._request_outbound is gone"
+        )
+    return outbound
+
+
 @dataclass(frozen=True, slots=True)
 class _Push:
     connection: Connection
@@ -250,11 +272,20 @@ class PushChannels:
 
     A connection registers when it makes a request and is forgotten when it
     closes. Engine events are queued here and sent by `run`, so a slow or
-    vanished client cannot stall a worker.
+    vanished client cannot stall a worker. Over HTTP, ``streams`` says which
+    sessions have their standalone (GET) stream open: a request sent to a
+    session without one would be dropped by the transport.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, streams: StandaloneStreams | None = None) -> None:
         self._by_owner: dict[OwnerId, weakref.WeakSet[Connection]] = {}
+        self._owners: weakref.WeakKeyDictionary[Connection, OwnerId] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sessions: weakref.WeakValueDictionary[str, Connection] = (
+            weakref.WeakValueDictionary()
+        )
+        self._streams = streams
         send, receive = anyio.create_memory_object_stream[_Push](10_000)
         self._send: MemoryObjectSendStream[_Push] = send
         self._receive: MemoryObjectReceiveStream[_Push] = receive
@@ -267,6 +298,9 @@ class PushChannels:
         if connection in connections:
             return False
         connections.add(connection)
+        self._owners[connection] = owner
+        if connection.session_id is not None:
+            self._sessions[connection.session_id] = connection
 
         def forget() -> None:
             connections.discard(connection)
@@ -279,6 +313,21 @@ class PushChannels:
     def connections(self, owner: OwnerId) -> list[Connection]:
         """The live connections of ``owner``."""
         return list(self._by_owner.get(owner, ()))
+
+    def session(self, session_id: str) -> tuple[OwnerId, Connection] | None:
+        """The registered connection of HTTP session ``session_id``, and its owner."""
+        connection = self._sessions.get(session_id)
+        if connection is None:
+            return None
+        owner = self._owners.get(connection)
+        return None if owner is None else (owner, connection)
+
+    def can_ask(self, connection: Connection) -> bool:
+        """Whether a request on ``connection``'s standalone stream can reach it now."""
+        if self._streams is None:
+            return True  # stdio, in process: the one pipe is always there
+        session_id = connection.session_id
+        return session_id is not None and self._streams.is_open(session_id)
 
     def push(
         self, connection: Connection, method: str, params: Mapping[str, Any]

@@ -3,9 +3,10 @@
 On the handshake wire a question is an ordinary ``elicitation/create`` (or
 ``sampling/createMessage``, ``roots/list``) request from server to client. It
 can ride an open request's stream (``tasks/result``, or the ``tools/call`` of
-a synchronous call) or a session's standalone channel (a push to a client that
-only polls ``tasks/get``). Every channel asks the same durable questions; the
-first valid answer is recorded and the rest are ignored by the engine.
+a synchronous call) or a session's standalone stream (a push to a client that
+only polls ``tasks/get``). Every stream asks the same durable questions, but
+one session holds at most one copy of each (`_copies.Copies`); the first valid
+answer is recorded, and every other copy is then withdrawn.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mcp.shared.message import ServerMessageMetadata
 from pydantic import BaseModel
 
 from mcp_tasks._exceptions import TaskNotFoundError, TaskTerminalError
-from mcp_tasks._model import InputRequest, TaskStatus
+from mcp_tasks._model import InputRequest, Task, TaskStatus
 from mcp_tasks._questions import (
     CAPABILITY_OF,
     ELICIT,
@@ -30,16 +31,14 @@ from mcp_tasks._questions import (
     SAMPLE,
     InvalidAnswerError,
 )
-from mcp_tasks.binding._common import RELATED_TASK_META
+from mcp_tasks.binding._common import RELATED_TASK_META, connection_of, request_outbound
+from mcp_tasks.binding._copies import MAX_ASKS_PER_CHANNEL, Channel, Copies, Copy
 from mcp_tasks.engine import Requester, TaskRuntime
 
 logger = logging.getLogger("mcp_tasks.binding.delivery")
 
 Send = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 """Sends one server-to-client request; returns the client's result."""
-
-#: How often one channel re-asks a question whose answer did not fit it.
-MAX_ASKS_PER_CHANNEL = 3
 
 _MODELS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     ELICIT: (types.ElicitRequest, types.ElicitResult),
@@ -48,8 +47,12 @@ _MODELS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
 }
 
 
-def request_channel(ctx: ServerRequestContext[Any, Any]) -> Send:
-    """Send on the stream of the request behind ``ctx`` (its SSE stream on HTTP)."""
+def request_send(ctx: ServerRequestContext[Any, Any]) -> Send:
+    """Send on the stream of the request behind ``ctx`` (preflight questions).
+
+    Preflight questions come before any task exists: nothing durable to
+    deduplicate or withdraw, so they go out as plain requests.
+    """
 
     async def send(method: str, params: dict[str, Any]) -> dict[str, Any]:
         request_model, result_model = _MODELS[method]
@@ -64,22 +67,14 @@ def request_channel(ctx: ServerRequestContext[Any, Any]) -> Send:
     return send
 
 
-#: How long a pushed question waits for an answer on a session's standalone
-#: channel. Over HTTP a message sent while no GET stream is open is dropped by
-#: the transport, so a push must not wait forever; the question stays open and
-#: is offered again on tasks/result, on the next session, or by a later push.
-PUSH_TIMEOUT_SECONDS = 600.0
+def request_channel(ctx: ServerRequestContext[Any, Any], name: str) -> Channel:
+    """The stream of the request behind ``ctx`` (its SSE stream on HTTP)."""
+    return Channel(connection_of(ctx), request_outbound(ctx), name, standalone=False)
 
 
-def connection_channel(connection: Connection) -> Send:
-    """Send on a session's standalone channel (the GET stream on HTTP)."""
-
-    async def send(method: str, params: dict[str, Any]) -> dict[str, Any]:
-        return await connection.send_raw_request(
-            method, params, {"timeout": PUSH_TIMEOUT_SECONDS}
-        )
-
-    return send
+def standalone_channel(connection: Connection) -> Channel:
+    """A session's standalone stream (the GET stream on HTTP)."""
+    return Channel(connection, connection, "standalone stream", standalone=True)
 
 
 def can_answer(capabilities: types.ClientCapabilities | None, method: str) -> bool:
@@ -91,53 +86,48 @@ def can_answer(capabilities: types.ClientCapabilities | None, method: str) -> bo
 
 async def ask_open_questions(
     runtime: TaskRuntime,
+    copies: Copies,
     requester: Requester,
     task_id: str,
-    send: Send,
-    in_flight: set[str],
+    channel: Channel,
     *,
     related_task: bool,
-    capabilities: types.ClientCapabilities | None = None,
     check_capabilities: bool = False,
 ) -> None:
-    """Ask each open question of the task over ``send``, all at once.
+    """Ask each open question of the task over ``channel``, all at once.
 
-    Questions already in flight on this channel are skipped. With
+    Questions the session already holds on another stream (or that this
+    stream asked often enough) are skipped: `Copies.claim` decides. With
     ``related_task`` the requests carry the related-task ``_meta`` (they belong
     to a task the client knows about).
     """
-    try:
-        requests = await runtime.input_requests(requester, task_id)
-    except TaskNotFoundError:
-        return
-    async with anyio.create_task_group() as tg:
+    capabilities = channel.connection.client_capabilities
+    claimed: list[tuple[InputRequest, Copy]] = []
+    with copies.reading(task_id):
+        try:
+            requests = await runtime.input_requests(requester, task_id)
+        except TaskNotFoundError:
+            return
         for request in requests:
-            if request.key in in_flight:
-                continue
             if check_capabilities and not can_answer(capabilities, request.method):
                 continue
-            in_flight.add(request.key)
-            tg.start_soon(
-                _ask,
-                runtime,
-                requester,
-                task_id,
-                request,
-                send,
-                in_flight,
-                related_task,
-            )
+            copy = copies.claim(channel, task_id, request.key)
+            if copy is not None:
+                claimed.append((request, copy))
+    async with anyio.create_task_group() as tg:
+        for request, copy in claimed:
+            tg.start_soon(_ask, runtime, copies, requester, request, copy, related_task)
 
 
 async def _ask(
     runtime: TaskRuntime,
+    copies: Copies,
     requester: Requester,
-    task_id: str,
     request: InputRequest,
-    send: Send,
-    in_flight: set[str],
+    copy: Copy,
     related_task: bool,
 ) -> None:
+    task_id = copy.task_id
     problem: str | None = None
     try:
         for _ in range(MAX_ASKS_PER_CHANNEL):
@@ -149,12 +139,14 @@ async def _ask(
                     f"{params.get('message', '')} (previous answer refused: {problem})"
                 )
             try:
-                response = await send(request.method, params)
+                response = await _exchange(copies, copy, request.method, params)
             except Exception as exc:  # the client refused or vanished: not our failure
                 logger.debug(
                     "question %s of %s not answered here: %r", request.key, task_id, exc
                 )
                 return
+            if response is None:
+                return  # withdrawn: settled elsewhere, or the task ended
             try:
                 await runtime.answer(requester, task_id, {request.key: response})
                 return
@@ -163,32 +155,80 @@ async def _ask(
             except (TaskTerminalError, TaskNotFoundError):
                 return
     finally:
-        in_flight.discard(request.key)
+        copies.release(copy)
+
+
+async def _exchange(
+    copies: Copies, copy: Copy, method: str, params: dict[str, Any]
+) -> dict[str, Any] | None:
+    """One request for ``copy``, its params and result checked by the SDK's models."""
+    request_model, result_model = _MODELS[method]
+    request = request_model.model_validate({"method": method, "params": params})
+    dumped = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+    raw = await copies.send(copy, method, dumped.get("params") or {})
+    if raw is None:
+        return None
+    result = result_model.model_validate(raw, by_name=False)
+    return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 async def serve_until_terminal(
     runtime: TaskRuntime,
+    copies: Copies,
     requester: Requester,
     task_id: str,
-    send: Send,
+    channel: Channel,
     *,
     related_task: bool,
 ) -> None:
-    """Wait for the task to end, asking its questions over ``send`` meanwhile."""
-    in_flight: set[str] = set()
+    """Wait for the task to end, asking its questions over ``channel`` meanwhile.
+
+    The stream asks again whenever the task (again) needs input, and whenever
+    another stream of the session hands a question on (`Copies.watch`).
+    """
     task = await runtime.get(requester, task_id)  # outside the group: errors stay bare
     async with anyio.create_task_group() as tg:
         while not task.is_terminal:
-            if task.status is TaskStatus.INPUT_REQUIRED:
-                tg.start_soon(
-                    lambda: ask_open_questions(
-                        runtime,
-                        requester,
-                        task_id,
-                        send,
-                        in_flight,
-                        related_task=related_task,
+            with copies.watch(channel, task_id) as handed_on:
+                if task.status is TaskStatus.INPUT_REQUIRED:
+                    tg.start_soon(
+                        lambda: ask_open_questions(
+                            runtime,
+                            copies,
+                            requester,
+                            task_id,
+                            channel,
+                            related_task=related_task,
+                        )
                     )
-                )
-            task = await runtime.wait_change(requester, task_id, task)
+                task = await _next_state(runtime, requester, task, handed_on)
         tg.cancel_scope.cancel()
+
+
+async def _next_state(
+    runtime: TaskRuntime, requester: Requester, task: Task, handed_on: anyio.Event
+) -> Task:
+    """The task after its next change, or as it is once a question was handed on."""
+    changed: Task | None = None
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def wait_change() -> None:
+            nonlocal changed, failure
+            try:
+                changed = await runtime.wait_change(requester, task.task_id, task)
+            except Exception as exc:  # re-raised below, bare rather than in a group
+                failure = exc
+            tg.cancel_scope.cancel()
+
+        async def wait_handed_on() -> None:
+            await handed_on.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wait_change)
+        tg.start_soon(wait_handed_on)
+    if failure is not None:
+        raise failure
+    if changed is not None:
+        return changed
+    return await runtime.get(requester, task.task_id)

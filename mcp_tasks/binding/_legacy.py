@@ -49,11 +49,13 @@ from mcp_tasks.binding._common import (
     milliseconds,
     rpc_error,
 )
+from mcp_tasks.binding._copies import Copies
 from mcp_tasks.binding._delivery import (
     ask_open_questions,
-    connection_channel,
     request_channel,
+    request_send,
     serve_until_terminal,
+    standalone_channel,
 )
 from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime, run_preflight
 
@@ -95,6 +97,13 @@ def task_json(task: Task) -> dict[str, Any]:
     if message is not None:
         data["statusMessage"] = message
     return data
+
+
+def _ended(status: TaskStatus) -> str:
+    """Why a question of a task is withdrawn once the task is over."""
+    if status is TaskStatus.CANCELLED:
+        return "The task was cancelled."
+    return f"The task has ended ({status.value})."
 
 
 def tasks_capability(identified: bool) -> types.ServerTasksCapability:
@@ -150,10 +159,9 @@ class LegacyTasks:
         self._origins: weakref.WeakValueDictionary[TaskId, Connection] = (
             weakref.WeakValueDictionary()
         )
-        # Questions in flight per (connection, task), so a push is not repeated.
-        self._asked: weakref.WeakKeyDictionary[Connection, dict[TaskId, set[str]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        #: The questions out to sessions: one copy per session, withdrawn once
+        #: settled. Shared with synchronous calls (`_server`).
+        self.copies = Copies()
         send, receive = anyio.create_memory_object_stream[Job](math.inf)
         self._jobs_in = send
         self._jobs_out = receive
@@ -253,7 +261,7 @@ class LegacyTasks:
         # Before the task exists, questions go out on this call's own stream,
         # and each round runs the preflight again with every answer so far. A
         # preflight that declines the call refuses the task: nothing is stored.
-        send = request_channel(ctx)
+        send = request_send(ctx)
         answers: dict[str, Any] = {}
         try:
             for _ in range(MAX_PREFLIGHT_ROUNDS):
@@ -296,9 +304,10 @@ class LegacyTasks:
             # the spec's side channel for input during a 2025-11-25 task.
             await serve_until_terminal(
                 self._runtime,
+                self.copies,
                 requester,
                 params.task_id,
-                request_channel(ctx),
+                request_channel(ctx, "tasks/result stream"),
                 related_task=True,
             )
             task = await self._runtime.get(requester, params.task_id, outcome=True)
@@ -361,16 +370,23 @@ class LegacyTasks:
         sessions here, wherever the change was made; a task that starts waiting
         for input also has its questions pushed to them, because common clients
         only poll ``tasks/get`` and never open ``tasks/result`` before the task
-        ends. Progress and log lines of a task go to the session that created
-        it, if it is connected to this process.
+        ends. An answered question, or a task that ends, has every copy still
+        out withdrawn from this process's sessions. Progress and log lines of a
+        task go to the session that created it, if it is connected here.
         """
         if change.kind is ChangeKind.STATUS:
+            if change.status.is_terminal:
+                self.copies.task_ended(change.task_id, _ended(change.status))
             if any(
                 c.protocol_version == LEGACY_VERSION
                 for c in self._pushes.connections(change.owner_id)
             ):
                 self._statuses.append(change)
                 self._status_ready.set()
+        elif change.kind is ChangeKind.ANSWER:
+            key = (change.data or {}).get("key")
+            if isinstance(key, str):
+                self.copies.settled(change.task_id, key)
         elif change.kind is ChangeKind.PROGRESS:
             self._relay_progress(change)
         elif change.kind is ChangeKind.LOG:
@@ -414,20 +430,36 @@ class LegacyTasks:
 
         self._queue(offer)
 
+    def standalone_opened(self, session_id: str) -> None:
+        """An HTTP session opened its GET stream: offer it the waiting questions.
+
+        Called as the SDK starts the stream's response; the SDK registers the
+        stream in the same scheduling round, before the queued offer (which
+        reads the journal first) can send anything on it.
+        """
+        found = self._pushes.session(session_id)
+        if found is not None:
+            self.connection_opened(*found)
+
+    def standalone_closed(self, session_id: str) -> None:
+        """An HTTP session's GET stream closed: what it carried may be lost."""
+        found = self._pushes.session(session_id)
+        if found is not None:
+            self.copies.detach(found[1])
+
     def _push_questions(
         self, connection: Connection, owner: OwnerId, task_id: TaskId
     ) -> None:
-        asked = self._asked.setdefault(connection, {}).setdefault(task_id, set())
-
         async def push() -> None:
+            if not self._pushes.can_ask(connection):
+                return  # no GET stream: offered again when one opens
             await ask_open_questions(
                 self._runtime,
+                self.copies,
                 Requester(owner),
                 task_id,
-                connection_channel(connection),
-                asked,
+                standalone_channel(connection),
                 related_task=True,
-                capabilities=connection.client_capabilities,
                 check_capabilities=True,
             )
 

@@ -53,6 +53,7 @@ from mcp_tasks.binding._guard import guard
 from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
 from mcp_tasks.binding._listen import TaskNotifications
 from mcp_tasks.binding._mrtr import client_capabilities
+from mcp_tasks.binding._streams import StandaloneStreams
 from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime
 
 logger = logging.getLogger("mcp_tasks.server")
@@ -169,8 +170,14 @@ class McpTasksServer:
     def __init__(self, runtime: TaskRuntime, transport: Transport) -> None:
         self.runtime = runtime
         self.requesters = Requesters(transport, runtime.settings.auth_enabled)
-        self.pushes = PushChannels()
+        # Over HTTP a session may have no GET stream to push on (`_streams`).
+        self.streams = StandaloneStreams() if transport is Transport.HTTP else None
+        self.pushes = PushChannels(self.streams)
         self.legacy = LegacyTasks(runtime, self.requesters, self.pushes)
+        if self.streams is not None:
+            self.streams.notify(
+                self.legacy.standalone_opened, self.legacy.standalone_closed
+            )
         self.extension = ExtensionTasks(runtime, self.requesters)
         self.notifications = TaskNotifications(
             self.requesters,
@@ -393,9 +400,10 @@ class McpTasksServer:
         async with self.runtime.cancel_on_exit(requester, task.task_id):
             await serve_until_terminal(
                 self.runtime,
+                self.legacy.copies,
                 requester,
                 task.task_id,
-                request_channel(ctx),
+                request_channel(ctx, "tools/call stream"),
                 related_task=False,
             )
         return task.task_id
@@ -484,6 +492,8 @@ class McpTasksServer:
         app = self.server.streamable_http_app(
             host=host, auth=auth, token_verifier=token_verifier
         )
+        if self.streams is not None:
+            app = self.streams.wrap(app)
         config = uvicorn.Config(
             app,
             host=host,

@@ -26,7 +26,7 @@ from anyio.abc import Process
 
 from mcp_tasks.client import JSONObject, RpcError, TaskClient
 
-from .support import ServerOutput
+from .support import LogWatch, ServerOutput
 
 REPO: Final = Path(__file__).resolve().parents[2]
 ASK_TOOL: Final = REPO / "tools" / "ask.py"
@@ -107,12 +107,15 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 
 class HttpServer:
-    """A running ``mcp-tasks serve --http`` subprocess."""
+    """A running ``mcp-tasks serve --http`` subprocess; ``log`` watches its output."""
 
-    def __init__(self, process: Process, port: int, setup: ServerSetup) -> None:
+    def __init__(
+        self, process: Process, port: int, setup: ServerSetup, log: LogWatch
+    ) -> None:
         self.process = process
         self.port = port
         self.setup = setup
+        self.log = log
         self.url = f"http://127.0.0.1:{port}/mcp"
 
     def client(
@@ -170,26 +173,36 @@ async def http_server(setup: ServerSetup) -> AsyncGenerator[HttpServer]:
         raise
     finally:
         os.close(write_end)
-    output = ServerOutput(os.fdopen(read_end, "rb"), setup.log)
+    watch = LogWatch()
+    output = ServerOutput(os.fdopen(read_end, "rb"), setup.log, watch)
     try:
         port = await _listening_port(output, setup.log)
-        yield HttpServer(process, port, setup)
+        yield HttpServer(process, port, setup, watch)
     finally:
         await _stop(process)
         await anyio.to_thread.run_sync(output.join)
 
 
 @asynccontextmanager
-async def stdio_client(setup: ServerSetup, **kwargs: Any) -> AsyncGenerator[TaskClient]:
-    """Spawn the server over stdio and connect a `TaskClient` to it."""
-    with setup.log.open("a", encoding="utf-8") as log:
+async def stdio_client(
+    setup: ServerSetup, *, watch: LogWatch | None = None, **kwargs: Any
+) -> AsyncGenerator[TaskClient]:
+    """Spawn the server over stdio and connect a `TaskClient` to it.
+
+    The server's stderr goes through a pipe to its log file and to ``watch``.
+    """
+    read_end, write_end = os.pipe()
+    output = ServerOutput(os.fdopen(read_end, "rb"), setup.log, watch)
+    with os.fdopen(write_end, "w", encoding="utf-8") as errlog:
         async with TaskClient.stdio(
             setup.command(),
             cwd=REPO,
-            errlog=log,
+            errlog=errlog,
             **kwargs,
         ) as client:
+            errlog.close()  # the server holds its own end; EOF comes when it exits
             yield client
+    await anyio.to_thread.run_sync(output.join)
 
 
 # --------------------------------------------------------------- the client side

@@ -9,6 +9,7 @@ the test's `EventHub` over a Unix socket.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -132,15 +133,76 @@ def make_server_files(
 LISTENING = re.compile(rb"listening on http://\S+:(\d+)/mcp")
 
 
+class LogWatch:
+    """The lines a server logged, and waits for one matching a pattern.
+
+    `ServerOutput`'s thread feeds every line here; `line` returns the first
+    line (logged before or after the call) that matches, woken by the feeding
+    thread rather than by polling. A server's log is how an end-to-end test
+    observes a decision that leaves nothing on the wire, such as a question
+    the server chose *not* to send.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lines: list[bytes] = []
+        self._waiters: list[tuple[re.Pattern[bytes], Callable[[bytes], None]]] = []
+
+    def feed(self, line: bytes) -> None:
+        """Record one line (called from the thread reading the server's output)."""
+        with self._lock:
+            self._lines.append(line)
+            woken = [w for w in self._waiters if w[0].search(line)]
+            for waiter in woken:
+                self._waiters.remove(waiter)
+        for _, wake in woken:
+            wake(line)
+
+    async def line(self, pattern: re.Pattern[bytes]) -> bytes:
+        """The first logged line matching ``pattern``, waiting for it (unbounded).
+
+        Bound the wait with ``anyio.fail_after``. The tests run on asyncio
+        (aiosqlite needs it), so the feeding thread hands the line over with
+        ``call_soon_threadsafe``.
+        """
+        loop = asyncio.get_running_loop()
+        found: asyncio.Future[bytes] = loop.create_future()
+
+        def settle(line: bytes) -> None:
+            if not found.done():
+                found.set_result(line)
+
+        def wake(line: bytes) -> None:
+            with suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, line)
+
+        waiter = (pattern, wake)
+        with self._lock:
+            for line in self._lines:
+                if pattern.search(line):
+                    return line
+            self._waiters.append(waiter)
+        try:
+            return await found
+        finally:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+
 class ServerOutput:
     """Copies a server's output pipe to its log file and spots its "listening" line.
 
     A thread reads the pipe line by line until it ends (the process exited),
     appending every line to ``log`` as it comes, so the log is complete once
     `join` returns. `port` blocks until the ``listening on`` line arrived.
+    Every line is also fed to ``watch``, when given.
     """
 
-    def __init__(self, pipe: IO[bytes], log: Path) -> None:
+    def __init__(
+        self, pipe: IO[bytes], log: Path, watch: LogWatch | None = None
+    ) -> None:
+        self._watch = watch
         self._port: int | None = None
         self._decided = threading.Event()
         self._thread = threading.Thread(
@@ -154,6 +216,8 @@ class ServerOutput:
                 for line in pipe:
                     out.write(line)
                     out.flush()
+                    if self._watch is not None:
+                        self._watch.feed(line)
                     if self._port is None and (match := LISTENING.search(line)):
                         self._port = int(match[1])
                         self._decided.set()

@@ -17,10 +17,24 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from mcp_tasks import ProtocolError, TaskContext, ThreadTaskContext, ToolError, tool
+from mcp_tasks import (
+    ProtocolError,
+    Question,
+    TaskContext,
+    ThreadTaskContext,
+    ToolError,
+    tool,
+)
 from mcp_tasks._toolapi import ToolSpec, spec_of
 
 WAIT_SECONDS = 5.0
+#: How long the second question of ``questions`` waits for an answer.
+QUESTION_TIMEOUT_SECONDS = 30.0
+_YES_NO: dict[str, Any] = {
+    "type": "object",
+    "properties": {"yes": {"type": "boolean"}},
+    "required": ["yes"],
+}
 
 
 class Gates:
@@ -133,9 +147,17 @@ def _specs(*functions: Callable[..., Any]) -> dict[str, ToolSpec]:
     return tools
 
 
+@tool
+async def chatty(ctx: TaskContext, lines: int) -> str:
+    """Log ``lines`` lines, then return."""
+    for n in range(lines):
+        await ctx.log("info", f"line {n}")
+    return "said it"
+
+
 def make_tools(gates: Gates) -> dict[str, ToolSpec]:
     """A fresh tool set whose bodies are all controlled through ``gates``."""
-    return {**_async_tools(gates), **_thread_tools(gates)}
+    return {**_async_tools(gates), **_thread_tools(gates), **_question_tools()}
 
 
 def _async_tools(gates: Gates) -> dict[str, ToolSpec]:
@@ -177,13 +199,6 @@ def _async_tools(gates: Gates) -> dict[str, ToolSpec]:
         return "progressed"
 
     @tool
-    async def chatty(ctx: TaskContext, lines: int) -> str:
-        """Log ``lines`` lines, then return."""
-        for n in range(lines):
-            await ctx.log("info", f"line {n}")
-        return "said it"
-
-    @tool
     async def structured(count: int) -> dict[str, int]:
         """Return structured content."""
         await anyio.lowlevel.checkpoint()
@@ -196,6 +211,23 @@ def _async_tools(gates: Gates) -> dict[str, ToolSpec]:
         return f"done {key}"
 
     return _specs(gate, stubborn, raises, progress, chatty, structured, fragile)
+
+
+def _question_tools() -> dict[str, ToolSpec]:
+    @tool
+    async def questions(ctx: TaskContext) -> str:
+        """Ask two questions at once; the second one expires."""
+        answers = await ctx.ask(
+            {
+                "first": Question.form("First?", _YES_NO),
+                "second": Question.form(
+                    "Second?", _YES_NO, timeout_seconds=QUESTION_TIMEOUT_SECONDS
+                ),
+            }
+        )
+        return " ".join(answers[key].action for key in ("first", "second"))
+
+    return _specs(questions)
 
 
 def _thread_tools(gates: Gates) -> dict[str, ToolSpec]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncGenerator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +69,11 @@ def gates() -> Gates:
     return Gates()
 
 
-OpenRuntime = Callable[..., Any]
+OpenRuntime = Callable[..., AbstractAsyncContextManager[TaskRuntime]]
 
 
 @pytest.fixture
-def open_runtime(db_path: Path, gates: Gates) -> Callable[..., Any]:
+def open_runtime(db_path: Path, gates: Gates) -> OpenRuntime:
     tools = make_tools(gates) | {"quick": _spec(quick), "fragile": _spec(fragile)}
 
     @asynccontextmanager
@@ -178,16 +178,14 @@ async def test_a_live_lease_of_another_machine_is_left_alone(
 async def test_a_live_process_of_this_machine_is_left_alone(
     open_runtime: OpenRuntime, db_path: Path
 ) -> None:
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
+    command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    async with await anyio.open_process(command) as sleeper:
         holder = f"{machine_id()}/{sleeper.pid}/x"
         task_id = await orphan(db_path, "quick", holder, time.time() + 3600)
         async with open_runtime() as runtime:
             await runtime.heartbeat()
             events = await runtime.journal.events(task_id)
-    finally:
         sleeper.kill()
-        sleeper.wait()
     assert [e.reason for e in events] == ["submitted", "claimed"]
 
 

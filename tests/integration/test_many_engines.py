@@ -11,11 +11,12 @@ acknowledged task ends (completed or cancelled); none is lost.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -93,10 +94,12 @@ class Crashable:
         if not callable(attribute) or name in ("on_commit",):
             return attribute
 
+        method = cast("Callable[..., Awaitable[Any]]", attribute)
+
         async def call(*args: Any, **kwargs: Any) -> Any:
             if self.crashed:
                 raise JournalError("the process is gone")
-            return await attribute(*args, **kwargs)
+            return await method(*args, **kwargs)
 
         return call if name != "location" else attribute
 
@@ -205,50 +208,59 @@ STEPS = st.lists(
 )
 
 
+async def apply(
+    engines: Cluster, accepted: list[tuple[Requester, TaskId]], step: Step
+) -> None:
+    """One random step: submit, release a body, cancel, heartbeat or crash."""
+    action, pick, via = step
+    engine = engines.engines[via % len(engines.engines)]
+    owner = OWNERS[pick % len(OWNERS)]
+    if action == "submit":
+        arguments = {"owner": owner.owner_id, "hold": pick % 3 != 0}
+        try:
+            task = await engine.runtime.submit(owner, "probe", arguments)
+        except CapacityError:
+            return
+        accepted.append((owner, task.task_id))
+    elif action == "release" and TRACKER.gates:
+        keys = sorted(TRACKER.gates)
+        TRACKER.gates[keys[pick % len(keys)]].set()
+    elif action == "cancel" and accepted:
+        who, task_id = accepted[pick % len(accepted)]
+        with contextlib.suppress(TaskTerminalError):
+            await engine.runtime.cancel(who, task_id)
+    elif action == "beat":
+        await engine.runtime.heartbeat()
+    elif action == "crash" and len(engines.engines) > 1:
+        await engines.crash(via)
+        await engines.start()
+
+
+async def finish_all(
+    engines: Cluster, accepted: list[tuple[Requester, TaskId]]
+) -> None:
+    """Open every gate and wait for every accepted task to end."""
+    for _, task_id in accepted:
+        TRACKER.gate(task_id).set()  # stays open for runs that start later
+    for engine in engines.engines:
+        await engine.runtime.heartbeat()  # recover what crashed engines held
+    survivor = engines.engines[0]
+    with anyio.fail_after(TIMEOUT):
+        for who, task_id in accepted:
+            done = await survivor.runtime.wait_terminal(who, task_id)
+            assert done.status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED)
+            if done.status is TaskStatus.COMPLETED:
+                assert task_id in TRACKER.completed
+
+
 async def run_steps(db: Path, size: int, steps: list[Step]) -> None:
     TRACKER.__init__()  # type: ignore[misc]  # a fresh tracker per example
     accepted: list[tuple[Requester, TaskId]] = []
     async with cluster(db, size) as engines:
-        for action, pick, via in steps:
-            engine = engines.engines[via % len(engines.engines)]
-            owner = OWNERS[pick % len(OWNERS)]
-            if action == "submit":
-                try:
-                    task = await engine.runtime.submit(
-                        owner, "probe", {"owner": owner.owner_id, "hold": pick % 3 != 0}
-                    )
-                except CapacityError:
-                    continue
-                accepted.append((owner, task.task_id))
-            elif action == "release" and TRACKER.gates:
-                keys = sorted(TRACKER.gates)
-                TRACKER.gates[keys[pick % len(keys)]].set()
-            elif action == "cancel" and accepted:
-                who, task_id = accepted[pick % len(accepted)]
-                try:
-                    await engine.runtime.cancel(who, task_id)
-                except TaskTerminalError:
-                    pass
-            elif action == "beat":
-                await engine.runtime.heartbeat()
-            elif action == "crash" and len(engines.engines) > 1:
-                await engines.crash(via)
-                await engines.start()
+        for step in steps:
+            await apply(engines, accepted, step)
             await anyio.wait_all_tasks_blocked()
-        # Let everything finish: open every gate, now and for later runs.
-        survivor = engines.engines[0]
-        with anyio.fail_after(TIMEOUT):
-            for who, task_id in accepted:
-                while True:
-                    for key in list(TRACKER.gates) + [task_id]:
-                        TRACKER.gate(key).set()
-                    await survivor.runtime.heartbeat()
-                    with anyio.move_on_after(1):
-                        done = await survivor.runtime.wait_terminal(who, task_id)
-                        break
-                assert done.status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED)
-                if done.status is TaskStatus.COMPLETED:
-                    assert task_id in TRACKER.completed
+        await finish_all(engines, accepted)
     for owner, cap in CAPS.items():
         assert TRACKER.peak.get(owner, 0) <= cap, (owner, TRACKER.peak)
     assert TRACKER.overlaps == []

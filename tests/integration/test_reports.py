@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -46,10 +45,8 @@ async def paced(ctx: TaskContext, reports: int) -> str:
     return "done"
 
 
-def settings(**changes: Any) -> Settings:
-    return Settings(
-        **({"synchronous": "NORMAL", "progress_interval_seconds": 0.05} | changes)
-    )
+def settings() -> Settings:
+    return Settings(synchronous="NORMAL", progress_interval_seconds=0.05)
 
 
 async def test_a_flood_of_reports_becomes_few_writes_ending_with_the_last(

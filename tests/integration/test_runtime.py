@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from mcp_tasks import (
 from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime
 from mcp_tasks.journal.sqlite import SqliteJournal
 
-from .gated_tools import Gates, make_tools
+from .gated_tools import QUESTION_TIMEOUT_SECONDS, Gates, make_tools
 
 TIMEOUT = 5.0
 ALICE = Requester(OwnerId("alice"))
@@ -70,6 +70,9 @@ class Recorder:
         self.changes: list[tuple[TaskId, TaskStatus, str]] = []
         self.progress: list[Change] = []
         self.logs: list[Change] = []
+        self.answered: list[tuple[TaskId, str]] = []
+        #: Every change's kind in feed order ("end" for a terminal status).
+        self.kinds: list[ChangeKind | str] = []
         self.heard = anyio.Event()
 
     def task_changed(self, change: Change) -> None:
@@ -79,6 +82,10 @@ class Recorder:
             self.progress.append(change)
         elif change.kind is ChangeKind.LOG:
             self.logs.append(change)
+        elif change.kind is ChangeKind.ANSWER and change.data is not None:
+            self.answered.append((change.task_id, str(change.data["key"])))
+        ended = change.kind is ChangeKind.STATUS and change.status.is_terminal
+        self.kinds.append("end" if ended else change.kind)
         self.heard.set()
         self.heard = anyio.Event()
 
@@ -87,6 +94,9 @@ class Recorder:
         with anyio.fail_after(TIMEOUT):
             while not condition():
                 await self.heard.wait()
+
+    def question_answered(self, task_id: TaskId, key: str) -> None:
+        self.answered.append((task_id, key))
 
 
 @pytest.fixture
@@ -1133,6 +1143,40 @@ async def test_listener_hears_transitions_and_progress(
     assert quiet.task_id not in {c[0] for c in recorder.changes}
 
 
+async def test_listener_hears_each_question_answered_or_timed_out(
+    open_runtime: OpenRuntime,
+) -> None:
+    # Bindings withdraw the other copies of a question when they hear it was
+    # answered, wherever the answer came from: one event per recorded answer.
+    clock = FakeClock()
+    recorder = Recorder()
+    can_ask: dict[str, Any] = {"clientCapabilities": {"elicitation": {"form": {}}}}
+    yes = {"action": "accept", "content": {"yes": True}}
+    async with open_runtime(make_settings(), clock) as runtime:
+        runtime.subscribe(recorder)
+        task = await runtime.submit(ALICE, "questions", {}, request_meta=can_ask)
+        with anyio.fail_after(TIMEOUT):
+            waiting = await runtime.wait_settled(ALICE, task.task_id)
+        assert waiting.status is TaskStatus.INPUT_REQUIRED
+        assert recorder.answered == []
+
+        receipt = await runtime.answer(
+            ALICE, task.task_id, {"first": yes, "unknown": yes}
+        )
+        assert receipt.accepted == ["first"]
+        await recorder.wait(lambda: recorder.answered == [(task.task_id, "first")])
+        await runtime.answer(ALICE, task.task_id, {"first": yes})  # ignored: no event
+        await settle(runtime)
+        assert recorder.answered == [(task.task_id, "first")]
+
+        clock.now = T0 + QUESTION_TIMEOUT_SECONDS + 1
+        assert await runtime.fire_due_timers() == 1
+        done = await finish(runtime, ALICE, task.task_id)
+        await recorder.wait(lambda: len(recorder.answered) == 2)
+    assert recorder.answered == [(task.task_id, "first"), (task.task_id, "second")]
+    assert text_of(done) == "accept timeout"
+
+
 async def test_listener_hears_log_lines_in_order_before_the_end(
     open_runtime: OpenRuntime,
 ) -> None:
@@ -1145,9 +1189,9 @@ async def test_listener_hears_log_lines_in_order_before_the_end(
     assert [c.data for c in recorder.logs] == [
         {"level": "info", "message": f"line {n}"} for n in range(3)
     ]
-    end = max(c.position for c in recorder.logs)
     assert all(c.task_id == task.task_id for c in recorder.logs)
-    assert end < max(c.position for c in recorder.progress + recorder.logs) + 1
+    kinds = [kind for kind in recorder.kinds if kind in (ChangeKind.LOG, "end")]
+    assert kinds == [ChangeKind.LOG] * 3 + ["end"]  # every line before the end
 
 
 async def test_waiting_for_a_task_leaves_no_state_behind(
@@ -1188,6 +1232,9 @@ async def test_failing_listener_does_not_break_the_runtime(
 ) -> None:
     class Broken:
         def task_changed(self, change: Change) -> None:
+            raise RuntimeError("listener bug")
+
+        def question_answered(self, task_id: TaskId, key: str) -> None:
             raise RuntimeError("listener bug")
 
     async with open_runtime() as runtime:

@@ -422,7 +422,7 @@ async def test_a_journal_file_deleted_or_replaced_in_use_refuses_writes(
         await journal.submit(new_task())
         await journal.check()
         for suffix in ("", "-wal", "-shm"):
-            Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+            await anyio.Path(f"{db_path}{suffix}").unlink(missing_ok=True)
         if how == "replaced":
             with closing(sqlite3.connect(db_path)) as db:
                 db.execute("CREATE TABLE other (x)")

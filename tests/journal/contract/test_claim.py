@@ -172,18 +172,18 @@ async def test_caps_hold_exactly_with_many_claimers_on_two_journals(
     holders = itertools.count()
     remaining = dict.fromkeys(caps, 12)
     finished = 0
+
+    async def claimer(target: Journal, into: list[tuple[Journal, Claimed]]) -> None:
+        holder = f"{OTHER_HOLDER}-{next(holders)}"
+        while batch := await target.claim(holder, T0 + LEASE, 2, T0):
+            into.extend((target, c) for c in batch)
+
     while finished < 36:
         round_claims: list[tuple[Journal, Claimed]] = []
-
-        async def claimer(target: Journal) -> None:
-            holder = f"{OTHER_HOLDER}-{next(holders)}"
-            while batch := await target.claim(holder, T0 + LEASE, 2, T0):
-                round_claims.extend((target, c) for c in batch)
-
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
                 for n in range(6):
-                    tg.start_soon(claimer, journal if n % 2 else other)
+                    tg.start_soon(claimer, journal if n % 2 else other, round_claims)
         running: dict[OwnerId, int] = {}
         for _, claimed in round_claims:
             running[claimed.owner_id] = running.get(claimed.owner_id, 0) + 1

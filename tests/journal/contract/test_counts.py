@@ -74,25 +74,27 @@ async def apply(world: World, operation: str, pick: int, via: int) -> None:
         task_id = world.asked[pick % len(world.asked)]
         keys = [r.key for r in await journal.input_requests(task_id) if r.is_open]
         await journal.answer(task_id, {key: {"action": "decline"} for key in keys}, now)
-    elif operation == "recover" and world.running:
-        # One run's process is gone: its task is recovered by a policy.
-        claimed = world.running.pop(pick % len(world.running))
-        (held,) = [
-            h for h in await journal.held_leases() if h.lease == claimed.lease
-        ] or [None]
-        if held is not None:
-            policy = Recovery(["resume", "restart", "fail"][pick % 3])
-            await journal.recover(held, policy, "r", "t", now)
     elif world.running:
         claimed = world.running.pop(pick % len(world.running))
-        await run_write(world, journal, operation, claimed, now)
+        await run_write(world, journal, operation, claimed, now, pick)
 
 
 async def run_write(
-    world: World, journal: Journal, operation: str, claimed: Claimed, now: float
+    world: World,
+    journal: Journal,
+    operation: str,
+    claimed: Claimed,
+    now: float,
+    pick: int,
 ) -> None:
     lease = claimed.lease
-    if operation == "finish":
+    if operation == "recover":
+        # The run's process is gone: its task is recovered by a policy.
+        for held in await journal.held_leases():
+            if held.lease == lease:
+                policy = Recovery(["resume", "restart", "fail"][pick % 3])
+                await journal.recover(held, policy, "r", "t", now)
+    elif operation == "finish":
         await complete(journal, claimed, at=now)
     elif operation == "park":
         await journal.park(lease, now + 1, "later", "retry", now, retry=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 
 from mcp_tasks._model import InputRequest, TaskId, TaskStatus
@@ -13,7 +15,8 @@ TIMEOUT = {"action": "timeout"}
 
 
 def question(key: str, expires_at: float | None = None) -> InputRequest:
-    params = {"mode": "form", "message": f"{key}?", "requestedSchema": {}}
+    params: dict[str, Any] = {"mode": "form", "message": f"{key}?"}
+    params["requestedSchema"] = {}
     return InputRequest(key, "elicitation/create", params, expires_at=expires_at)
 
 
