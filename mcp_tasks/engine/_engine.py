@@ -142,6 +142,7 @@ class Engine:
                 run.task_id,
                 run.lease.attempt,
             )
+            await self.stopped(run)
             return None
         shown = "failed (tool error)" if task.tool_error is not None else status.value
         _transition_line(
@@ -201,6 +202,11 @@ class Engine:
         if not await self.journal.log(run.lease, level, message, self.clock()):
             raise LeaseLost(run.task_id)
 
+    async def stopped(self, run: Run) -> None:
+        """A run that was told to stop has: free its task's slot if it was cancelled."""
+        self.reporter.forget(run.task_id)
+        await self.journal.stopped(run.lease, self.clock())
+
     async def hand_back(self, run: Run, why: str) -> None:
         """Give an interrupted run's task back, by its tool's recovery policy."""
         self.reporter.forget(run.task_id)
@@ -259,7 +265,7 @@ class Engine:
             message = f"Resuming after its run was interrupted ({why})"
         recovered = await self.journal.recover(held, policy, message, why, self.clock())
         if recovered:
-            shown = "failed" if policy is Recovery.FAIL else f"working ({policy.value})"
+            shown = f"recovered ({policy.value})"
             _transition_line(
                 None, held.lease.task_id, shown, tool=tool, owner=held.owner_id,
                 attempt=held.lease.attempt, why=why,

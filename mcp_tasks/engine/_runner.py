@@ -82,6 +82,8 @@ class Runner:
                 run.task_id,
                 run.lease.attempt,
             )
+            with anyio.CancelScope(shield=True):
+                await self._engine.stopped(run)
         except anyio.get_cancelled_exc_class():
             raise
         except BaseException as exc:
@@ -161,12 +163,15 @@ class Runner:
         return True
 
     async def _after_stop(self, run: Run) -> None:
-        # Cancelled: the journal already says so. Lease lost: someone else has
-        # the task. Shutdown: give the task back for another process (or the
-        # next start) to run, by its tool's policy.
-        if run.stop_reason == StopReason.SHUTDOWN:
-            with anyio.CancelScope(shield=True):
+        # Shutdown: give the task back for another process (or the next start)
+        # to run, by its tool's policy. Cancelled: the journal says so already,
+        # and the task's slot is freed now that its body has stopped. Lease
+        # lost: someone else has the task (then `stopped` changes nothing).
+        with anyio.CancelScope(shield=True):
+            if run.stop_reason == StopReason.SHUTDOWN:
                 await self._engine.hand_back(run, "server shutting down")
+            else:
+                await self._engine.stopped(run)
 
     async def _record(self, run: Run, outcome: Outcome) -> None:
         limit = self._engine.settings.max_result_bytes

@@ -151,7 +151,13 @@ class Journal(Protocol):
     # ------------------------------------------------------- fenced run writes
 
     async def renew(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
-        """Extend each lease still current to ``expires_at``; return those that were not."""
+        """Extend each lease still current to ``expires_at``; return the runs to stop.
+
+        Those are the leases that are not current any more (taken over, or the
+        task ended) and those of tasks cancelled meanwhile. A cancelled task's
+        lease is still extended: its run holds the client's slot until it has
+        stopped (`stopped`).
+        """
         ...
 
     async def finish(
@@ -223,14 +229,27 @@ class Journal(Protocol):
         """Give a running task back to the queue (for example at shutdown)."""
         ...
 
+    async def stopped(self, lease: Lease, at: float) -> bool:
+        """The run of a task cancelled while it ran has stopped: free its slot.
+
+        Until then a cancelled task keeps its lease and counts as running for
+        its client's cap (so a cancelled body that has not unwound yet and the
+        client's next task never run at once). False if the lease is not
+        current or the task was not cancelled.
+        """
+        ...
+
     # -------------------------------------------------------- other writes
 
     async def cancel(
         self, task_id: TaskId, message: str, reason: str, at: float
     ) -> Task | None:
-        """Move an unfinished task to ``cancelled``, ending any lease on it.
+        """Move an unfinished task to ``cancelled``.
 
-        None if the task had already ended (or does not exist).
+        A queued or waiting task is done at once. A running task keeps its
+        lease (and its client's slot) until its run reports `stopped`; every
+        other write of that run is refused from now on. None if the task had
+        already ended (or does not exist).
         """
         ...
 
@@ -269,6 +288,9 @@ class Journal(Protocol):
         self, held: HeldLease, policy: Recovery, message: str, reason: str, at: float
     ) -> bool:
         """Take a task from a worker that is gone: run it again, restart it or fail it.
+
+        A task that was cancelled while that worker ran it just stops (its slot
+        is freed), whatever the policy.
 
         Applies only while ``held.lease`` is still the task's current lease, so
         of several processes recovering the same task exactly one succeeds.

@@ -552,6 +552,30 @@ async def test_cancelled_sync_task_keeps_its_worker_until_the_thread_ends(
     assert gates.peak["thread"] == 1
 
 
+async def test_a_cancelled_task_holds_its_clients_slot_until_its_body_stops(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    # Plenty of workers, one slot for the client: the cancelled threaded body
+    # (which cannot be interrupted) and the client's next task never overlap,
+    # though the first shows cancelled at once.
+    settings = make_settings(workers=4, client_concurrency=1)
+    async with open_runtime(settings) as runtime:
+        first = await runtime.submit(ALICE, "blocking", {"key": "t1"})
+        await gates.wait_started("t1")
+        cancelled = await runtime.cancel(ALICE, first.task_id)
+        assert cancelled.status is TaskStatus.CANCELLED
+        second = await runtime.submit(ALICE, "blocking", {"key": "t2"})
+        await settle(runtime)
+        assert gates.started == ["t1"]
+        assert await counts(runtime) == (1, 1)  # t2 queued; t1 still stopping
+
+        gates.open("t1", "t2")
+        await finish(runtime, ALICE, second.task_id)
+
+    assert gates.peak["thread"] == 1
+    assert gates.started == ["t1", "t2"]
+
+
 # ------------------------------------------------------------------- fairness
 
 

@@ -368,12 +368,14 @@ class SqliteJournal:
 
     async def renew(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
         def apply(db: sqlite3.Connection) -> list[Lease]:
-            lost: list[Lease] = []
+            stop: list[Lease] = []
             for lease in leases:
-                cursor = db.execute(_SQL["renew_lease"], (expires_at, *_fence(lease)))
-                if cursor.rowcount == 0:
-                    lost.append(lease)
-            return lost
+                rows = db.execute(
+                    _SQL["renew_lease"], (expires_at, *_fence(lease))
+                ).fetchall()
+                if not rows or rows[0][0] != TaskStatus.WORKING.value:
+                    stop.append(lease)
+            return stop
 
         result: list[Lease] = await self._write(apply)
         return result
@@ -516,6 +518,21 @@ class SqliteJournal:
         logged: bool = await self._write(apply)
         return logged
 
+    async def stopped(self, lease: Lease, at: float) -> bool:
+        def apply(db: sqlite3.Connection) -> bool:
+            rows = db.execute(_SQL["stopped"], _fence(lease)).fetchall()
+            if not rows:
+                return False
+            ((owner,),) = rows
+            _change(
+                db, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.CANCELLED,
+                None, "run stopped", at,
+            )  # fmt: skip
+            return True
+
+        ended: bool = await self._write(apply)
+        return ended
+
     async def release(self, lease: Lease, message: str, reason: str, at: float) -> bool:
         def apply(db: sqlite3.Connection) -> bool:
             rows = db.execute(
@@ -619,6 +636,14 @@ class SqliteJournal:
         failed_outcome = _rows.outcome_json(Outcome(error=error))
 
         def apply(db: sqlite3.Connection) -> bool:
+            # A task cancelled while its run stopped: the run is gone, so it
+            # has stopped. Whatever the policy, it only has to end its phase.
+            if db.execute(_SQL["stopped"], fence).fetchall():
+                _change(
+                    db, task_id, held.owner_id, ChangeKind.PHASE,
+                    TaskStatus.CANCELLED, None, reason, at,
+                )  # fmt: skip
+                return True
             if policy is Recovery.FAIL:
                 params = (message, at, failed_outcome, *_retention_params(at), *fence)
                 rows = db.execute(_SQL["fail_orphan"], params).fetchall()

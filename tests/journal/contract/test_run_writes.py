@@ -14,7 +14,16 @@ import pytest
 from mcp_tasks._model import InputRequest, Outcome, TaskStatus
 from mcp_tasks.journal import ChangeKind, Claimed, Journal, Lease, Recovery, Report
 
-from .support import ALICE, HOLDER, LEASE, OTHER_HOLDER, T0, complete, submit_and_claim
+from .support import (
+    ALICE,
+    HOLDER,
+    LEASE,
+    OTHER_HOLDER,
+    T0,
+    complete,
+    new_task,
+    submit_and_claim,
+)
 
 RESULT = {"content": [{"type": "text", "text": "done"}], "isError": False}
 
@@ -113,18 +122,53 @@ async def test_every_run_write_under_a_stale_lease_is_refused(journal: Journal) 
     assert await complete(journal, claimed) is not None  # the current lease still works
 
 
-async def test_a_cancelled_task_refuses_its_runs_writes(journal: Journal) -> None:
-    claimed = await submit_and_claim(journal)
+async def test_a_cancelled_task_refuses_its_runs_writes_but_keeps_its_slot(
+    journal: Journal,
+) -> None:
+    claimed = await submit_and_claim(journal, new_task(concurrency=1))
+    await journal.submit(new_task(concurrency=1))
     cancelled = await journal.cancel(claimed.task_id, "stop", "by request", T0 + 1)
     assert cancelled is not None
-    assert cancelled.status is TaskStatus.CANCELLED
+    assert cancelled.status is TaskStatus.CANCELLED  # what every client sees now
     assert await complete(journal, claimed) is None
     assert not await journal.record_step(claimed.lease, "step:a-1", 1, T0 + 2)
+    assert not await journal.report(claimed.lease, T0 + 2, [Report("late")])
+    assert await journal.cancel(claimed.task_id, "again", "by request", T0 + 3) is None
+    # Until its run has stopped, the task holds the client's only slot: its
+    # lease is still renewed (the run is told to stop), and nothing is claimed.
     assert await journal.renew([claimed.lease], T0 + 60) == [claimed.lease]
+    (held,) = await journal.held_leases()
+    assert held.expires_at == T0 + 60
+    assert await journal.claim(HOLDER, T0 + LEASE, 5, T0 + 3) == []
+    (load,) = await journal.load(ALICE)
+    assert (load.running, load.queued) == (1, 1)
+    assert await journal.stopped(claimed.lease, T0 + 4)
+    assert not await journal.stopped(claimed.lease, T0 + 5)  # once
+    assert await journal.held_leases() == []
+    assert len(await journal.claim(HOLDER, T0 + LEASE, 5, T0 + 5)) == 1
     got = await journal.get(claimed.task_id)
     assert got is not None
     assert got.status is TaskStatus.CANCELLED
-    assert await journal.cancel(claimed.task_id, "again", "by request", T0 + 3) is None
+
+
+async def test_stopped_is_only_for_cancelled_runs(journal: Journal) -> None:
+    claimed = await submit_and_claim(journal)
+    assert not await journal.stopped(claimed.lease, T0 + 1)
+    assert await complete(journal, claimed) is not None
+
+
+async def test_the_run_of_a_cancelled_task_that_is_gone_just_stops(
+    journal: Journal,
+) -> None:
+    claimed = await submit_and_claim(journal)
+    await journal.cancel(claimed.task_id, "stop", "by request", T0 + 1)
+    (held,) = await journal.held_leases(expired_before=T0 + LEASE + 1)
+    assert await journal.recover(held, Recovery.RESUME, "r", "gone", T0 + 40)
+    got = await journal.get(claimed.task_id)
+    assert got is not None
+    assert got.status is TaskStatus.CANCELLED  # not requeued
+    assert await journal.held_leases() == []
+    assert not await journal.claimable()
 
 
 async def test_a_lease_taken_over_by_another_process_fences_the_old_run(
@@ -225,15 +269,17 @@ async def test_release_gives_the_task_back_to_the_queue(journal: Journal) -> Non
     assert again.retries == 0
 
 
-async def test_renew_extends_live_leases_and_names_the_lost_ones(
+async def test_renew_extends_live_leases_and_names_the_runs_to_stop(
     journal: Journal,
 ) -> None:
     first = await submit_and_claim(journal)
     second = await submit_and_claim(journal)
+    third = await submit_and_claim(journal)
     await journal.cancel(second.task_id, "stop", "test", T0 + 1)
-    lost = await journal.renew([first.lease, second.lease], T0 + 500)
-    assert lost == [second.lease]
-    (held,) = await journal.held_leases()
+    await complete(journal, third)
+    lost = await journal.renew([first.lease, second.lease, third.lease], T0 + 500)
+    assert lost == [second.lease, third.lease]
+    held, _ = await journal.held_leases()  # the cancelled one stays until stopped
     assert held.lease == first.lease
     assert held.expires_at == T0 + 500
     assert held.owner_id == ALICE

@@ -1,7 +1,8 @@
 -- Named queries of the SQLite journal. Each block is `-- name --` followed by
 -- one statement. Statements that a run makes are fenced by its lease: they
 -- match the row only while `phase = 'running'` under the same holder and
--- attempt (the `fence_*` parameters, always last).
+-- attempt (the last three parameters), and, except `renew_lease` and
+-- `stopped`, only while the task is still `working` (not cancelled).
 
 -- upsert_client --
 INSERT INTO clients (owner_id, concurrency, backlog) VALUES (?, ?, ?)
@@ -97,6 +98,13 @@ UPDATE clients SET last_served = ? WHERE owner_id = ?
 -- renew_lease --
 UPDATE tasks SET lease_expires_at = ?
 WHERE task_id = ? AND phase = 'running' AND lease_holder = ? AND attempts = ?
+RETURNING status
+
+-- stopped --
+UPDATE tasks SET phase = 'done', lease_holder = NULL, lease_expires_at = NULL
+WHERE task_id = ? AND phase = 'running' AND lease_holder = ? AND attempts = ?
+  AND status = 'cancelled'
+RETURNING owner_id
 
 -- finish --
 UPDATE tasks SET status = ?, status_message = ?, updated_at = ?, phase = 'done',
@@ -107,18 +115,20 @@ UPDATE tasks SET status = ?, status_message = ?, updated_at = ?, phase = 'done',
        expires_at = CASE WHEN ttl_seconds IS NULL THEN NULL
                          ELSE created_at + max(ttl_seconds, ? - created_at) END
 WHERE task_id = ? AND phase = 'running' AND lease_holder = ? AND attempts = ?
+  AND status = 'working'
 RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
           updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
           progress, progress_total, NULL
 
 -- cancel --
-UPDATE tasks SET status = 'cancelled', status_message = ?, updated_at = ?, phase = 'done',
-       lease_holder = NULL, lease_expires_at = NULL, not_before = NULL,
+UPDATE tasks SET status = 'cancelled', status_message = ?, updated_at = ?,
+       phase = CASE WHEN phase = 'running' THEN 'running' ELSE 'done' END,
+       not_before = NULL,
        ttl_seconds = CASE WHEN ttl_seconds IS NULL THEN NULL
                           ELSE max(ttl_seconds, ? - created_at) END,
        expires_at = CASE WHEN ttl_seconds IS NULL THEN NULL
                          ELSE created_at + max(ttl_seconds, ? - created_at) END
-WHERE task_id = ? AND phase != 'done'
+WHERE task_id = ? AND status IN ('working', 'input_required')
 RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
           updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
           progress, progress_total, NULL
@@ -131,6 +141,7 @@ UPDATE tasks SET status = 'failed', status_message = ?, updated_at = ?, phase = 
        expires_at = CASE WHEN ttl_seconds IS NULL THEN NULL
                          ELSE created_at + max(ttl_seconds, ? - created_at) END
 WHERE task_id = ? AND phase = 'running' AND lease_holder = ? AND attempts = ?
+  AND status = 'working'
 RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
           updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
           progress, progress_total, NULL
@@ -139,12 +150,14 @@ RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
 UPDATE tasks SET phase = 'parked', lease_holder = NULL, lease_expires_at = NULL,
        not_before = ?, status_message = ?, updated_at = ?, retries = retries + ?
 WHERE task_id = ? AND phase = 'running' AND lease_holder = ? AND attempts = ?
+  AND status = 'working'
 RETURNING owner_id
 
 -- ask --
 UPDATE tasks SET status = 'input_required', phase = 'parked', lease_holder = NULL,
        lease_expires_at = NULL, not_before = NULL, status_message = ?, updated_at = ?
 WHERE task_id = ? AND phase = 'running' AND lease_holder = ? AND attempts = ?
+  AND status = 'working'
 RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
           updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
           progress, progress_total, NULL
@@ -153,6 +166,7 @@ RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
 UPDATE tasks SET phase = 'queued', lease_holder = NULL, lease_expires_at = NULL,
        status_message = ?, updated_at = ?
 WHERE task_id = ? AND phase = 'running' AND lease_holder = ? AND attempts = ?
+  AND status = 'working'
 RETURNING owner_id
 
 -- report --
@@ -160,6 +174,7 @@ UPDATE tasks SET status_message = COALESCE(?, status_message),
        progress = COALESCE(?, progress), progress_total = COALESCE(?, progress_total),
        updated_at = ?
 WHERE task_id = ? AND phase = 'running' AND lease_holder = ? AND attempts = ?
+  AND status = 'working'
 RETURNING owner_id, status_message
 
 -- owner_of --
@@ -168,6 +183,7 @@ SELECT owner_id FROM tasks WHERE task_id = ?
 -- lease_owner --
 SELECT owner_id FROM tasks
 WHERE task_id = ? AND phase = 'running' AND lease_holder = ? AND attempts = ?
+  AND status = 'working'
 
 -- record_step --
 INSERT INTO steps (task_id, step_key, result, recorded_at) VALUES (?, ?, ?, ?)

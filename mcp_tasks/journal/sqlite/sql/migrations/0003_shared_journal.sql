@@ -12,6 +12,76 @@
 -- status working: waiting for a time), waiting (phase parked, status
 -- input_required: waiting for an answer). Finished tasks are in no bucket.
 
+-- The tasks table is rebuilt for one new state: a running task that was
+-- cancelled keeps its phase (and lease) until its run has stopped, so it
+-- still holds its client's slot while its body unwinds: `cancelled` is what
+-- every client sees at once, `running` is what the caps count. Every other
+-- pairing of phase and status is as before. Also new: the run's latest
+-- report, and the text of a tool error result (so the older wire can show
+-- `failed` with a message without loading the outcome).
+CREATE TABLE tasks_v3 (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL UNIQUE,
+    owner_id TEXT NOT NULL,
+    tool_name TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (
+        status IN ('working', 'input_required', 'completed', 'failed', 'cancelled')
+    ),
+    status_message TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    ttl_seconds REAL,
+    expires_at REAL,
+    poll_interval_seconds REAL NOT NULL,
+    listed INTEGER NOT NULL DEFAULT 1,
+    request_meta TEXT NOT NULL DEFAULT '{}',
+    phase TEXT NOT NULL DEFAULT 'queued' CHECK (
+        phase IN ('queued', 'running', 'parked', 'done')
+    ),
+    lease_holder TEXT,
+    lease_expires_at REAL,
+    not_before REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT,
+    retries INTEGER NOT NULL DEFAULT 0,
+    progress REAL,
+    progress_total REAL,
+    tool_error TEXT,
+    CHECK (
+        (phase = 'queued' AND status = 'working')
+        OR (phase = 'running' AND status IN ('working', 'cancelled'))
+        OR (phase = 'parked' AND status IN ('working', 'input_required'))
+        OR (phase = 'done' AND status IN ('completed', 'failed', 'cancelled'))
+    )
+);
+
+INSERT INTO tasks_v3 (
+    seq, task_id, owner_id, tool_name, arguments, status, status_message,
+    created_at, updated_at, ttl_seconds, expires_at, poll_interval_seconds, listed,
+    request_meta, phase, lease_holder, lease_expires_at, not_before, attempts,
+    outcome, retries, tool_error
+)
+SELECT seq, task_id, owner_id, tool_name, arguments, status, status_message,
+       created_at, updated_at, ttl_seconds, expires_at, poll_interval_seconds, listed,
+       request_meta, phase, lease_holder, lease_expires_at, not_before, attempts,
+       outcome, retries,
+       CASE WHEN outcome IS NOT NULL AND json_extract(outcome, '$.result.isError') = 1
+            THEN COALESCE(json_extract(outcome, '$.result.content[0].text'),
+                          'The tool reported an error.')
+       END
+FROM tasks ORDER BY seq;
+
+DROP TABLE tasks;
+ALTER TABLE tasks_v3 RENAME TO tasks;
+
+CREATE INDEX tasks_by_owner ON tasks (owner_id, seq) WHERE listed = 1;
+CREATE INDEX tasks_expiry ON tasks (expires_at) WHERE phase = 'done';
+CREATE INDEX tasks_queued ON tasks (owner_id, seq) WHERE phase = 'queued';
+CREATE INDEX tasks_running ON tasks (lease_expires_at) WHERE phase = 'running';
+CREATE INDEX tasks_parked ON tasks (not_before) WHERE phase = 'parked';
+CREATE INDEX tasks_waiting ON tasks (owner_id, seq) WHERE status = 'input_required';
+
 CREATE TABLE clients (
     owner_id TEXT PRIMARY KEY,
     concurrency INTEGER NOT NULL,
@@ -79,22 +149,6 @@ BEGIN
     WHERE owner_id = old.owner_id;
 END;
 
--- A run's latest report, and the text of a tool error result (so the older
--- wire can show `failed` with a message without loading the outcome).
-ALTER TABLE tasks ADD COLUMN progress REAL;
-ALTER TABLE tasks ADD COLUMN progress_total REAL;
-ALTER TABLE tasks ADD COLUMN tool_error TEXT;
-UPDATE tasks SET tool_error = COALESCE(
-        json_extract(outcome, '$.result.content[0].text'),
-        'The tool reported an error.')
-WHERE outcome IS NOT NULL AND json_extract(outcome, '$.result.isError') = 1;
-
-DROP INDEX tasks_unfinished;
-CREATE INDEX tasks_queued ON tasks (owner_id, seq) WHERE phase = 'queued';
-CREATE INDEX tasks_running ON tasks (lease_expires_at) WHERE phase = 'running';
-CREATE INDEX tasks_parked ON tasks (not_before) WHERE phase = 'parked';
-CREATE INDEX tasks_waiting ON tasks (owner_id, seq) WHERE status = 'input_required';
-
 -- The change feed: `task_events` becomes every change of every task, in commit
 -- order. AUTOINCREMENT so a position is never reused after a purge, which a
 -- follower that remembers the last position it saw relies on.
@@ -129,5 +183,3 @@ CREATE TABLE budgets (
     PRIMARY KEY (name, dimension)
 ) WITHOUT ROWID;
 
--- Lease fencing uses (task_id, lease_holder, attempts); the task_id index
--- already finds the row.
