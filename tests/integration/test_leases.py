@@ -30,7 +30,14 @@ from mcp_tasks import (
 from mcp_tasks._exceptions import JournalError
 from mcp_tasks._model import Outcome
 from mcp_tasks.engine._holder import machine_id, new_holder
-from mcp_tasks.journal import ChangeKind, Journal, Lease, NewTask, open_journal
+from mcp_tasks.journal import (
+    ChangeKind,
+    Journal,
+    Lease,
+    NewTask,
+    Recovery,
+    open_journal,
+)
 
 from .gated_tools import Gates, make_tools
 
@@ -210,14 +217,14 @@ async def test_heartbeat_renews_live_runs_and_leaves_them_alone(
 async def test_a_run_whose_lease_was_taken_over_stops_and_cannot_finish(
     open_runtime: OpenRuntime, gates: Gates
 ) -> None:
-    async with open_runtime() as runtime:
+    # One worker, busy with the task: only "the other process" (the test,
+    # through the journal) can claim the task once it is recovered.
+    async with open_runtime(workers=1) as runtime:
         task = await runtime.submit(LOCAL, "stubborn", {"key": "s"})
         await gates.wait_started("s")
         # Another process takes the task over (as if this one had been paused
         # past its lease): its journal recovers the lease and claims the task.
         (held,) = await runtime.journal.held_leases()
-        from mcp_tasks.journal import Recovery
-
         assert await runtime.journal.recover(
             held, Recovery.RESUME, "r", "taken over", time.time()
         )
