@@ -10,8 +10,9 @@ tool's policy (`recover_orphan`).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 
@@ -22,6 +23,9 @@ from mcp_tasks._worker import LEASE_SECONDS, Worker
 from mcp_tasks.journal import UnfinishedTask
 
 logger = logging.getLogger("mcp_tasks.runtime")
+
+#: How long a tool's ``on_recover`` hook may take before recovery goes on.
+RECOVER_HOOK_SECONDS = 10.0
 
 
 @asynccontextmanager
@@ -78,6 +82,8 @@ async def recover_orphan(
 ) -> None:
     """Run again, restart or fail a task whose worker is gone, by its tool's policy."""
     spec = dispatcher.tools.get(task.tool_name)
+    if spec is not None and spec.on_recover is not None:
+        await _run_recover_hook(dispatcher, spec.on_recover, task)
     policy = spec.recovery if spec is not None else "resume"
     if policy == "fail":
         message = (
@@ -102,6 +108,23 @@ async def recover_orphan(
         reason="server restarted",
     )
     dispatcher.scheduler.push(task.owner_id, task.task_id)
+
+
+async def _run_recover_hook(
+    dispatcher: Dispatcher,
+    hook: Callable[[str, Mapping[str, Any]], Awaitable[None]],
+    task: UnfinishedTask,
+) -> None:
+    # The tool cleans up what the lost run left behind (run_command: its
+    # process group) before the task is failed or run again. A hook that fails
+    # or hangs must not keep the task from being recovered.
+    try:
+        with anyio.move_on_after(RECOVER_HOOK_SECONDS) as scope:
+            await hook(task.task_id, await dispatcher.journal.steps(task.task_id))
+        if scope.cancelled_caught:
+            logger.warning("task %s: recovery hook timed out", task.task_id)
+    except Exception:
+        logger.exception("task %s: recovery hook failed", task.task_id)
 
 
 async def heartbeat(dispatcher: Dispatcher) -> None:
