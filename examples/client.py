@@ -164,7 +164,9 @@ class Terminal:
         reply = await anyio.to_thread.run_sync(
             sys.stdin.readline, abandon_on_cancel=True
         )
-        self._line_open = False
+        # A terminal echoes the Enter; piped answers leave the line open.
+        self._line_open = not sys.stdin.isatty()
+        self._end_line()
         if not reply:
             raise EOFError("no more input")
         return reply.strip()
