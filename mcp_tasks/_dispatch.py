@@ -165,15 +165,31 @@ class Dispatcher:
         The submit path: no queue scan, so a burst of submits stays linear.
         """
         position = self.scheduler.queued(task.owner_id)
+        if position == 0:
+            # The dispatcher took it off the queue before the submit returned:
+            # it is starting, not queued.
+            return self.live_status(task)
         return task.with_status_message(self._queue_message(task.owner_id, position))
 
     def _queue_message(self, owner: OwnerId, position: int) -> str:
-        scheduler = self.scheduler
-        return (
-            f"Queued: position {position} of {scheduler.queued(owner)} "
-            f"in this client's queue; {scheduler.running_total} of "
-            f"{scheduler.worker_limit} workers busy"
+        # What holds the task, in the client's terms: its place in the
+        # client's own queue, then its client's cap or the busy workers.
+        ahead = position - 1
+        where = (
+            "next in this client's queue"
+            if ahead == 0
+            else f"{ahead} task{'s' * (ahead != 1)} ahead of it in this client's queue"
         )
+        scheduler, cap = self.scheduler, self.settings.limits_for(owner).concurrency
+        if scheduler.running(owner) >= cap:
+            why = f"this client is at its limit of {cap} running task{'s' * (cap != 1)}"
+        elif scheduler.running_total >= scheduler.worker_limit > 1:
+            why = f"all {scheduler.worker_limit} workers are busy"
+        elif scheduler.running_total >= scheduler.worker_limit:
+            why = "the only worker is busy"
+        else:
+            why = "about to start"
+        return f"Queued: {where}; {why}"
 
     # ------------------------------------------------------------ transitions
 
