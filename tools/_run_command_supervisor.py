@@ -30,12 +30,16 @@ program ended. Standard library only; ``-I -S`` keeps the program's environment
 
 from __future__ import annotations
 
+import _thread
 import os
-import resource
 import signal
 import sys
-import threading
-from typing import Final, NoReturn
+
+# Importing typing (or threading) would add a fifth to the supervisor's
+# start-up, which every run_command call waits for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, NoReturn
 
 #: The byte the server writes once it recorded the process group.
 GO: Final = b"g"
@@ -57,9 +61,7 @@ def main(argv: list[str]) -> int:
     pid = os.fork()
     if pid == 0:
         _exec(control, program)
-    threading.Thread(
-        target=_kill_group_when_server_is_gone, args=(control,), daemon=True
-    ).start()
+    _thread.start_new_thread(_kill_group_when_server_is_gone, (control,))
     _, status = os.waitpid(pid, 0)
     return _end_like(status)
 
@@ -87,6 +89,8 @@ def _end_like(status: int) -> int:
     if not os.WIFSIGNALED(status):
         return os.waitstatus_to_exitcode(status)
     signum = os.WTERMSIG(status)
+    import resource  # only here: most programs end with an exit code
+
     # The program may have dumped core; its supervisor has nothing to add.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     try:
