@@ -2,16 +2,34 @@
 
 Usage::
 
-    python examples/client.py [--wire 2025-11-25|2026-07-28] [--token TOKEN] URL TOOL [ARGS]
-    python examples/client.py --stdio "mcp-tasks serve" TOOL [ARGS]
+    python examples/client.py [OPTIONS] URL TOOL [ARGS]
+    python examples/client.py [OPTIONS] URL --attach TASK_ID
+    python examples/client.py [OPTIONS] --stdio "mcp-tasks serve --db tasks.db" TOOL [ARGS]
+    python examples/client.py [OPTIONS] --stdio "mcp-tasks serve --db tasks.db" --attach TASK_ID
+
+OPTIONS: ``--wire 2025-11-25|2026-07-28``, ``--token TOKEN`` (HTTP servers with
+``--tokens``), ``--reconnect-seconds SECONDS`` (default 60).
 
 ``URL`` is a Streamable HTTP endpoint such as ``http://127.0.0.1:8765/mcp``; ARGS
-is a JSON object. The client polls ``tasks/get`` at the server's suggested
-interval, prints progress and status messages, and when the task needs input it
-asks you: on 2025-11-25 the server pushes the question to this session (this
-client never calls ``tasks/result`` before the end, like most clients); on
-2026-07-28 the question is in ``tasks/get`` and the answer goes back with
-``tasks/update``.
+is a JSON object. The client prints the task id, polls ``tasks/get`` at the
+server's suggested interval, shows the status (redrawn in place on a terminal),
+progress and, when the task needs input, asks you. On 2025-11-25 the server
+pushes the question to the session that created the task, and a session that
+attached later reads it from ``tasks/result``; on 2026-07-28 the question is in
+``tasks/get`` and the answer goes back with ``tasks/update``. ``--attach``
+follows a task started earlier (by this client or any other) by its id.
+
+If the connection is lost (the server restarts, say), the client reconnects
+with backoff for up to ``--reconnect-seconds`` and goes on following the same
+task. Over HTTP that is the same URL. With ``--stdio`` the server is the
+client's own child process, so "reconnecting" starts the command again: the
+task survives only if the command names the same journal (``--db``), and then
+it resumes as its tool's recovery policy says (a ``recovery="fail"`` tool, such
+as ``run_command``, ends ``failed``).
+
+Exit codes: 0 the task completed; 1 it failed (a tool error included);
+2 it was cancelled; 3 no outcome: bad usage, the server refused the call or
+does not know the task id, or the connection could not be (re-)established.
 """
 
 from __future__ import annotations
@@ -22,146 +40,392 @@ import shlex
 import sys
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TextIO, cast
 
 import anyio
 import anyio.to_thread
+import httpx2
+from anyio.abc import TaskGroup
 
-from mcp_tasks.client import RpcError, TaskClient
+from mcp_tasks.client import ConnectionClosedError, RpcError, TaskClient
 
 CAPABILITIES: dict[str, Any] = {"elicitation": {"form": {}, "url": {}}, "sampling": {}}
 TERMINAL = {"completed", "failed", "cancelled"}
 
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+EXIT_CANCELLED = 2
+EXIT_NO_OUTCOME = 3
 
-async def ask_user(prompt: str) -> str:
-    """Read a line from the terminal without blocking the event loop."""
-    return (await anyio.to_thread.run_sync(input, prompt)).strip()
+#: Reconnect backoff: the first delay, doubled per attempt up to the cap.
+BACKOFF_FIRST_SECONDS = 0.25
+BACKOFF_MAX_SECONDS = 4.0
 
-
-async def answer(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Answer one server-to-client question by asking the person at the terminal."""
-    if method == "sampling/createMessage":
-        print("\nThe task asks a model (you play it):")
-        for message in params.get("messages", []):
-            print(f"  {message['role']}: {message['content'].get('text', '')}")
-        text = await ask_user("  your reply> ")
-        content = {"type": "text", "text": text}
-        return {"role": "assistant", "content": content, "model": "human"}
-    if method == "roots/list":
-        return {"roots": []}
-    print(f"\nThe task asks: {params.get('message', '')}")
-    if params.get("mode") == "url":
-        print(f"  open: {params.get('url')}")
-    choice = (await ask_user("  (a)ccept, (d)ecline or (c)ancel? [a] ")).lower()
-    if choice.startswith("d"):
-        return {"action": "decline"}
-    if choice.startswith("c"):
-        return {"action": "cancel"}
-    if params.get("mode") == "url":
-        return {"action": "accept"}
-    return {"action": "accept", "content": await fill_form(params["requestedSchema"])}
+#: What a lost connection looks like, from either transport.
+CONNECTION_ERRORS = (
+    ConnectionClosedError,
+    httpx2.TransportError,
+    OSError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+)
 
 
-async def fill_form(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """Ask for each field of a flat elicitation schema."""
-    content: dict[str, Any] = {}
-    required = set(schema.get("required", []))
-    for name, field in schema.get("properties", {}).items():
-        label = field.get("title") or name
-        options = field.get("enum")
-        hint = f" {options}" if options else ""
-        raw = await ask_user(f"  {label}{hint}: ")
-        if not raw and name not in required:
-            continue
-        kind = field.get("type")
-        if kind == "boolean":
-            content[name] = raw.lower() in ("y", "yes", "true", "1")
-        elif kind in ("number", "integer"):
-            content[name] = int(raw) if kind == "integer" else float(raw)
+class ConnectionLost(Exception):
+    """The connection ended; ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def connection_lost(error: BaseException) -> ConnectionLost | None:
+    """``error`` as `ConnectionLost` if it (every part of a group) is a connection error."""
+    if isinstance(error, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", error)
+        parts = [connection_lost(inner) for inner in group.exceptions]
+        lost = [part for part in parts if part is not None]
+        return lost[0] if lost and len(lost) == len(parts) else None
+    if isinstance(error, CONNECTION_ERRORS):
+        return ConnectionLost(str(error) or type(error).__name__)
+    return None
+
+
+# ------------------------------------------------------------------ terminal
+
+
+class Terminal:
+    """Everything the client writes: the status line, messages and questions.
+
+    On a terminal the status line is redrawn in place. Before a question it is
+    finished with a newline, so the prompt never lands on it, and while a
+    question is open nothing else is written: status changes are held (the
+    latest is shown after the answer) and so are messages.
+    """
+
+    def __init__(self, out: TextIO | None = None, *, live: bool | None = None) -> None:
+        self.out = out or sys.stdout
+        self.live = self.out.isatty() if live is None else live
+        self._status: str | None = None
+        self._line_open = False
+        self._question = anyio.Lock()
+        self._held: list[str] = []
+        self._held_status = False
+
+    def status(self, line: str) -> None:
+        """Show the task's status (once per change)."""
+        if line == self._status:
+            return
+        self._status = line
+        if self._question.locked():
+            self._held_status = True
+        elif self.live:
+            self._write(f"\r\x1b[K{line}")
+            self._line_open = True
         else:
-            content[name] = raw
-    return content
+            self._write(f"{line}\n")
+
+    def say(self, text: str) -> None:
+        """Print a message on lines of its own."""
+        if self._question.locked():
+            self._held.append(text)
+            return
+        self._end_line()
+        self._write(f"{text}\n")
+
+    @asynccontextmanager
+    async def question(self) -> AsyncGenerator[None]:
+        """Hold the terminal for one question (its lines and prompts)."""
+        async with self._question:
+            self._end_line()
+            try:
+                yield
+            finally:
+                self._end_line()
+        held, self._held = self._held, []
+        for text in held:
+            self.say(text)
+        if self._held_status and self._status is not None:
+            self._held_status = False
+            line, self._status = self._status, None
+            self.status(line)
+
+    def line(self, text: str) -> None:
+        """Print a line of the open question."""
+        self._write(f"{text}\n")
+
+    async def prompt(self, text: str) -> str:
+        """Ask for one line of input (inside `question`)."""
+        self._write(text)
+        self._line_open = True
+        # Abandoned if the question is withdrawn; the line typed then is lost.
+        reply = await anyio.to_thread.run_sync(
+            sys.stdin.readline, abandon_on_cancel=True
+        )
+        # A terminal echoes the Enter; piped answers leave the line open.
+        self._line_open = not sys.stdin.isatty()
+        self._end_line()
+        if not reply:
+            raise EOFError("no more input")
+        return reply.strip()
+
+    def _end_line(self) -> None:
+        if self._line_open:
+            self._write("\n")
+            self._line_open = False
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
 
 
-async def on_request(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Server-to-client requests (2025-11-25): questions pushed to this session."""
-    if method == "ping":
-        return {}
-    return await answer(method, params)
+# ----------------------------------------------------------------- questions
 
 
-def print_result(result: Mapping[str, Any]) -> None:
-    for block in result.get("content", []):
-        print(block.get("text", json.dumps(block)))
-    if result.get("isError"):
-        print("(the tool reported an error)")
+@dataclass
+class _Shared:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    answer: dict[str, Any] | None = None
+
+
+class Asker:
+    """Answers the server's questions by asking the person at the terminal.
+
+    The same question can arrive twice at once (pushed to the session and on
+    ``tasks/result``): the person is asked once, and both get that answer.
+    """
+
+    def __init__(self, terminal: Terminal) -> None:
+        self.terminal = terminal
+        self._open: dict[str, _Shared] = {}
+
+    async def on_request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Server-to-client requests (2025-11-25 pushes and ``tasks/result``)."""
+        if method == "ping":
+            return {}
+        return await self.answer(method, params)
+
+    async def answer(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The answer to one question, asking once per identical open question."""
+        key = json.dumps(
+            [method, {k: v for k, v in params.items() if k != "_meta"}],
+            sort_keys=True,
+            default=str,
+        )
+        while (shared := self._open.get(key)) is not None:
+            await shared.done.wait()
+            if shared.answer is not None:
+                return shared.answer
+        shared = self._open[key] = _Shared()
+        try:
+            async with self.terminal.question():
+                shared.answer = await self._ask(method, params)
+            return shared.answer
+        finally:
+            del self._open[key]
+            shared.done.set()
+
+    async def _ask(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        terminal = self.terminal
+        if method == "roots/list":
+            return {"roots": []}
+        if method == "sampling/createMessage":
+            terminal.line("The task asks a model (you play it):")
+            for message in params.get("messages", []):
+                terminal.line(
+                    f"  {message['role']}: {message['content'].get('text', '')}"
+                )
+            text = await terminal.prompt("  your reply> ")
+            content = {"type": "text", "text": text}
+            return {"role": "assistant", "content": content, "model": "human"}
+        terminal.line(f"The task asks: {params.get('message', '')}")
+        if params.get("mode") == "url":
+            terminal.line(f"  open: {params.get('url')}")
+        choice = (
+            await terminal.prompt("  (a)ccept, (d)ecline or (c)ancel? [a] ")
+        ).lower()
+        if choice.startswith("d"):
+            return {"action": "decline"}
+        if choice.startswith("c"):
+            return {"action": "cancel"}
+        if params.get("mode") == "url":
+            return {"action": "accept"}
+        return {
+            "action": "accept",
+            "content": await self._fill_form(params["requestedSchema"]),
+        }
+
+    async def _fill_form(self, schema: Mapping[str, Any]) -> dict[str, Any]:
+        """Ask for each field of a flat elicitation schema."""
+        content: dict[str, Any] = {}
+        required = set(schema.get("required", []))
+        for name, spec in schema.get("properties", {}).items():
+            label = spec.get("title") or name
+            options = spec.get("enum")
+            hint = f" {options}" if options else ""
+            raw = await self.terminal.prompt(f"  {label}{hint}: ")
+            if not raw and name not in required:
+                continue
+            kind = spec.get("type")
+            if kind == "boolean":
+                content[name] = raw.lower() in ("y", "yes", "true", "1")
+            elif kind in ("number", "integer"):
+                content[name] = int(raw) if kind == "integer" else float(raw)
+            else:
+                content[name] = raw
+        return content
+
+
+# ------------------------------------------------------------------ following
 
 
 class Follower:
-    """Polls one task until it ends, printing what happens and answering questions."""
+    """Follows one task to its end, across reconnects, and reports the outcome."""
 
-    def __init__(self, client: TaskClient) -> None:
-        self.client = client
-        self.lines: list[str] = []
+    def __init__(self, terminal: Terminal, asker: Asker, task_id: str | None) -> None:
+        self.terminal = terminal
+        self.asker = asker
+        self.task_id = task_id
         self.answered: set[str] = set()
-        self.notes_shown = 0
 
-    async def run(self, task: dict[str, Any]) -> None:
+    async def follow(self, client: TaskClient, *, created_here: bool) -> int:
+        """Poll until the task ends; print its outcome; return the exit code.
+
+        ``created_here``: this connection created the task, so on 2025-11-25
+        the server pushes its questions here; otherwise they are read from
+        ``tasks/result`` while the task waits for input.
+        """
+        task: dict[str, Any] | None = None
+        error: RpcError | None = None
+        async with anyio.create_task_group() as background:
+            try:
+                task = await self._poll(client, background, reading=created_here)
+            except RpcError as exc:  # raised bare, not wrapped in a group
+                error = exc
+            background.cancel_scope.cancel()  # stop reading questions
+        if error is not None:
+            raise error
+        assert task is not None
+        return await self.outcome(client, task)
+
+    async def _poll(
+        self, client: TaskClient, background: TaskGroup, *, reading: bool
+    ) -> dict[str, Any]:
+        assert self.task_id is not None
+        shown = len(client.notifications)
+        reading = reading or client.wire != "2025-11-25"
         while True:
-            self.report(task)
+            task = await client.get_task(self.task_id)
+            self.terminal.status(status_line(task))
+            for note in client.notifications[shown:]:
+                if note["method"] == "notifications/progress":
+                    params = cast("dict[str, Any]", note.get("params", {}))
+                    progress, total = params.get("progress"), params.get("total")
+                    self.terminal.say(f"  progress {progress} of {total}")
+            shown = len(client.notifications)
             if task["status"] in TERMINAL:
-                break
-            await self.answer_input_requests(task)
-            interval = task.get("pollInterval", task.get("pollIntervalMs", 1000)) / 1000
-            await anyio.sleep(interval)
-            task = await self.client.get_task(task["taskId"])
-        await self.print_outcome(task)
+                return task
+            if task["status"] == "input_required" and not reading:
+                reading = True
+                background.start_soon(read_questions, client, self.task_id)
+            await self.answer_input_requests(client, task)
+            await anyio.sleep(poll_interval(task))
 
-    def report(self, task: Mapping[str, Any]) -> None:
-        line = f"[{task['status']}] {task.get('statusMessage', '')}".rstrip()
-        if not self.lines or line != self.lines[-1]:
-            print(line)
-            self.lines.append(line)
-        for note in self.client.notifications[self.notes_shown :]:
-            if note["method"] == "notifications/progress":
-                params = cast("dict[str, Any]", note.get("params", {}))
-                print(f"  progress {params.get('progress')} of {params.get('total')}")
-        self.notes_shown = len(self.client.notifications)
-
-    async def answer_input_requests(self, task: Mapping[str, Any]) -> None:
-        # 2026-07-28: open questions are listed on every poll; answer each once.
+    async def answer_input_requests(
+        self, client: TaskClient, task: Mapping[str, Any]
+    ) -> None:
+        """2026-07-28: answer each question listed by ``tasks/get`` once."""
         requests = cast("dict[str, dict[str, Any]]", task.get("inputRequests") or {})
         fresh = {k: r for k, r in requests.items() if k not in self.answered}
         if not fresh:
             return
         responses = {
-            k: await answer(r["method"], r["params"]) for k, r in fresh.items()
+            k: await self.asker.answer(r["method"], r["params"])
+            for k, r in fresh.items()
         }
         self.answered.update(responses)
         try:
-            await self.client.update_task(task["taskId"], responses)
+            await client.update_task(task["taskId"], responses)
+        except ConnectionClosedError:
+            self.answered.difference_update(responses)
+            raise
         except RpcError as exc:
-            print(f"  answer refused: {exc.message}")
+            self.terminal.say(f"  answer refused: {exc.message}")
             self.answered.difference_update(responses)
 
-    async def print_outcome(self, task: Mapping[str, Any]) -> None:
-        if self.client.wire == "2025-11-25":
+    async def outcome(self, client: TaskClient, task: Mapping[str, Any]) -> int:
+        """Print how the task ended; its exit code."""
+        if client.wire == "2025-11-25":
             try:
-                print_result(await self.client.task_result(task["taskId"]))
+                result = await client.task_result(task["taskId"])
+            except ConnectionClosedError:
+                raise
             except RpcError as exc:
-                print(f"error {exc.code}: {exc.message}")
-        elif "result" in task:
-            print_result(task["result"])
-        elif "error" in task:
-            print(f"error {task['error'].get('code')}: {task['error'].get('message')}")
+                self.terminal.say(f"error {exc.code}: {exc.message}")
+                return exit_code(task["status"], is_error=True)
+            print_result(self.terminal, result)
+            return exit_code(task["status"], is_error=bool(result.get("isError")))
+        if "result" in task:
+            print_result(self.terminal, task["result"])
+            return exit_code(
+                task["status"], is_error=bool(task["result"].get("isError"))
+            )
+        if "error" in task:
+            error = task["error"]
+            self.terminal.say(f"error {error.get('code')}: {error.get('message')}")
+        return exit_code(task["status"], is_error=True)
+
+
+async def read_questions(client: TaskClient, task_id: str) -> None:
+    """2025-11-25: hold ``tasks/result`` open, where the server asks this session.
+
+    Its answer (the outcome) is fetched again at the end; an error here is the
+    task's, or the connection's, which the polling loop reports.
+    """
+    try:
+        await client.task_result(task_id)
+    except RpcError:
+        pass
+
+
+def status_line(task: Mapping[str, Any]) -> str:
+    return f"[{task['status']}] {task.get('statusMessage') or ''}".rstrip()
+
+
+def poll_interval(task: Mapping[str, Any]) -> float:
+    milliseconds = task.get("pollInterval", task.get("pollIntervalMs", 1000))
+    return float(milliseconds) / 1000
+
+
+def exit_code(status: str, *, is_error: bool) -> int:
+    """0 completed, 1 failed (or a completed tool error), 2 cancelled."""
+    if status == "cancelled":
+        return EXIT_CANCELLED
+    if status == "failed" or is_error:
+        return EXIT_FAILED
+    return EXIT_COMPLETED
+
+
+def print_result(terminal: Terminal, result: Mapping[str, Any]) -> None:
+    for block in result.get("content", []):
+        terminal.say(block.get("text", json.dumps(block)))
+    if result.get("isError"):
+        terminal.say("(the tool reported an error)")
+
+
+# ---------------------------------------------------------------- connecting
 
 
 @asynccontextmanager
-async def connect(args: argparse.Namespace) -> AsyncGenerator[TaskClient]:
+async def connect(args: argparse.Namespace, asker: Asker) -> AsyncGenerator[TaskClient]:
     if args.stdio:
-        command = shlex.split(args.stdio)
         async with TaskClient.stdio(
-            command, wire=args.wire, capabilities=CAPABILITIES, on_request=on_request
+            shlex.split(args.stdio),
+            wire=args.wire,
+            capabilities=CAPABILITIES,
+            on_request=asker.on_request,
         ) as client:
             yield client
     else:
@@ -170,44 +434,178 @@ async def connect(args: argparse.Namespace) -> AsyncGenerator[TaskClient]:
             token=args.token,
             wire=args.wire,
             capabilities=CAPABILITIES,
-            on_request=on_request,
+            on_request=asker.on_request,
         ) as client:
             yield client
 
 
-async def main(args: argparse.Namespace) -> int:
-    arguments = json.loads(args.arguments)
-    async with connect(args) as client:
-        task = {"ttl": 3_600_000} if args.wire == "2025-11-25" else None
+class Backoff:
+    """Delays between reconnect attempts, until a deadline."""
+
+    def __init__(self, budget_seconds: float) -> None:
+        self.budget_seconds = budget_seconds
+        self._delay = BACKOFF_FIRST_SECONDS
+        self._deadline: float | None = None
+
+    def reset(self) -> None:
+        """Connected: start from the first delay next time."""
+        self._delay = BACKOFF_FIRST_SECONDS
+        self._deadline = None
+
+    def next_delay(self) -> float | None:
+        """The next delay, or None once the reconnect budget is spent."""
+        now = anyio.current_time()
+        if self._deadline is None:
+            self._deadline = now + self.budget_seconds
+        if now >= self._deadline:
+            return None
+        delay = min(self._delay, self._deadline - now)
+        self._delay = min(self._delay * 2, BACKOFF_MAX_SECONDS)
+        return delay
+
+
+class Session:
+    """One run of the client: start or attach, follow, reconnect when lost."""
+
+    def __init__(self, args: argparse.Namespace, terminal: Terminal) -> None:
+        self.args = args
+        self.terminal = terminal
+        self.asker = Asker(terminal)
+        self.follower = Follower(terminal, self.asker, args.attach)
+        self.connected_once = False
+
+    async def run(self) -> int:
+        backoff = Backoff(self.args.reconnect_seconds)
+        while True:
+            try:
+                return await self.connection()
+            except Exception as error:
+                lost = connection_lost(error)
+                if lost is None:
+                    raise
+            if not self.connected_once:
+                self.terminal.say(f"cannot connect: {lost.reason}")
+                return EXIT_NO_OUTCOME
+            if self.follower.task_id is None:
+                self.terminal.say(
+                    f"connection lost during the call ({lost.reason}); "
+                    "whether the server accepted it is unknown"
+                )
+                return EXIT_NO_OUTCOME
+            delay = backoff.next_delay()
+            if delay is None:
+                self.terminal.say(
+                    f"connection lost ({lost.reason}); gave up after "
+                    f"{self.args.reconnect_seconds:g} s. Follow the task later with "
+                    f"--attach {self.follower.task_id}"
+                )
+                return EXIT_NO_OUTCOME
+            self.terminal.say(
+                f"connection lost ({lost.reason}); reconnecting in {delay:.2g} s"
+            )
+            await anyio.sleep(delay)
+
+    async def connection(self) -> int:
+        """One connection: call the tool (the first time), then follow the task."""
+        async with connect(self.args, self.asker) as client:
+            if self.connected_once:
+                self.terminal.say(
+                    f"reconnected; following task {self.follower.task_id}"
+                )
+            self.connected_once = True
+            created_here = False
+            if self.follower.task_id is None:
+                ended = await self.call(client)
+                if ended is not None:
+                    return ended
+                created_here = True
+            try:
+                return await self.follower.follow(client, created_here=created_here)
+            except ConnectionClosedError:
+                raise
+            except RpcError as exc:
+                self.terminal.say(f"error {exc.code}: {exc.message}")
+                return EXIT_NO_OUTCOME
+
+    async def call(self, client: TaskClient) -> int | None:
+        """Call the tool as a task; None once there is a task to follow.
+
+        Otherwise the exit code: the call was refused, or answered at once.
+        """
+        task = {"ttl": 3_600_000} if client.wire == "2025-11-25" else None
         try:
             created = await client.call_tool(
-                args.tool, arguments, task=task, progress_token="example"
+                self.args.tool, self.args.arguments, task=task, progress_token="example"
             )
+        except ConnectionClosedError:
+            raise
         except RpcError as exc:
-            print(f"error {exc.code}: {exc.message}")
-            return 1
+            self.terminal.say(f"error {exc.code}: {exc.message}")
+            return EXIT_NO_OUTCOME
         handle = client.created_task(created)
         if handle is None:
-            print_result(created)  # the server answered right away
-            return 0
-        print(f"task {handle['taskId']}")
-        await Follower(client).run(handle)
-    return 0
+            print_result(self.terminal, created)  # the server answered right away
+            return exit_code("completed", is_error=bool(created.get("isError")))
+        task_id = str(handle["taskId"])
+        self.follower.task_id = task_id
+        self.terminal.say(f"task {task_id} (follow it again with --attach {task_id})")
+        return None
+
+
+# ---------------------------------------------------------------- arguments
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # Exit code 2 means "cancelled" here: usage errors get 3.
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_NO_OUTCOME, f"{self.prog}: error: {message}\n")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Call a tool as a durable task.")
+    """The command line; exits with `EXIT_NO_OUTCOME` when it is wrong."""
+    parser = _Parser(
+        prog="client.py",
+        description="Call a tool as a durable task, or follow one by id.",
+        epilog="Exit codes: 0 completed, 1 failed, 2 cancelled, 3 no outcome.",
+    )
     parser.add_argument(
         "--wire", default="2025-11-25", choices=["2025-11-25", "2026-07-28"]
     )
     parser.add_argument("--token", help="bearer token (HTTP servers with --tokens)")
+    parser.add_argument("--stdio", metavar="COMMAND", help="spawn a stdio server")
+    parser.add_argument("--attach", metavar="TASK_ID", help="follow an existing task")
     parser.add_argument(
-        "--stdio", metavar="COMMAND", help="spawn a stdio server instead"
+        "--reconnect-seconds",
+        type=float,
+        default=60.0,
+        help="how long to keep reconnecting after the connection is lost",
     )
-    parser.add_argument("url", nargs="?" if "--stdio" in argv else None)
-    parser.add_argument("tool")
-    parser.add_argument("arguments", nargs="?", default="{}")
-    return parser.parse_args(argv)
+    parser.add_argument("target", nargs="*", help="URL, TOOL and ARGS (JSON)")
+    args = parser.parse_args(argv)
+    target: list[str] = list(args.target)
+    args.url = None if args.stdio else (target.pop(0) if target else None)
+    if args.url is None and not args.stdio:
+        parser.error("give the server's URL, or --stdio COMMAND")
+    if args.attach is not None:
+        if target:
+            parser.error("--attach follows a task: no TOOL or ARGS")
+        return args
+    if not 1 <= len(target) <= 2:
+        parser.error("give TOOL [ARGS], or --attach TASK_ID")
+    args.tool = target[0]
+    try:
+        arguments: object = json.loads(target[1]) if len(target) == 2 else {}
+    except json.JSONDecodeError as exc:
+        parser.error(f"ARGS is not JSON: {exc}")
+    if not isinstance(arguments, dict):
+        parser.error("ARGS must be a JSON object")
+    args.arguments = arguments
+    return args
+
+
+async def main(args: argparse.Namespace) -> int:
+    return await Session(args, Terminal()).run()
 
 
 if __name__ == "__main__":

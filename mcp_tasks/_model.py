@@ -199,8 +199,9 @@ class Task:
     ``outcome`` is only loaded when asked for (it can be large); ``tool_error``
     is the text of a tool error result (``isError``) whether or not the outcome
     was loaded. ``queued_ahead`` is set while the task waits for a worker: how
-    many tasks of the same client are ahead of it. ``progress`` and
-    ``progress_total`` are the run's latest progress report.
+    many tasks of the same client are ahead of it; ``client_limit`` then holds
+    the client's concurrency limit if the client is at it (what holds the task
+    back). ``progress`` and ``progress_total`` are the run's latest report.
     """
 
     task_id: TaskId
@@ -218,6 +219,7 @@ class Task:
     queued_ahead: int | None = None
     progress: float | None = None
     progress_total: float | None = None
+    client_limit: int | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -246,6 +248,7 @@ class Task:
             queued_ahead=self.queued_ahead,
             progress=self.progress,
             progress_total=self.progress_total,
+            client_limit=self.client_limit,
         )
 
 

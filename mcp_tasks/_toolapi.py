@@ -370,7 +370,7 @@ class ToolSpec:
     budgets: Mapping[str, float] = field(default_factory=lambda: dict[str, float]())
     explicit_schema: Mapping[str, Any] | None = None
     preflight: Callable[..., Any] | None = None
-    on_recover: Callable[[Mapping[str, Any]], Any] | None = None
+    on_recover: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None
 
     @property
     def input_schema(self) -> dict[str, Any]:
@@ -472,6 +472,7 @@ def tool(
     budgets: Mapping[str, float] | None = None,
     input_schema: Mapping[str, Any] | None = None,
     preflight: Callable[..., Any] | None = None,
+    on_recover: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -490,6 +491,7 @@ def tool(
     budgets: Mapping[str, float] | None = None,
     input_schema: Mapping[str, Any] | None = None,
     preflight: Callable[..., Any] | None = None,
+    on_recover: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
 ) -> Any:
     """Declare a function as a tool the server exposes.
 
@@ -516,6 +518,12 @@ def tool(
         preflight: ``async def (ctx, **arguments) -> dict`` run before a task is
             created; it may ask questions (multi-round-trip requests on
             2026-07-28) and its result is `TaskContext.preflight`.
+        on_recover: ``async def (task_id, steps) -> None``, for cleaning up
+            what a lost run left behind (processes it started, say). The
+            engine calls it when it recovers a task whose worker is gone (the
+            server died, or its lease ran out), before ``recovery`` applies,
+            with the task's recorded step results by step key; the task is
+            recovered even if the hook fails.
 
     The function is returned unchanged, so it stays directly callable in tests.
     """
@@ -546,6 +554,7 @@ def tool(
             budgets=dict(budgets or {}),
             explicit_schema=dict(input_schema) if input_schema is not None else None,
             preflight=preflight,
+            on_recover=on_recover,
         )
         setattr(func, _TOOL_ATTRIBUTE, spec)
         return func

@@ -16,22 +16,37 @@ times out, and when the program exits while helpers it left behind still run.
 Its stdout and stderr are merged; the last lines show up as the task's
 ``statusMessage`` while it runs, and the result carries the exit code, the
 output tail and the duration.
+
+The process group also dies with the server. The program runs under a small
+supervisor (``_run_command_supervisor.py``) that leads the group and kills it
+when the server process ends, even by ``kill -9``. Before the program starts,
+the task records which group it is (host, boot, pid namespace, group id, the
+leader's start time and a run id put in the program's environment as
+``MCP_TASKS_RUN_ID``). A task cut off by a crash is failed at the next start
+(``recovery="fail"``), and recovery first kills whatever of that group is still
+alive on this host (`reap_lost_run`), should the supervisor have been unable to.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, NoReturn, cast
 
 import anyio
+import anyio.to_thread
 from anyio.abc import ByteReceiveStream, Process
 from pydantic import Field
 
@@ -49,6 +64,16 @@ STATUS_INTERVAL_SECONDS: Final = 0.25
 KILL_GRACE_SECONDS: Final = 2.0
 #: How long to wait for the output pipe to close after the program exited.
 DRAIN_SECONDS: Final = 1.0
+#: The supervisor that leads the program's process group (see the module doc).
+SUPERVISOR: Final = Path(__file__).resolve().with_name("_run_command_supervisor.py")
+#: What the server writes to the supervisor once the group is recorded.
+GO: Final = b"g"
+#: Names the run in the program's environment, so recovery knows its processes.
+RUN_ID_ENV: Final = "MCP_TASKS_RUN_ID"
+#: Marks the recorded step that describes a started process group.
+PROCESS_RECORD: Final = "run_command.process_group"
+
+logger = logging.getLogger("mcp_tasks.tools.run_command")
 
 _CONFIG_KEYS = frozenset(
     {
@@ -307,13 +332,157 @@ async def stop_group(process: Process, grace_seconds: float) -> None:
     The program gets ``grace_seconds`` to exit after SIGTERM; then whatever is
     left of the group is killed. Safe to call when everything already ended.
     """
-    pgid = process.pid  # start_new_session makes the program its group leader
+    pgid = process.pid  # start_new_session makes the supervisor its group leader
     if not _signal_group(pgid, signal.SIGTERM):
         return
     with anyio.move_on_after(grace_seconds):
         await process.wait()
     _signal_group(pgid, signal.SIGKILL)
     await process.wait()
+
+
+# ------------------------------------------------------------------ recovery
+
+
+def host_identity() -> dict[str, str | None]:
+    """What must match for a recorded process id to mean a process here.
+
+    The host name, the kernel's boot id and the pid namespace: a pid means
+    nothing on another machine, after a reboot or in another container. A part
+    this system cannot tell is None, and a record with None in it matches
+    nothing.
+    """
+    return {
+        "host": socket.gethostname(),
+        "boot_id": _read_text("/proc/sys/kernel/random/boot_id"),
+        "pid_namespace": _readlink("/proc/self/ns/pid"),
+    }
+
+
+def process_record(pgid: int, run_id: str) -> dict[str, Any]:
+    """The step recorded before the program starts: which group to clean up."""
+    return {
+        "kind": PROCESS_RECORD,
+        **host_identity(),
+        "pgid": pgid,
+        "start_time": start_time(pgid),
+        "run_id": run_id,
+    }
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    # /proc/<pid>/stat after the command name, which may itself hold spaces and
+    # parentheses: fields 3 (state), 4 (ppid), 5 (pgrp), ... 22 (starttime).
+    stat = _read_text(f"/proc/{pid}/stat")
+    return None if stat is None else stat.rpartition(")")[2].split()
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot); None if gone.
+
+    With the boot id, ``(pid, start_time)`` names one process for good, so a
+    reused pid is never taken for the one recorded.
+    """
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def _group_members(pgid: int) -> Iterator[int]:
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (fields := _stat_fields(int(name))) is not None:
+            if int(fields[2]) == pgid:
+                yield int(name)
+
+
+def _carries(pid: int, entry: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return entry in handle.read().split(b"\0")
+    except OSError:
+        return False  # gone, or not ours to read
+
+
+def kill_recorded_group(record: Mapping[str, Any]) -> int:
+    """Kill what is still alive of a recorded process group; how many were hit.
+
+    Acts only on a record made on this host, boot and pid namespace. The
+    kernel does not reuse a pid while it names a live process group, so:
+
+    - the group's leader (the supervisor) is still the recorded process (same
+      pid, same start time): the group is the run's, killed at once;
+    - another process now has the leader's pid: the run's group is gone;
+    - the leader is gone: only processes still in that group whose
+      environment carries the run's id are killed, one by one.
+
+    Never a process that merely reuses a recorded pid.
+    """
+    pgid = record.get("pgid")
+    run_id = record.get("run_id")
+    here = host_identity()
+    if (
+        not isinstance(pgid, int)
+        or not isinstance(run_id, str)
+        or pgid <= 1
+        or pgid == os.getpgrp()
+        or None in here.values()
+        or any(record.get(key) != value for key, value in here.items())
+    ):
+        return 0
+    leader_started = start_time(pgid)
+    if leader_started is not None:
+        if leader_started != record.get("start_time"):
+            return 0
+        return 1 if _signal_group(pgid, signal.SIGKILL) else 0
+    entry = f"{RUN_ID_ENV}={run_id}".encode()
+    killed: set[int] = set()
+    # Another round catches members forked while the last one was killing;
+    # one killed but not yet gone is found again and not counted twice.
+    while (
+        members := {pid for pid in _group_members(pgid) if _carries(pid, entry)}
+        - killed
+    ):
+        for pid in members:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= members
+    return len(killed)
+
+
+async def reap_lost_run(task_id: str, steps: Mapping[str, Any]) -> None:
+    """The tool's recovery hook: kill what a run lost to a crash left alive.
+
+    The engine calls it with the task's recorded steps before it fails the
+    task at start-up (or when its lease ran out). The supervisor normally
+    killed the group already; this covers the cases it could not (it was
+    stopped or killed together with the server).
+    """
+    for value in steps.values():
+        if not isinstance(value, dict):
+            continue
+        record = cast("dict[str, Any]", value)
+        if record.get("kind") == PROCESS_RECORD:
+            killed = await anyio.to_thread.run_sync(kill_recorded_group, record)
+            if killed:
+                logger.warning(
+                    "task %s: killed what was left of process group %s",
+                    task_id,
+                    record.get("pgid"),
+                )
 
 
 # -------------------------------------------------------------------- running
@@ -345,18 +514,61 @@ async def _supervise(
     return _Ending(await process.wait(), deadline.cancelled_caught)
 
 
-async def _spawn(launch: Launch) -> Process:
+@dataclass(slots=True)
+class _Started:
+    """The supervisor process and the server's end of its control pipe."""
+
+    process: Process
+    control: int
+    run_id: str
+    released: bool = False
+
+    def release(self) -> None:
+        """Let the supervisor start the program (the group is recorded)."""
+        # BrokenPipeError: the supervisor is already gone; waiting for it says so.
+        with suppress(BrokenPipeError):
+            os.write(self.control, GO)
+        self.released = True
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop the group, then close the control pipe; reap the supervisor."""
+        if not self.released:
+            # End of file before "go": the supervisor exits, running nothing.
+            os.close(self.control)
+        await stop_group(self.process, grace_seconds)
+        if self.released:
+            # Only now: an earlier close reads as "the server is gone", and the
+            # supervisor would SIGKILL the group without the grace period.
+            os.close(self.control)
+        await self.process.aclose()
+
+
+async def _spawn(launch: Launch) -> _Started:
+    run_id = secrets.token_hex(16)
+    read_end, write_end = os.pipe()  # not inherited by anything but the supervisor
+    try:
+        process = await _open_supervisor(launch, read_end, run_id)
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return _Started(process, write_end, run_id)
+
+
+async def _open_supervisor(launch: Launch, control: int, run_id: str) -> Process:
     # Shielded so that a cancellation cannot strike between the fork and the
     # moment we hold the handle we need to stop it.
     with anyio.CancelScope(shield=True):
         return await anyio.open_process(
-            launch.argv,
+            [sys.executable, "-I", "-S", str(SUPERVISOR), str(control), *launch.argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=launch.cwd,
-            env=launch.env,
+            env={**launch.env, RUN_ID_ENV: run_id},
             start_new_session=True,
+            pass_fds=(control,),
         )
     raise AssertionError("unreachable: nothing cancels a shielded scope")
 
@@ -364,14 +576,18 @@ async def _spawn(launch: Launch) -> Process:
 async def _run(
     ctx: TaskContext, launch: Launch, policy: Policy, tail: OutputTail
 ) -> _Ending:
-    process = await _spawn(launch)
+    started = await _spawn(launch)
+    pgid = started.process.pid  # start_new_session: the supervisor leads the group
     try:
-        await ctx.set_status(f"Started {_display(launch.argv)} (pid {process.pid})")
-        return await _supervise(ctx, process, launch, policy, tail)
+        # Durably, before the program runs: a crash from here on leaves a
+        # record that recovery can act on (`reap_lost_run`).
+        await ctx.step("process group", process_record, pgid, started.run_id)
+        started.release()
+        await ctx.set_status(f"Started {_display(launch.argv)} (process group {pgid})")
+        return await _supervise(ctx, started.process, launch, policy, tail)
     finally:
         with anyio.CancelScope(shield=True):
-            await stop_group(process, policy.kill_grace_seconds)
-            await process.aclose()
+            await started.stop(policy.kill_grace_seconds)
 
 
 def _display(argv: Sequence[str]) -> str:
@@ -409,7 +625,12 @@ def _result(
 
 
 # Commands are not assumed idempotent: one interrupted by a crash is not re-run.
-@tool(task_support="optional", requires_config=True, recovery="fail")
+@tool(
+    task_support="optional",
+    requires_config=True,
+    recovery="fail",
+    on_recover=reap_lost_run,
+)
 async def run_command(
     ctx: TaskContext,
     command: Annotated[

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, final
 
+import anyio
+
 from mcp_tasks._config import Settings
 from mcp_tasks._exceptions import ErrorCode
 from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
@@ -32,6 +34,8 @@ Clock = Callable[[], float]
 
 #: How long progress and log entries stay in the change feed.
 FEED_RETENTION_SECONDS: Final = 3600.0
+#: How long a tool's ``on_recover`` hook may take before recovery goes on.
+RECOVER_HOOK_SECONDS = 10.0
 
 
 class LeaseLost(BaseException):
@@ -256,6 +260,10 @@ class Engine:
         """Run again, restart or fail a task whose run is gone, by its tool's policy."""
         policy = Recovery(spec.recovery) if spec is not None else Recovery.RESUME
         tool = held.tool_name
+        if spec is not None and spec.on_recover is not None:
+            # Before the policy applies: a restart forgets the recorded steps
+            # the hook needs (what the lost run started: a process group).
+            await self._call_recovery_hook(held, spec)
         if policy is Recovery.FAIL:
             message = (
                 f"The task's run was interrupted ({why}), and tool {tool!r} "
@@ -270,24 +278,22 @@ class Engine:
                 None, held.lease.task_id, shown, tool=tool, owner=held.owner_id,
                 attempt=held.lease.attempt, why=why,
             )  # fmt: skip
-            if spec is not None and spec.on_recover is not None:
-                await self._call_recovery_hook(held, spec)
         return recovered
 
     async def _call_recovery_hook(self, held: HeldLease, spec: ToolSpec) -> None:
+        """Let the tool clean up after a lost run; never keep its task from recovery."""
         hook = spec.on_recover
         assert hook is not None
+        task_id = held.lease.task_id
         try:
-            steps = await self.journal.steps(held.lease.task_id)
-            result = hook(steps)
-            if hasattr(result, "__await__"):
-                await result
+            with anyio.move_on_after(RECOVER_HOOK_SECONDS) as scope:
+                await hook(task_id, await self.journal.steps(task_id))
+            if scope.cancelled_caught:
+                logger.warning(
+                    "task %s: recovery hook of %r timed out", task_id, spec.name
+                )
         except Exception:
-            logger.exception(
-                "recovery hook of tool %r failed for task %s",
-                spec.name,
-                held.lease.task_id,
-            )
+            logger.exception("task %s: recovery hook of %r failed", task_id, spec.name)
 
     async def purge(self) -> list[TaskId]:
         """Delete finished tasks whose retention ended."""

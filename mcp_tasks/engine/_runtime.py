@@ -105,20 +105,29 @@ class RuntimeStatistics:
     journal_writes: int
 
 
-def queue_message(ahead: int | None) -> str:
-    """The status message of a task waiting for a worker (``ahead``: if known)."""
-    if ahead is None:
-        return "Queued, waiting for a free worker"
+def queue_message(ahead: int, client_limit: int | None = None) -> str:
+    """The status message of a task waiting in its client's queue.
+
+    ``client_limit`` is the client's concurrency limit when the client is at it
+    (every process counted): then that, not a busy server, holds the task.
+    """
     if ahead == 0:
-        return "Queued: next in this client's queue, waiting for a free worker"
-    noun = "task" if ahead == 1 else "tasks"
-    return f"Queued: {ahead} {noun} ahead of it in this client's queue"
+        where = "Queued: next in this client's queue"
+    else:
+        noun = "task" if ahead == 1 else "tasks"
+        where = f"Queued: {ahead} {noun} ahead of it in this client's queue"
+    if client_limit is not None:
+        noun = "task" if client_limit == 1 else "tasks"
+        return f"{where}; this client is at its limit of {client_limit} running {noun}"
+    return f"{where}, waiting for a free worker"
 
 
 def _with_queue_message(task: Task) -> Task:
     """A queued task with no message of its own says where it stands."""
     if task.queued_ahead is not None and task.status_message is None:
-        return task.with_status_message(queue_message(task.queued_ahead))
+        return task.with_status_message(
+            queue_message(task.queued_ahead, task.client_limit)
+        )
     return task
 
 
@@ -296,7 +305,7 @@ class TaskRuntime:
         )
         task = await self._parts.engine.submit(new)
         self._parts.dispatcher.wake()
-        return task.with_status_message(queue_message(None))
+        return task
 
     async def call(
         self,

@@ -261,6 +261,8 @@ class HttpServer:
     files: ServerFiles
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    #: The port to listen on; 0 picks a free one at each start.
+    bind_port: int = 0
     _output: ServerOutput | None = field(default=None, repr=False)
 
     @property
@@ -278,7 +280,9 @@ class HttpServer:
         assert self.process is None, "already running"
         self.port = 0
         self.process, self._output = spawn_http_server(
-            self.files.argv(("127.0.0.1", 0)), self.files.log, cwd=self.files.root
+            self.files.argv(("127.0.0.1", self.bind_port)),
+            self.files.log,
+            cwd=self.files.root,
         )
 
     def ready(self) -> None:

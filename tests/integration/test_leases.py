@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,11 @@ from mcp_tasks import (
     TaskRuntime,
     TaskStatus,
     tool,
+    tools_from,
 )
 from mcp_tasks._exceptions import JournalError
 from mcp_tasks._model import Outcome
+from mcp_tasks.engine import _engine as engine_module
 from mcp_tasks.engine._holder import machine_id, new_holder
 from mcp_tasks.journal import (
     ChangeKind,
@@ -345,3 +347,106 @@ def test_holder_names_carry_this_machine_and_pid() -> None:
     machine, pid, _ = holder.split("/")
     assert machine == (machine_id() or "unknown")
     assert int(pid) == os.getpid()
+
+
+# ------------------------------------------------------------ recovery hooks
+
+#: What each recovery hook heard: (task id, recorded steps).
+heard: list[tuple[str, dict[str, Any]]] = []
+
+
+async def note_lost_run(task_id: str, steps: Mapping[str, Any]) -> None:
+    heard.append((task_id, dict(steps)))
+
+
+async def broken_hook(task_id: str, steps: Mapping[str, Any]) -> None:
+    heard.append((task_id, dict(steps)))
+    raise RuntimeError("the cleanup failed")
+
+
+async def hanging_hook(task_id: str, steps: Mapping[str, Any]) -> None:
+    heard.append((task_id, dict(steps)))
+    await anyio.sleep_forever()
+
+
+@tool(recovery="fail", on_recover=note_lost_run)
+async def cleaned_up(text: str) -> str:
+    """Return the text; its lost runs are cleaned up."""
+    return text
+
+
+@tool(recovery="resume", on_recover=note_lost_run)
+async def resumed_and_cleaned_up(text: str) -> str:
+    """Return the text; resumed after its lost runs are cleaned up."""
+    return text
+
+
+@tool(recovery="restart", on_recover=note_lost_run)
+async def restarted_and_cleaned_up(text: str) -> str:
+    """Return the text; restarted (steps forgotten) after its lost runs are cleaned up."""
+    return text
+
+
+@tool(recovery="fail", on_recover=broken_hook)
+async def broken_cleanup(text: str) -> str:
+    """Return the text; cleaning up a lost run fails."""
+    return text
+
+
+@tool(recovery="fail", on_recover=hanging_hook)
+async def hanging_cleanup(text: str) -> str:
+    """Return the text; cleaning up a lost run never ends."""
+    return text
+
+
+HOOKED = tools_from(
+    cleaned_up,
+    resumed_and_cleaned_up,
+    restarted_and_cleaned_up,
+    broken_cleanup,
+    hanging_cleanup,
+)
+
+
+async def lost_run(db_path: Path, tool_name: str) -> TaskId:
+    """An `orphan` whose run recorded a step before its process was lost."""
+    holder = "elsewhere/1/x"
+    task_id = await orphan(db_path, tool_name, holder, time.time() - 1)
+    async with open_journal(db_path) as journal:
+        lease = Lease(task_id, holder, 1)
+        assert await journal.record_step(lease, "step:pid-1", {"pid": 42}, time.time())
+    return task_id
+
+
+@pytest.mark.parametrize(
+    ("tool_name", "status"),
+    [
+        ("cleaned_up", TaskStatus.FAILED),
+        ("resumed_and_cleaned_up", TaskStatus.COMPLETED),
+        ("restarted_and_cleaned_up", TaskStatus.COMPLETED),
+    ],
+)
+async def test_recovery_runs_the_tools_hook_with_the_lost_runs_steps(
+    db_path: Path, tool_name: str, status: TaskStatus
+) -> None:
+    heard.clear()
+    task_id = await lost_run(db_path, tool_name)
+    async with TaskRuntime.open(db_path, settings(), HOOKED) as runtime:
+        with anyio.fail_after(TIMEOUT):
+            done = await runtime.wait_terminal(LOCAL, task_id)
+    # Called before the policy applies: a restart forgets steps only afterwards.
+    assert heard == [(task_id, {"step:pid-1": {"pid": 42}})]
+    assert done.status is status
+
+
+async def test_a_failing_or_hanging_recovery_hook_does_not_stop_recovery(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "RECOVER_HOOK_SECONDS", 0.01)
+    heard.clear()
+    broken = await lost_run(db_path, "broken_cleanup")
+    hanging = await lost_run(db_path, "hanging_cleanup")
+    async with TaskRuntime.open(db_path, settings(), HOOKED) as runtime:
+        tasks = [await runtime.get(LOCAL, task_id) for task_id in (broken, hanging)]
+    assert sorted(task_id for task_id, _ in heard) == sorted([broken, hanging])
+    assert [task.status for task in tasks] == [TaskStatus.FAILED] * 2

@@ -615,13 +615,48 @@ async def test_queued_tasks_report_working_with_their_queue_position(
     assert running.status_message is None or "Queued" not in running.status_message
     assert third.status is TaskStatus.WORKING
     assert third.status_message is not None
-    assert third.status_message == "Queued: 2 tasks ahead of it in this client's queue"
+    assert third.status_message == (
+        "Queued: 2 tasks ahead of it in this client's queue; this client is at "
+        "its limit of 1 running task"
+    )
     assert [t.status_message for t in listed[1:]] == [
-        "Queued: next in this client's queue, waiting for a free worker",
-        "Queued: 1 task ahead of it in this client's queue",
-        "Queued: 2 tasks ahead of it in this client's queue",
+        "Queued: next in this client's queue; this client is at its limit of "
+        "1 running task",
+        "Queued: 1 task ahead of it in this client's queue; this client is at its "
+        "limit of 1 running task",
+        "Queued: 2 tasks ahead of it in this client's queue; this client is at its "
+        "limit of 1 running task",
     ]
     assert third.queued_ahead == 2
+
+
+async def test_queued_tasks_say_all_workers_are_busy_when_that_holds_them(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    settings = make_settings(workers=2, client_concurrency=4)
+    async with open_runtime(settings) as runtime:
+        for key in ("a0", "a1"):
+            await submit_gate(runtime, key)
+            await gates.wait_started(key)
+        queued = await submit_gate(runtime, "b0", BOB)
+        await settle(runtime)
+        again = await runtime.get(BOB, queued.task_id)
+    expected = "Queued: next in this client's queue; all 2 workers are busy"
+    assert queued.status_message == expected  # as submit answered it
+    assert again.status_message == expected
+
+
+async def test_a_task_that_starts_at_once_is_not_reported_queued(
+    open_runtime: OpenRuntime, gates: Gates
+) -> None:
+    # The dispatcher may take a task off the queue before its submit returns:
+    # that answer must not claim a place in the queue ("position 0 of 0").
+    async with open_runtime(make_settings(workers=4)) as runtime:
+        tasks = [await submit_gate(runtime, f"s{i}") for i in range(3)]
+        for i in range(3):
+            await gates.wait_started(f"s{i}")
+    for task in tasks:
+        assert "Queued" not in (task.status_message or ""), task.status_message
 
 
 # -------------------------------------------------------------------- backlog

@@ -6,6 +6,7 @@ tests reach them the way the server does: through `load_tools`.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from mcp_tasks import OwnerId, Requester, Settings, Task, TaskRuntime, ToolSpec
 from mcp_tasks._toolloader import load_tools
@@ -52,6 +54,7 @@ class FakeContext:
         self.progress: list[tuple[float, float | None, str | None]] = []
         self.statuses: list[str] = []
         self.on_progress: Callable[[], None] | None = None
+        self.steps: dict[str, Any] = {}
         self._changed = anyio.Event()
 
     @property
@@ -73,6 +76,17 @@ class FakeContext:
         self.statuses.append(message)
         self._changed.set()
         self._changed = anyio.Event()
+
+    async def step(
+        self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run ``fn`` (a sync ``fn`` in a thread) and keep its result under ``name``."""
+        if inspect.iscoroutinefunction(fn):
+            result = await fn(*args, **kwargs)
+        else:
+            result = await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+        self.steps[name] = result
+        return result
 
     async def wait_for_status(self, text: str) -> str:
         """Wait until a status message containing ``text`` was set; return it."""

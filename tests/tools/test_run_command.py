@@ -9,14 +9,20 @@ through pidfds. Nothing sleeps to synchronise.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcp_tasks import TaskStatus, ToolError, ToolResult
 from mcp_tasks._toolloader import load_tools
@@ -325,3 +331,164 @@ async def test_runtime_refuses_a_command_off_the_allow_list(tmp_path: Path) -> N
     text = cast("dict[str, Any]", done.outcome.result)["content"][0]["text"]
     assert "'sh' is not an allowed command" in text
     assert os.path.basename(PYTHON) in text
+
+
+# ------------------------------------------------------- crashes and recovery
+
+# Prints its process group, its parent and its run id, then blocks.
+SHOW_GROUP = """
+import os, sys, threading
+run_id = os.environ["MCP_TASKS_RUN_ID"]
+sys.stdout.write(f"GROUP {os.getpgrp()} {os.getppid()} {run_id} END\\n")
+sys.stdout.flush()
+threading.Event().wait(60)
+"""
+
+
+class FailingStepContext(FakeContext):
+    """A context whose journal write fails, as if the server died during it."""
+
+    async def step(
+        self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        raise OSError("the journal is gone")
+
+
+async def test_the_process_group_is_recorded_before_the_program_runs(
+    tmp_path: Path,
+) -> None:
+    ctx = FakeContext(config(kill_grace_seconds=0.2))
+    module = tool_module("run_command")
+    status = ""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, ctx, script(tmp_path, SHOW_GROUP))
+        with anyio.fail_after(TIMEOUT):
+            status = await ctx.wait_for_status(" END")
+        tg.cancel_scope.cancel()
+    _, pgid, parent, run_id, _ = status.splitlines()[-1].split()
+    record = ctx.steps["process group"]
+    assert record["kind"] == module.PROCESS_RECORD
+    assert record["pgid"] == int(pgid) == int(parent)  # the supervisor leads it
+    assert record["run_id"] == run_id
+    assert record["start_time"] > 0
+    identity = {key: record[key] for key in ("host", "boot_id", "pid_namespace")}
+    assert identity == module.host_identity()
+
+
+async def test_the_program_does_not_run_when_recording_it_fails(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "ran"
+    ctx = FailingStepContext(config())
+    code = f"open({str(marker)!r}, 'w').close()"
+    with pytest.raises(OSError, match="journal is gone"):
+        await run(ctx, "-c", code)
+    assert not marker.exists()
+
+
+# A group leader like run_command's supervisor: it starts two members, one
+# with the environment as is and one without MCP_TASKS_RUN_ID, prints their
+# pids, and then either waits or exits (leaving the members without a leader).
+GROUP_LEADER = f"""
+import os, subprocess, sys, threading
+member = subprocess.Popen([sys.executable, "-c", {GRANDCHILD!r}])
+clean = {{k: v for k, v in os.environ.items() if k != "MCP_TASKS_RUN_ID"}}
+other = subprocess.Popen([sys.executable, "-c", {GRANDCHILD!r}], env=clean)
+print(member.pid, other.pid, flush=True)
+if sys.argv[1] == "wait":
+    threading.Event().wait(60)
+"""
+
+
+async def start_group(
+    tmp_path: Path, run_id: str, *, leader_exits: bool = False
+) -> tuple[Process, int, int]:
+    """A leader and two members in a new group (see `GROUP_LEADER`).
+
+    Returns the leader, the member with ``MCP_TASKS_RUN_ID=<run_id>`` and the
+    one without. With ``leader_exits`` the leader has exited and been reaped.
+    """
+    process = await anyio.open_process(
+        [PYTHON, script(tmp_path, GROUP_LEADER), "exit" if leader_exits else "wait"],
+        stdin=subprocess.DEVNULL,
+        stderr=None,
+        env={**os.environ, "MCP_TASKS_RUN_ID": run_id},
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    with anyio.fail_after(TIMEOUT):
+        line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 100)
+        if leader_exits:
+            await process.wait()
+    member, other = (int(pid) for pid in line.split())
+    return process, member, other
+
+
+def record_of(pgid: int, run_id: str, **changes: Any) -> dict[str, Any]:
+    record = tool_module("run_command").process_record(pgid, run_id)
+    return {**record, **changes}
+
+
+async def kill_group(leader: Process, *pids: int) -> None:
+    """Clean up after a test: the group (if it has a leader) and ``pids``."""
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if leader.returncode is None:
+        with suppress(ProcessLookupError):
+            os.killpg(leader.pid, signal.SIGKILL)
+    with anyio.CancelScope(shield=True):
+        await leader.aclose()
+
+
+async def test_recovery_kills_a_recorded_group_whose_leader_lives(
+    tmp_path: Path,
+) -> None:
+    leader, member, other = await start_group(tmp_path, "run-1")
+    steps = {"approve-1": True, "step:process group-1": record_of(leader.pid, "run-1")}
+    try:
+        await tool_module("run_command").reap_lost_run("task-1", steps)
+        with anyio.fail_after(TIMEOUT):
+            await wait_until_ended(member)
+            await wait_until_ended(other)
+            assert await leader.wait() == -signal.SIGKILL
+    finally:
+        await kill_group(leader, member, other)
+
+
+async def test_recovery_kills_what_a_dead_leader_left_of_the_run(
+    tmp_path: Path,
+) -> None:
+    leader, member, other = await start_group(tmp_path, "run-2", leader_exits=True)
+    # The leader's start time no longer matters: its pid names no process.
+    record = record_of(leader.pid, "run-2", start_time=1)
+    try:
+        assert tool_module("run_command").kill_recorded_group(record) == 1
+        with anyio.fail_after(TIMEOUT):
+            await wait_until_ended(member)
+        assert not is_gone(other), "a process without the run's id is left alone"
+    finally:
+        await kill_group(leader, member, other)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"host": "another-host"},
+        {"boot_id": "another-boot"},
+        {"pid_namespace": "pid:[1]"},
+        {"start_time": 1},  # the leader's pid now names another process
+    ],
+    ids=["host", "boot", "pid-namespace", "pid-reused"],
+)
+async def test_recovery_leaves_a_group_alone_unless_it_is_provably_the_run(
+    tmp_path: Path, changes: dict[str, Any]
+) -> None:
+    leader, member, other = await start_group(tmp_path, "run-3")
+    try:
+        record = record_of(leader.pid, "run-3", **changes)
+        assert tool_module("run_command").kill_recorded_group(record) == 0
+        assert not is_gone(leader.pid)
+        assert not is_gone(member)
+    finally:
+        await kill_group(leader, member, other)

@@ -269,6 +269,7 @@ class SqliteJournal:
             return None
         row = rows[0]
         text: str | None = row[_rows.TASK_COLUMNS]
+        client_limit: int | None = row[_rows.TASK_COLUMNS + 1]
         loaded = None
         if text is not None:
             if len(text) > _rows.LARGE_JSON_CHARS:
@@ -277,7 +278,7 @@ class SqliteJournal:
             else:
                 data = json.loads(text)
             loaded = _rows.outcome_from(data)
-        return _rows.task_from_row(row, loaded)
+        return _rows.task_from_row(row, loaded, client_limit)
 
     async def list_owned(
         self, owner_id: OwnerId, after_seq: int, limit: int
@@ -285,15 +286,21 @@ class SqliteJournal:
         rows = await self._read("list_owned", owner_id, after_seq, limit)
         queued = [row[0] for row in rows if row[-1]]
         ahead = 0
+        client_limit: int | None = None
         if queued:
             # Queued tasks of one owner in seq order are consecutive in its queue.
             ((ahead,),) = await self._read("queued_ahead", owner_id, queued[0])
+            full = await self._read("client_limit_if_full", owner_id)
+            client_limit = full[0][0] if full else None
         listed: list[tuple[int, Task]] = []
         for row in rows:
             position = None
             if row[-1]:
                 position, ahead = ahead, ahead + 1
-            listed.append((row[0], _rows.task_from_row((*row[1:-1], position))))
+            task = _rows.task_from_row(
+                (*row[1:-1], position), None, client_limit if row[-1] else None
+            )
+            listed.append((row[0], task))
         return listed
 
     async def request_meta(self, task_id: TaskId) -> dict[str, Any]:

@@ -66,7 +66,9 @@ def tool_error_text(outcome: Outcome | None) -> str | None:
 TASK_COLUMNS = 14
 
 
-def task_from_row(row: Any, outcome: Outcome | None = None) -> Task:
+def task_from_row(
+    row: Any, outcome: Outcome | None = None, client_limit: int | None = None
+) -> Task:
     """A `Task` from the 14 task columns of a read."""
     (
         task_id,
@@ -100,6 +102,7 @@ def task_from_row(row: Any, outcome: Outcome | None = None) -> Task:
         queued_ahead=ahead,
         progress=progress,
         progress_total=total,
+        client_limit=client_limit,
     )
 
 

@@ -29,7 +29,11 @@ SELECT t.task_id, t.owner_id, t.tool_name, t.status, t.status_message, t.created
            SELECT count(*) FROM tasks q
            WHERE q.owner_id = t.owner_id AND q.phase = 'queued' AND q.seq < t.seq
        ) END,
-       CASE WHEN ? THEN t.outcome END
+       CASE WHEN ? THEN t.outcome END,
+       CASE WHEN t.phase = 'queued' THEN (
+           SELECT c.concurrency FROM clients c
+           WHERE c.owner_id = t.owner_id AND c.running >= c.concurrency
+       ) END
 FROM tasks t WHERE t.task_id = ?
 
 -- list_owned --
@@ -38,6 +42,9 @@ SELECT seq, task_id, owner_id, tool_name, status, status_message, created_at,
        progress, progress_total, phase = 'queued'
 FROM tasks WHERE owner_id = ? AND listed = 1 AND seq > ?
 ORDER BY seq LIMIT ?
+
+-- client_limit_if_full --
+SELECT concurrency FROM clients WHERE owner_id = ? AND running >= concurrency
 
 -- queued_ahead --
 SELECT count(*) FROM tasks WHERE owner_id = ? AND phase = 'queued' AND seq < ?
