@@ -175,7 +175,7 @@ async def test_the_programs_process_group_dies_with_a_killed_server(
         server.stop()
         kill_all(pids)
     assert task["status"] == "failed"
-    assert "restarted" in str(task.get("statusMessage"))
+    assert "does not resume interrupted work" in str(task.get("statusMessage"))
 
 
 async def test_recovery_kills_a_group_that_outlived_its_server(

@@ -210,6 +210,7 @@ def test_with_status_message_changes_that_field_and_keeps_every_other() -> None:
         queued_ahead=3,
         progress=1.0,
         progress_total=2.0,
+        client_limit=4,
     )
     changed = task.with_status_message("new")
     assert changed.status_message == "new"
