@@ -28,7 +28,7 @@ import anyio.from_thread
 import jsonschema
 import pydantic
 
-from mcp_tasks._exceptions import InvalidArgumentsError
+from mcp_tasks._exceptions import ConfigurationError, InvalidArgumentsError
 from mcp_tasks._questions import Answer, Question
 
 _T = TypeVar("_T")
@@ -370,6 +370,7 @@ class ToolSpec:
     budgets: Mapping[str, float] = field(default_factory=lambda: dict[str, float]())
     explicit_schema: Mapping[str, Any] | None = None
     preflight: Callable[..., Any] | None = None
+    config_model: type[pydantic.BaseModel] | None = None
 
     @property
     def input_schema(self) -> dict[str, Any]:
@@ -413,6 +414,33 @@ class ToolSpec:
         if errors:
             raise InvalidArgumentsError(self.name, errors)
         return arguments
+
+    def check_config(self, table: Mapping[str, Any]) -> None:
+        """Validate this tool's ``[tools.<name>]`` table; raise `ConfigurationError`.
+
+        A tool without a ``config`` model takes no settings, so any key is
+        unknown. The error names the first offending key as a dotted path.
+        """
+        key = f"tools.{self.name}"
+        fields = self.config_model.model_fields if self.config_model else {}
+        known = {field.alias or name for name, field in fields.items()}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            problem = "unknown setting"
+            if self.config_model is None:
+                problem += f" (tool {self.name!r} takes no configuration)"
+            raise ConfigurationError(f"{key}.{unknown[0]}", problem)
+        if self.config_model is None:
+            return
+        try:
+            self.config_model.model_validate(dict(table))
+        except pydantic.ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in error["loc"])
+            got = f", got {error['input']!r}" if error["type"] != "missing" else ""
+            raise ConfigurationError(
+                f"{key}.{where}" if where else key, f"{error['msg']}{got}"
+            ) from None
 
     def bind(self, ctx: object, arguments: Mapping[str, Any]) -> Callable[[], Any]:
         """A zero-argument callable that runs the body with validated arguments."""
@@ -471,6 +499,7 @@ def tool(
     budgets: Mapping[str, float] | None = None,
     input_schema: Mapping[str, Any] | None = None,
     preflight: Callable[..., Any] | None = None,
+    config: type[pydantic.BaseModel] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -489,6 +518,7 @@ def tool(
     budgets: Mapping[str, float] | None = None,
     input_schema: Mapping[str, Any] | None = None,
     preflight: Callable[..., Any] | None = None,
+    config: type[pydantic.BaseModel] | None = None,
 ) -> Any:
     """Declare a function as a tool the server exposes.
 
@@ -515,6 +545,11 @@ def tool(
         preflight: ``async def (ctx, **arguments) -> dict`` run before a task is
             created; it may ask questions (multi-round-trip requests on
             2026-07-28) and its result is `TaskContext.preflight`.
+        config: a pydantic model of the tool's ``[tools.<name>]`` table. The
+            table is validated against it when the tools are loaded, so a
+            misspelt key or a wrong type stops the server at start-up; the body
+            reads the table as ``ctx.config`` (``Model.model_validate(ctx.config)``
+            gives it typed). Without one the tool takes no configuration.
 
     The function is returned unchanged, so it stays directly callable in tests.
     """
@@ -545,6 +580,7 @@ def tool(
             budgets=dict(budgets or {}),
             explicit_schema=dict(input_schema) if input_schema is not None else None,
             preflight=preflight,
+            config_model=config,
         )
         setattr(func, _TOOL_ATTRIBUTE, spec)
         return func
