@@ -12,13 +12,11 @@ import logging
 import secrets
 import socket
 import warnings
-from collections.abc import Callable, Generator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any, cast
 
 import anyio
 import mcp_types as types
-import uvicorn
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.caching import CacheHint
@@ -49,6 +47,15 @@ from mcp_tasks.binding._extension import (
     ExtensionTasks,
     declares_extension,
     missing_extension_error,
+)
+from mcp_tasks.binding._http import (
+    EmbeddedUvicorn,
+    announce,
+    bound_port,
+    listen,
+    transport_security,
+    url,
+    uvicorn_config,
 )
 from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
 from mcp_tasks.binding._listen import TaskNotifications
@@ -165,7 +172,11 @@ class McpTasksServer:
 
     def __init__(self, runtime: TaskRuntime, transport: Transport) -> None:
         self.runtime = runtime
-        self.requesters = Requesters(transport, runtime.settings.auth_enabled)
+        self.requesters = Requesters(
+            transport,
+            runtime.settings.auth_enabled,
+            runtime.settings.http.trusted_proxies,
+        )
         self.pushes = PushChannels()
         self.legacy = LegacyTasks(runtime, self.requesters, self.pushes)
         self.extension = ExtensionTasks(runtime, self.requesters)
@@ -459,31 +470,47 @@ class McpTasksServer:
             tg.cancel_scope.cancel()
 
     async def serve_http(
-        self, host: str, port: int, *, ready: anyio.Event | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        ready: anyio.Event | None = None,
+        sockets: list[socket.socket] | None = None,
     ) -> None:
-        """Serve Streamable HTTP at ``http://host:port/mcp`` until cancelled."""
+        """Serve Streamable HTTP at ``http://host:port/mcp`` until cancelled.
+
+        ``sockets`` are listening sockets from `listen` (bound beforehand, so
+        the caller knows the port and an address in use fails early);
+        without them the server binds ``host:port`` itself.
+
+        Raises:
+            ListenError: ``host:port`` cannot be bound.
+        """
+        sockets = sockets if sockets is not None else listen(host, port)
+        settings = self.runtime.settings
         token_verifier = None
         auth = None
-        if self.runtime.settings.auth_enabled:
-            token_verifier = _TokenFileVerifier(self.runtime.settings.tokens)
+        if settings.auth_enabled:
+            token_verifier = _TokenFileVerifier(settings.tokens)
             auth = AuthSettings(
-                issuer_url=AnyHttpUrl(f"http://{host}:{port}"), resource_server_url=None
+                issuer_url=AnyHttpUrl(url(host, bound_port(sockets))),
+                resource_server_url=None,
+            )
+        security = transport_security(host, settings.http)
+        if not security.enable_dns_rebinding_protection and (
+            "*" not in settings.http.allowed_hosts
+        ):
+            logger.warning(
+                "Host and Origin headers are not checked on %s (no DNS-rebinding "
+                "protection); name the server's public names in http.allowed_hosts",
+                host,
             )
         app = self.server.streamable_http_app(
-            host=host, auth=auth, token_verifier=token_verifier
+            transport_security=security, auth=auth, token_verifier=token_verifier
         )
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            access_log=False,
-            # Open streams (a client blocked in tasks/result) must not hold up
-            # shutdown: the journal keeps the state, and clients reconnect.
-            timeout_graceful_shutdown=2,
+        http_server = EmbeddedUvicorn(
+            uvicorn_config(app, settings.http), on_started=announce(host, ready)
         )
-        http_server = _EmbeddedUvicorn(config, on_started=_announce(host, ready))
         stopped = anyio.Event()
 
         async def serve() -> None:
@@ -492,7 +519,7 @@ class McpTasksServer:
             # down mid-flight by a cancellation.
             with anyio.CancelScope(shield=True):
                 try:
-                    await http_server.serve()
+                    await http_server.serve(sockets)
                 finally:
                     stopped.set()
 
@@ -562,41 +589,6 @@ async def _end_sessions(server: Server[Any]) -> None:
             await transport.terminate()
         except Exception:
             logger.debug("ending a session at shutdown failed", exc_info=True)
-
-
-def _announce(host: str, ready: anyio.Event | None) -> Callable[[int], None]:
-    def started(port: int) -> None:
-        # The line operators and tests wait for: the socket accepts connections.
-        # With port 0 it names the port the system picked.
-        logger.info("listening on http://%s:%d/mcp", host, port)
-        if ready is not None:
-            ready.set()
-
-    return started
-
-
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling (the CLI owns signals).
-
-    It reports when it is listening through ``on_started`` rather than a
-    flag someone would have to poll.
-    """
-
-    def __init__(
-        self, config: uvicorn.Config, on_started: Callable[[int], None]
-    ) -> None:
-        super().__init__(config)
-        self._on_started = on_started
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if not self.should_exit:
-            bound = [s.getsockname()[1] for srv in self.servers for s in srv.sockets]
-            self._on_started(bound[0] if bound else self.config.port)
-
-    @contextmanager
-    def capture_signals(self) -> Generator[None]:
-        yield
 
 
 class _TokenFileVerifier:
