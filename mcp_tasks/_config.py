@@ -36,8 +36,8 @@ Config file shape (every key optional)::
     concurrency = 8
     backlog = 50000
 
-    [tools.run_command]             # free-form table handed to the tool module
-    allowed = ["make", "pytest"]
+    [tools.run_command]             # checked against the tool's config model at
+    allowed = ["make", "pytest"]    # start-up (mcp_tasks._toolloader.check_tool_config)
 
 Token file shape::
 
