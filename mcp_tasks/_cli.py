@@ -138,6 +138,10 @@ async def _serve(
     async with TaskRuntime.open(args.db, settings, tools) as runtime:
         server = McpTasksServer(runtime, transport)
         _announce(args, tools, sockets)
+        if args.http:
+            # Before the server sizes its connection limit to the open-files
+            # limit (and after the first line, which names the port).
+            raise_open_files_limit()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             if args.http:
@@ -207,7 +211,6 @@ def _start(args: argparse.Namespace) -> None:
     tools = load_tools(args.tools or [default_tools_path()], settings.tool_config)
     sockets = None
     if args.http:
-        raise_open_files_limit()
         sockets = listen(*args.http)
     _run(args, settings, tools, sockets)
 
