@@ -32,6 +32,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger("mcp_tasks.http")
 
+#: Seconds between two reports of failing accepts.
+ACCEPT_FAILURE_LOG_INTERVAL = 60.0
+
 _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"content-type: text/plain; charset=utf-8\r\n"
@@ -58,6 +61,8 @@ class ConnectionGuard:
         self.refused = 0
         self.dropped = 0
         self.timed_out = 0
+        self._accept_failures = 0
+        self._accept_failure_logged: float | None = None
 
     @property
     def open_connections(self) -> int:
@@ -95,16 +100,36 @@ class ConnectionGuard:
         self.forget(connection)
         self._flood_over_check()
 
+    def accept_failed(self, error: OSError, now: float) -> None:
+        """A connection could not be accepted (asyncio retries in a second).
+
+        Logged when it first happens and then at most once a minute, with the
+        count, rather than once per retry.
+        """
+        self._accept_failures += 1
+        last = self._accept_failure_logged
+        if last is not None and now - last < ACCEPT_FAILURE_LOG_INTERVAL:
+            return
+        logger.error(
+            "cannot accept connections: %s (failed accepts since the last report: %d); "
+            "%d connections are open",
+            error.strerror or error,
+            self._accept_failures,
+            len(self._open),
+            extra={"accept_failures": self._accept_failures},
+        )
+        self._accept_failure_logged = now
+        self._accept_failures = 0
+
     def _flood_started(self) -> None:
         if self.flooding:
             return
         self.flooding = True
         logger.warning(
-            "connection flood: %d connections open (http.max_connections); closing "
-            "those that send no request within %g s, the oldest first, and refusing "
-            "new ones while every connection is busy",
+            "connection flood: the limit of %d connections (http.max_connections) "
+            "is reached; closing those that have waited longest for a request to "
+            "admit new ones, and refusing new ones while all are busy",
             self.max_connections,
-            self.header_timeout,
             extra={"max_connections": self.max_connections},
         )
 

@@ -11,6 +11,7 @@ from the configured trusted proxies only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import resource
@@ -35,7 +36,15 @@ _LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "[::1]")
 #: File descriptors kept free for everything but client connections: the
 #: journal, tool subprocesses' pipes, the event loop, stdio.
 FD_RESERVE: Final = 100
+#: The kernel's queue of connections waiting to be accepted.
 _BACKLOG: Final = 2048
+#: How many connections asyncio accepts per event-loop tick. It accepts as
+#: many as its ``backlog`` argument, each a descriptor before the guard can
+#: turn it away, and a flood keeps a few ticks' worth in flight.
+_ACCEPT_BURST: Final = 16
+_IN_FLIGHT: Final = 4 * _ACCEPT_BURST
+#: asyncio's message when accept() fails for want of descriptors or memory.
+_ACCEPT_FAILED: Final = "socket.accept() out of system resource"
 
 
 def listen(host: str, port: int) -> list[socket.socket]:
@@ -109,40 +118,73 @@ def transport_security(host: str, http: HttpSettings) -> TransportSecuritySettin
     )
 
 
-def connection_limits(configured: int) -> tuple[int, int]:
-    """How many connections to hold, and how many to accept in one go.
+def connection_limit(configured: int) -> int:
+    """``configured``, or less if the open-files limit cannot hold that many.
 
-    Each connection is a file descriptor, and asyncio accepts up to its
-    ``backlog`` waiting connections in one burst, before any of them can be
-    turned away: both must fit in the open-files limit, or a flood makes
-    every accept fail (``Too many open files``). The connection limit is
-    lowered (with a warning) only when ``configured`` cannot fit.
+    Each connection is a file descriptor, and so is each connection accepted
+    but not yet turned away: if they do not fit, a flood makes every accept
+    fail (``Too many open files``). The limit is lowered with a warning.
     """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    room = soft - FD_RESERVE
-    if soft == resource.RLIM_INFINITY or configured + _BACKLOG <= room:
-        return configured, _BACKLOG
-    limit = max(1, min(configured, room // 2))
-    if limit < configured:
-        logger.warning(
-            "http.max_connections %d does not fit the open-files limit %d "
-            "(ulimit -n); allowing %d connections",
-            configured,
-            soft,
-            limit,
-            extra={"max_connections": limit, "open_files_limit": soft},
-        )
-    return limit, max(1, room - limit)
+    room = soft - FD_RESERVE - _IN_FLIGHT
+    if soft == resource.RLIM_INFINITY or configured <= room:
+        return configured
+    limit = max(1, room)
+    logger.warning(
+        "http.max_connections %d does not fit the open-files limit %d "
+        "(ulimit -n); allowing %d connections",
+        configured,
+        soft,
+        limit,
+        extra={"max_connections": limit, "open_files_limit": soft},
+    )
+    return limit
 
 
-def uvicorn_config(app: Any, http: HttpSettings) -> uvicorn.Config:
-    """uvicorn settings for ``app``: guarded connections, our logging only."""
-    max_connections, backlog = connection_limits(http.max_connections)
-    guard = ConnectionGuard(max_connections, http.header_timeout_seconds)
+def connection_guard(http: HttpSettings) -> ConnectionGuard:
+    """The guard of one server's connections, sized to fit the open-files limit."""
+    return ConnectionGuard(
+        connection_limit(http.max_connections), http.header_timeout_seconds
+    )
+
+
+@contextmanager
+def accept_failures_reported(guard: ConnectionGuard) -> Generator[None]:
+    """Route asyncio's failed accepts to ``guard``, which logs them sparingly.
+
+    asyncio logs ``socket.accept() out of system resource`` with a traceback
+    every time it retries (each second while descriptors are short); other
+    errors go to the loop's previous handler as before.
+    """
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if context.get("message") == _ACCEPT_FAILED and isinstance(error, OSError):
+            guard.accept_failed(error, loop.time())
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(previous)
+
+
+def uvicorn_config(
+    app: Any, http: HttpSettings, guard: ConnectionGuard
+) -> uvicorn.Config:
+    """uvicorn settings for ``app``: ``guard``ed connections, our logging only."""
     return uvicorn.Config(
         app,
         http=guarded_protocol(guard),
-        backlog=backlog,
+        # What asyncio accepts per tick; `EmbeddedUvicorn` restores the
+        # kernel's queue (asyncio passes this to listen() as well).
+        backlog=_ACCEPT_BURST,
         # Records go to the root handler (text or JSON, as configured).
         log_config=None,
         log_level="warning",
@@ -186,6 +228,8 @@ class EmbeddedUvicorn(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        for sock in sockets or []:
+            sock.listen(_BACKLOG)
         if not self.should_exit:
             bound = [s.getsockname()[1] for srv in self.servers for s in srv.sockets]
             self._on_started(bound[0] if bound else self.config.port)

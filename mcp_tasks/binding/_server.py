@@ -50,8 +50,10 @@ from mcp_tasks.binding._extension import (
 )
 from mcp_tasks.binding._http import (
     EmbeddedUvicorn,
+    accept_failures_reported,
     announce,
     bound_port,
+    connection_guard,
     listen,
     transport_security,
     url,
@@ -508,8 +510,9 @@ class McpTasksServer:
         app = self.server.streamable_http_app(
             transport_security=security, auth=auth, token_verifier=token_verifier
         )
+        guard = connection_guard(settings.http)
         http_server = EmbeddedUvicorn(
-            uvicorn_config(app, settings.http), on_started=announce(host, ready)
+            uvicorn_config(app, settings.http, guard), on_started=announce(host, ready)
         )
         stopped = anyio.Event()
 
@@ -517,7 +520,7 @@ class McpTasksServer:
             # Shielded: on shutdown uvicorn is asked to exit (it stops accepting,
             # closes connections and runs the app's lifespan shutdown), not torn
             # down mid-flight by a cancellation.
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), accept_failures_reported(guard):
                 try:
                     await http_server.serve(sockets)
                 finally:

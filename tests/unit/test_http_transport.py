@@ -1,4 +1,4 @@
-"""The HTTP transport's rules, without a server: client addresses, host checks, binding.
+"""The HTTP transport's rules, without a server: addresses, host checks, binding, logs.
 
 The end-to-end tests (``e2e/test_proxies.py``, ``e2e/test_connections.py``,
 ``e2e/test_startup.py``) show the same rules through a real server process;
@@ -7,15 +7,25 @@ these pin down the edge cases.
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import socket
 from ipaddress import ip_network
+from typing import Any
 
 import pytest
 
 from mcp_tasks._config import HttpSettings
 from mcp_tasks._exceptions import ListenError
 from mcp_tasks.binding._common import Requesters, Transport
-from mcp_tasks.binding._http import listen, transport_security, url
+from mcp_tasks.binding._guard import ConnectionGuard
+from mcp_tasks.binding._http import (
+    accept_failures_reported,
+    listen,
+    transport_security,
+    url,
+)
 
 PROXIES = Requesters(
     Transport.HTTP,
@@ -127,3 +137,66 @@ def test_listen_on_a_port_in_use_raises_listen_error() -> None:
 def test_urls_bracket_ipv6_hosts() -> None:
     assert url("::1", 8765) == "http://[::1]:8765/mcp"
     assert url("127.0.0.1", 8765) == "http://127.0.0.1:8765/mcp"
+
+
+# ---------------------------------------------------------- failed accepts
+
+ACCEPT_FAILED = {
+    "message": "socket.accept() out of system resource",
+    "exception": OSError(errno.EMFILE, "Too many open files"),
+}
+
+
+def accept_reports(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("cannot accept connections")
+    ]
+
+
+async def test_failed_accepts_are_reported_once_not_per_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    with (
+        caplog.at_level(logging.ERROR),
+        accept_failures_reported(ConnectionGuard(10, 1.0)),
+    ):
+        for _ in range(5):
+            loop.call_exception_handler(dict(ACCEPT_FAILED))
+    assert accept_reports(caplog) == [
+        "cannot accept connections: Too many open files (failed accepts since the "
+        "last report: 1); 0 connections are open"
+    ]
+
+
+def test_failed_accepts_are_reported_again_a_minute_later_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard = ConnectionGuard(10, 1.0)
+    error = OSError(errno.EMFILE, "Too many open files")
+    with caplog.at_level(logging.ERROR):
+        for now in (0.0, 1.0, 30.0, 59.0, 61.0):
+            guard.accept_failed(error, now)
+    reports = accept_reports(caplog)
+    assert len(reports) == 2
+    assert "(failed accepts since the last report: 4)" in reports[1]
+
+
+async def test_other_loop_errors_reach_the_previous_handler() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+
+    def previous(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        seen.append(context)
+
+    loop.set_exception_handler(previous)
+    try:
+        with accept_failures_reported(ConnectionGuard(10, 1.0)):
+            loop.call_exception_handler({"message": "something else"})
+            loop.call_exception_handler(dict(ACCEPT_FAILED))
+        assert loop.get_exception_handler() is previous
+    finally:
+        loop.set_exception_handler(None)
+    assert [c["message"] for c in seen] == ["something else"]
