@@ -16,7 +16,9 @@ protocol here closes the gap:
   connection started waiting for it (when it opened, or when its previous
   response ended), else the connection is closed;
 - a flood is logged once when the cap is first reached, and once more with its
-  totals when the number of open connections has fallen to half the cap.
+  totals when the number of open connections has fallen to half the cap;
+- accepts that fail for want of descriptors (asyncio retries each second) are
+  logged at most once a minute, with a count (`accept_failed`).
 
 Streams a client holds open for a response (SSE) are busy, never closed here.
 """
@@ -35,6 +37,7 @@ logger = logging.getLogger("mcp_tasks.http")
 #: Seconds between two reports of failing accepts.
 ACCEPT_FAILURE_LOG_INTERVAL = 60.0
 
+#: The whole answer to a connection refused at the cap (sent before reading).
 _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"content-type: text/plain; charset=utf-8\r\n"
@@ -63,11 +66,6 @@ class ConnectionGuard:
         self.timed_out = 0
         self._accept_failures = 0
         self._accept_failure_logged: float | None = None
-
-    @property
-    def open_connections(self) -> int:
-        """How many connections are open now."""
-        return len(self._open)
 
     def admit(self, connection: GuardedProtocol) -> bool:
         """Make room for ``connection``; False if every open one is busy."""

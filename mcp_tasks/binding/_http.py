@@ -101,7 +101,14 @@ def transport_security(host: str, http: HttpSettings) -> TransportSecuritySettin
     ["*"]`` turns both checks off.
     """
     configured = bool(http.allowed_hosts or http.allowed_origins)
-    if "*" in http.allowed_hosts or (host not in LOOPBACK and not configured):
+    if "*" in http.allowed_hosts:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    if host not in LOOPBACK and not configured:
+        logger.warning(
+            "Host and Origin headers are not checked on %s (no DNS-rebinding "
+            "protection); name the server's public names in http.allowed_hosts",
+            host,
+        )
         return TransportSecuritySettings(enable_dns_rebinding_protection=False)
     hosts = [f"{name}:*" for name in _LOOPBACK_HOSTS] + list(_LOOPBACK_HOSTS)
     for name in http.allowed_hosts:

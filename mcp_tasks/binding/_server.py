@@ -498,17 +498,10 @@ class McpTasksServer:
                 issuer_url=AnyHttpUrl(url(host, bound_port(sockets))),
                 resource_server_url=None,
             )
-        security = transport_security(host, settings.http)
-        if not security.enable_dns_rebinding_protection and (
-            "*" not in settings.http.allowed_hosts
-        ):
-            logger.warning(
-                "Host and Origin headers are not checked on %s (no DNS-rebinding "
-                "protection); name the server's public names in http.allowed_hosts",
-                host,
-            )
         app = self.server.streamable_http_app(
-            transport_security=security, auth=auth, token_verifier=token_verifier
+            transport_security=transport_security(host, settings.http),
+            auth=auth,
+            token_verifier=token_verifier,
         )
         guard = connection_guard(settings.http)
         http_server = EmbeddedUvicorn(
