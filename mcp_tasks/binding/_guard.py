@@ -18,7 +18,9 @@ protocol here closes the gap:
 - a flood is logged once when the cap is first reached, and once more with its
   totals when the number of open connections has fallen to half the cap;
 - accepts that fail for want of descriptors (asyncio retries each second) are
-  logged at most once a minute, with a count (`accept_failed`).
+  logged at most once a minute, with a count (`accept_failed`), and so is each
+  warning uvicorn has about what a client sent (``Invalid HTTP request
+  received.``), which it would otherwise log once per connection.
 
 Streams a client holds open for a response (SSE) are busy, never closed here.
 """
@@ -34,8 +36,46 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger("mcp_tasks.http")
 
-#: Seconds between two reports of failing accepts.
+#: Seconds between two reports of failing accepts, or of one client mistake.
 ACCEPT_FAILURE_LOG_INTERVAL = 60.0
+
+
+class OncePerInterval(logging.Filter):
+    """Passes each warning text once per interval; repeats are counted, not logged.
+
+    Errors always pass: they are the server's faults, not a client's.
+    """
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self._interval = interval
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is logged (it may gain a count of its repeats)."""
+        if record.levelno >= logging.ERROR:
+            return True
+        text = record.getMessage()
+        last, repeats = self._seen.get(text, (None, 0))
+        if last is not None and record.created - last < self._interval:
+            self._seen[text] = (last, repeats + 1)
+            return False
+        if repeats:
+            record.msg, record.args = (
+                f"{text} ({repeats} more since the last report)",
+                (),
+            )
+        if len(self._seen) >= 1000:  # uvicorn's texts are few; stay bounded anyway
+            self._seen.clear()
+        self._seen[text] = (record.created, 0)
+        return True
+
+
+#: What uvicorn's protocol logs per connection, through `OncePerInterval`.
+_CONNECTION_LOG = logging.getLogger("mcp_tasks.http.connections")
+_CONNECTION_LOG.addFilter(OncePerInterval(ACCEPT_FAILURE_LOG_INTERVAL))
+# uvicorn logs TRACE lines per connection when its logger's own level allows.
+_CONNECTION_LOG.setLevel(logging.WARNING)
 
 #: The whole answer to a connection refused at the cap (sent before reading).
 _REFUSAL = (
@@ -159,6 +199,7 @@ class GuardedProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.logger = _CONNECTION_LOG
         self._head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(  # pyright: ignore[reportIncompatibleMethodOverride]

@@ -177,6 +177,23 @@ async def test_a_connection_that_never_finishes_its_request_is_closed(
     assert FLOOD_LINE not in log
 
 
+async def test_a_flood_of_malformed_requests_is_logged_once(
+    server_files: ServerFilesFactory,
+) -> None:
+    server = HttpServer(server_files("flood-garbage"))
+    try:
+        server.start()
+        with anyio.fail_after(TIMEOUT):
+            for _ in range(30):
+                async with await anyio.connect_tcp("127.0.0.1", server.port) as bad:
+                    await bad.send(b"NOT HTTP AT ALL\r\n\r\n")
+                    assert (await read_to_end(bad)).startswith(b"HTTP/1.1 400 ")
+        assert await echo_once(server) == "still here"
+    finally:
+        log = stopped_log(server)
+    assert log.count("Invalid HTTP request received") == 1, log
+
+
 async def test_the_default_limit_fits_a_low_open_files_limit(
     server_files: ServerFilesFactory,
 ) -> None:

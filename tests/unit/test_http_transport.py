@@ -19,7 +19,7 @@ import pytest
 from mcp_tasks._config import HttpSettings
 from mcp_tasks._exceptions import ListenError
 from mcp_tasks.binding._common import Requesters, Transport
-from mcp_tasks.binding._guard import ConnectionGuard
+from mcp_tasks.binding._guard import ConnectionGuard, OncePerInterval
 from mcp_tasks.binding._http import (
     accept_failures_reported,
     listen,
@@ -200,3 +200,35 @@ async def test_other_loop_errors_reach_the_previous_handler() -> None:
     finally:
         loop.set_exception_handler(None)
     assert [c["message"] for c in seen] == ["something else"]
+
+
+def test_repeated_warnings_pass_once_per_interval_with_a_count() -> None:
+    once = OncePerInterval(60.0)
+
+    def record(
+        message: str, at: float, level: int = logging.WARNING
+    ) -> logging.LogRecord:
+        made = logging.LogRecord("t", level, __file__, 1, message, (), None)
+        made.created = at
+        return made
+
+    passed = [
+        r.getMessage()
+        for r in (
+            record("Invalid HTTP request received.", 0.0),
+            record("Invalid HTTP request received.", 1.0),
+            record("Unsupported upgrade request.", 2.0),
+            record("Invalid HTTP request received.", 59.0),
+            record("Exception in ASGI application", 3.0, logging.ERROR),
+            record("Exception in ASGI application", 4.0, logging.ERROR),
+            record("Invalid HTTP request received.", 61.0),
+        )
+        if once.filter(r)
+    ]
+    assert passed == [
+        "Invalid HTTP request received.",
+        "Unsupported upgrade request.",
+        "Exception in ASGI application",
+        "Exception in ASGI application",
+        "Invalid HTTP request received. (2 more since the last report)",
+    ]
