@@ -1,30 +1,55 @@
-"""The ``mcp-tasks`` command line: ``mcp-tasks serve``.
+"""The ``mcp-tasks`` command line: ``mcp-tasks serve`` and ``mcp-tasks --version``.
 
-Exit codes: 0 after a clean shutdown, 2 for a configuration error, 3 when the
-journal cannot be opened (corrupt, unwritable or from a newer version).
+Exit codes:
+
+- 0: clean shutdown (SIGINT or SIGTERM, or stdin closed on stdio).
+- 1: an unexpected error: a bug, reported with a traceback.
+- 2: a bad command line, config file, token file or tool table; the message
+  names the option or key.
+- 3: the journal cannot be opened (not a database, no write access, written by
+  a newer mcp-tasks, or in use by another process).
+- 4: ``--http HOST:PORT`` cannot be listened on (address in use, not a local
+  address, no permission, unknown host name).
+
+Every start-up error is one line on stderr, ``mcp-tasks: …``, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import Final, NoReturn
 
 import anyio
 
 from mcp_tasks._config import Settings
-from mcp_tasks._exceptions import ConfigurationError, JournalError
+from mcp_tasks._exceptions import ConfigurationError, JournalError, ListenError
+from mcp_tasks._logs import configure_logging
+from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks._toolloader import default_tools_path, load_tools
-from mcp_tasks.binding import McpTasksServer, Transport
+from mcp_tasks.binding import McpTasksServer, Transport, listen, url
 from mcp_tasks.engine import TaskRuntime
 
-EXIT_CONFIG = 2
-EXIT_JOURNAL = 3
-DEFAULT_DB = "mcp-tasks.db"
+EXIT_OK: Final = 0
+EXIT_CONFIG: Final = 2
+EXIT_JOURNAL: Final = 3
+EXIT_LISTEN: Final = 4
+DEFAULT_DB: Final = "mcp-tasks.db"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 logger = logging.getLogger("mcp_tasks")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"mcp-tasks: {message} (see {self.prog} --help)\n")
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -34,9 +59,21 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mcp-tasks")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
-    parser = argparse.ArgumentParser(prog="mcp-tasks", description=__doc__)
+    parser = _Parser(prog="mcp-tasks", description="Durable MCP tasks server.")
+    parser.add_argument(
+        "--version", action="version", version=f"mcp-tasks {_version()}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the MCP server")
     serve.add_argument(
@@ -54,31 +91,90 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="tool module file or folder; repeatable; replaces the default tools/",
     )
-    serve.add_argument("--log-level", default="INFO", help="logging level (stderr)")
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level (stderr; default INFO)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="text lines, or one JSON object per line (default text)",
+    )
     return parser
 
 
-async def _serve(args: argparse.Namespace, settings: Settings) -> None:
-    tools = load_tools(args.tools or [default_tools_path()], settings.tool_config)
+def raise_open_files_limit() -> None:
+    """Raise the soft open-files limit as far as the hard limit allows.
+
+    Every HTTP connection is a file descriptor, and the usual soft limit
+    (1024) is far below what the hard limit permits.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    # macOS refuses values above kern.maxfilesperproc: try smaller ones too.
+    for target in (wanted, 65_536, 10_240):
+        if soft != resource.RLIM_INFINITY and soft < target <= wanted:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (ValueError, OSError):
+                continue
+            logger.debug("open-files limit raised from %d to %d", soft, target)
+            return
+
+
+async def _serve(
+    args: argparse.Namespace,
+    settings: Settings,
+    tools: dict[str, ToolSpec],
+    sockets: list[socket.socket] | None,
+) -> None:
     transport = Transport.HTTP if args.http else Transport.STDIO
     # The journal opens before any task group, so a start-up error (bad file,
     # newer schema, lock held) surfaces as itself and maps to its exit code.
     async with TaskRuntime.open(args.db, settings, tools) as runtime:
         server = McpTasksServer(runtime, transport)
-        logger.info(
-            "serving %d tools (%s) over %s, journal %s",
-            len(tools),
-            ", ".join(sorted(tools)),
-            f"http://{args.http[0]}:{args.http[1]}/mcp" if args.http else "stdio",
-            args.db,
-        )
+        _announce(args, tools, sockets)
+        if args.http:
+            # Before the server sizes its connection limit to the open-files
+            # limit (and after the first line, which names the port).
+            raise_open_files_limit()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             if args.http:
-                await server.serve_http(*args.http)
+                await server.serve_http(*args.http, sockets=sockets)
             else:
                 await server.serve_stdio()
             tg.cancel_scope.cancel()
+
+
+def _announce(
+    args: argparse.Namespace,
+    tools: dict[str, ToolSpec],
+    sockets: list[socket.socket] | None,
+) -> None:
+    # The first line: where (with the real port when --http asked for 0),
+    # what, and which journal.
+    where = "stdio"
+    if sockets:
+        where = url(args.http[0], sockets[0].getsockname()[1])
+    logger.info(
+        "mcp-tasks %s serving %d tools (%s) on %s, journal %s",
+        _version(),
+        len(tools),
+        ", ".join(sorted(tools)),
+        where,
+        args.db,
+        extra={"url": where, "tools": sorted(tools), "journal": str(args.db)},
+    )
+    if not tools:
+        logger.warning(
+            "no tools loaded from %s: clients will see an empty tool list",
+            ", ".join(str(p) for p in args.tools or [default_tools_path()]),
+        )
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:
@@ -89,37 +185,55 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> None:
+def _run(
+    args: argparse.Namespace,
+    settings: Settings,
+    tools: dict[str, ToolSpec],
+    sockets: list[socket.socket] | None,
+) -> None:
     try:
-        anyio.run(_serve, args, settings, backend="asyncio")
+        anyio.run(_serve, args, settings, tools, sockets, backend="asyncio")
     except BaseExceptionGroup as group:
         # A start-up error raised inside a task group arrives wrapped; one
         # known error alone is reported as itself (a clear line, an exit code).
         leaves = group.exceptions
         if len(leaves) == 1 and isinstance(
-            leaves[0], ConfigurationError | JournalError
+            leaves[0], ConfigurationError | JournalError | ListenError
         ):
             raise leaves[0] from None
         raise
 
 
+def _start(args: argparse.Namespace) -> None:
+    settings = Settings.load(args.config, args.tokens)
+    if args.tokens is not None and not args.http:
+        raise ConfigurationError("--tokens", "bearer tokens apply to --http only")
+    tools = load_tools(args.tools or [default_tools_path()], settings.tool_config)
+    sockets = None
+    if args.http:
+        sockets = listen(*args.http)
+    _run(args, settings, tools, sockets)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mcp-tasks`` console script."""
+    """Entry point of the ``mcp-tasks`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
-        settings = Settings.load(args.config, args.tokens)
-        if args.tokens is not None and not args.http:
-            raise ConfigurationError("--tokens", "bearer tokens apply to --http only")
-        _run(args, settings)
+        _start(args)
     except ConfigurationError as exc:
-        print(f"mcp-tasks: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(args, EXIT_CONFIG, exc)
     except JournalError as exc:
-        print(f"mcp-tasks: {exc}", file=sys.stderr)
-        return EXIT_JOURNAL
-    return 0
+        return _fail(args, EXIT_JOURNAL, exc)
+    except ListenError as exc:
+        return _fail(args, EXIT_LISTEN, exc)
+    return EXIT_OK
+
+
+def _fail(args: argparse.Namespace, code: int, error: Exception) -> int:
+    message = f"mcp-tasks: {error}"
+    if args.log_format == "json":
+        logger.critical(message, extra={"exit_code": code})
+    else:
+        print(message, file=sys.stderr)
+    return code

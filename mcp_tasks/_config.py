@@ -29,12 +29,19 @@ Config file shape (every key optional)::
     synchronous = "FULL"            # or "NORMAL": survives app crashes, not power loss
     feed_poll_seconds = 0.05        # how often other processes' changes are read
 
+    [http]                          # only with --http
+    max_connections = 1000          # open connections; more evict idle ones or are refused
+    header_timeout_seconds = 10     # a request head must arrive this soon (idle too)
+    allowed_hosts = ["mcp.example.com"]   # Host values accepted besides loopback; "*": any
+    allowed_origins = ["https://app.example.com"]  # browser Origin values accepted
+    trusted_proxies = ["10.0.0.0/8"]      # peers whose X-Forwarded-For is believed
+
     [clients.alice]                 # per-client overrides, keyed by client id
     concurrency = 8
     backlog = 50000
 
-    [tools.run_command]             # free-form table handed to the tool module
-    allowed = ["make", "pytest"]
+    [tools.run_command]             # checked against the tool's config model at
+    allowed = ["make", "pytest"]    # start-up (mcp_tasks._toolloader.check_tool_config)
 
 Token file shape::
 
@@ -47,7 +54,9 @@ Token file shape::
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -64,6 +73,30 @@ class ClientLimits:
 
     concurrency: int
     backlog: int
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: A Host header value: a DNS name, an IPv4 address or a bracketed IPv6 one,
+#: with an optional port.
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """The ``[http]`` section: connection limits, accepted hosts, trusted proxies.
+
+    ``allowed_hosts`` and ``allowed_origins`` are accepted besides the loopback
+    names; ``allowed_hosts = ("*",)`` turns the Host and Origin checks off.
+    ``trusted_proxies`` are the peers whose ``X-Forwarded-For`` names the
+    client.
+    """
+
+    max_connections: int = 1000
+    header_timeout_seconds: float = 10.0
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[IpNetwork, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +118,7 @@ class Settings:
     progress_interval_seconds: float = 0.05
     synchronous: str = "FULL"
     feed_poll_seconds: float = 0.05
+    http: HttpSettings = field(default_factory=HttpSettings)
     budgets: Mapping[str, BudgetLimits] = field(
         default_factory=lambda: dict[str, BudgetLimits]()
     )
@@ -199,7 +233,7 @@ _LIMIT_KEYS = {
 
 
 def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
-    unknown = set(data) - {"limits", "journal", "clients", "tools", "budgets"}
+    unknown = set(data) - {"limits", "journal", "http", "clients", "tools", "budgets"}
     if unknown:
         raise ConfigurationError(sorted(unknown)[0], "unknown section")
     changes: dict[str, Any] = {}
@@ -220,6 +254,7 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
                 "journal.synchronous", f'must be "FULL" or "NORMAL", got {value!r}'
             )
         changes["synchronous"] = value
+    changes["http"] = _http(_table("http", data.get("http", {})))
     settings = replace(settings, **changes)
     overrides = dict(settings.client_overrides)
     for client_id, raw in _table("clients", data.get("clients", {})).items():
@@ -237,6 +272,69 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
     return replace(
         settings, client_overrides=overrides, tool_config=tools, budgets=budgets
     )
+
+
+def _http(raw: Mapping[str, Any]) -> HttpSettings:
+    unknown = set(raw) - set(HttpSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigurationError(f"http.{sorted(unknown)[0]}", "unknown setting")
+    defaults = HttpSettings()
+    return HttpSettings(
+        max_connections=_positive_int(
+            "http.max_connections", raw.get("max_connections", defaults.max_connections)
+        ),
+        header_timeout_seconds=_positive_number(
+            "http.header_timeout_seconds",
+            raw.get("header_timeout_seconds", defaults.header_timeout_seconds),
+        ),
+        allowed_hosts=tuple(
+            _host("http.allowed_hosts", v)
+            for v in _strings("http.allowed_hosts", raw.get("allowed_hosts", []))
+        ),
+        allowed_origins=tuple(
+            _origin("http.allowed_origins", v)
+            for v in _strings("http.allowed_origins", raw.get("allowed_origins", []))
+        ),
+        trusted_proxies=tuple(
+            _network("http.trusted_proxies", v)
+            for v in _strings("http.trusted_proxies", raw.get("trusted_proxies", []))
+        ),
+    )
+
+
+def _strings(key: str, value: object) -> list[str]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and v for v in cast("list[object]", value)
+    ):
+        raise ConfigurationError(key, f"must be a list of strings, got {value!r}")
+    return cast("list[str]", value)
+
+
+def _host(key: str, value: str) -> str:
+    # What a Host header carries: a name or address, optionally with a port.
+    host = value.lower()
+    if host != "*" and not _HOST.fullmatch(host):
+        raise ConfigurationError(
+            key, f"{value!r} is not a host name (write it as in a Host header)"
+        )
+    return host
+
+
+def _origin(key: str, value: str) -> str:
+    origin = value.lower()
+    scheme, sep, host = origin.partition("://")
+    if not (sep and scheme in ("http", "https") and _HOST.fullmatch(host)):
+        raise ConfigurationError(
+            key, f"{value!r} is not an origin such as 'https://app.example.com'"
+        )
+    return origin
+
+
+def _network(key: str, value: str) -> IpNetwork:
+    try:
+        return ipaddress.ip_network(value)
+    except ValueError as exc:
+        raise ConfigurationError(key, f"{value!r}: {exc}") from None
 
 
 def _budget(key: str, raw: Mapping[str, Any]) -> BudgetLimits:

@@ -4,6 +4,7 @@ Every public error derives from `McpTasksError`::
 
     McpTasksError
     ├── ConfigurationError        a config or token file value is wrong
+    ├── ListenError               the HTTP server cannot listen where it was told
     ├── JournalError              storage failed (driver error on __cause__)
     │   └── JournalSchemaError    the database schema is not one this code runs
     ├── TaskNotFoundError         no such task for this requestor (or purged)
@@ -90,6 +91,20 @@ class ConfigurationError(McpTasksError):
         self.key = key
         self.problem = problem
         super().__init__(f"configuration {key!r}: {problem}")
+
+
+class ListenError(McpTasksError):
+    """Raised at start-up when the HTTP server cannot listen on ``host:port``.
+
+    ``reason`` is the system's explanation (address in use, permission denied,
+    unknown host).
+    """
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
 
 
 class JournalError(McpTasksError):

@@ -28,7 +28,7 @@ import anyio.from_thread
 import jsonschema
 import pydantic
 
-from mcp_tasks._exceptions import InvalidArgumentsError
+from mcp_tasks._exceptions import ConfigurationError, InvalidArgumentsError
 from mcp_tasks._questions import Answer, Question
 
 _T = TypeVar("_T")
@@ -371,6 +371,7 @@ class ToolSpec:
     explicit_schema: Mapping[str, Any] | None = None
     preflight: Callable[..., Any] | None = None
     on_recover: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None
+    config_model: type[pydantic.BaseModel] | None = None
 
     @property
     def input_schema(self) -> dict[str, Any]:
@@ -414,6 +415,33 @@ class ToolSpec:
         if errors:
             raise InvalidArgumentsError(self.name, errors)
         return arguments
+
+    def check_config(self, table: Mapping[str, Any]) -> None:
+        """Validate this tool's ``[tools.<name>]`` table; raise `ConfigurationError`.
+
+        A tool without a ``config`` model takes no settings, so any key is
+        unknown. The error names the first offending key as a dotted path.
+        """
+        key = f"tools.{self.name}"
+        fields = self.config_model.model_fields if self.config_model else {}
+        known = {field.alias or name for name, field in fields.items()}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            problem = "unknown setting"
+            if self.config_model is None:
+                problem += f" (tool {self.name!r} takes no configuration)"
+            raise ConfigurationError(f"{key}.{unknown[0]}", problem)
+        if self.config_model is None:
+            return
+        try:
+            self.config_model.model_validate(dict(table))
+        except pydantic.ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in error["loc"])
+            got = f", got {error['input']!r}" if error["type"] != "missing" else ""
+            raise ConfigurationError(
+                f"{key}.{where}" if where else key, f"{error['msg']}{got}"
+            ) from None
 
     def bind(self, ctx: object, arguments: Mapping[str, Any]) -> Callable[[], Any]:
         """A zero-argument callable that runs the body with validated arguments."""
@@ -473,6 +501,7 @@ def tool(
     input_schema: Mapping[str, Any] | None = None,
     preflight: Callable[..., Any] | None = None,
     on_recover: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
+    config: type[pydantic.BaseModel] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -492,6 +521,7 @@ def tool(
     input_schema: Mapping[str, Any] | None = None,
     preflight: Callable[..., Any] | None = None,
     on_recover: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
+    config: type[pydantic.BaseModel] | None = None,
 ) -> Any:
     """Declare a function as a tool the server exposes.
 
@@ -524,6 +554,11 @@ def tool(
             server died, or its lease ran out), before ``recovery`` applies,
             with the task's recorded step results by step key; the task is
             recovered even if the hook fails.
+        config: a pydantic model of the tool's ``[tools.<name>]`` table. The
+            table is validated against it when the tools are loaded, so a
+            misspelt key or a wrong type stops the server at start-up; the body
+            reads the table as ``ctx.config`` (``Model.model_validate(ctx.config)``
+            gives it typed). Without one the tool takes no configuration.
 
     The function is returned unchanged, so it stays directly callable in tests.
     """
@@ -555,6 +590,7 @@ def tool(
             explicit_schema=dict(input_schema) if input_schema is not None else None,
             preflight=preflight,
             on_recover=on_recover,
+            config_model=config,
         )
         setattr(func, _TOOL_ATTRIBUTE, spec)
         return func

@@ -78,7 +78,8 @@ def load_tools(
     """Every tool defined in the modules at ``paths`` (files or folders).
 
     Tools declared with ``requires_config`` are left out unless ``tool_config``
-    has a table for them. Two tools with one name are a configuration error.
+    has a table for them. Two tools with one name, and a table that
+    `check_tool_config` refuses, are configuration errors.
     """
     config = tool_config or {}
     tools: dict[str, ToolSpec] = {}
@@ -94,4 +95,28 @@ def load_tools(
                         "--tools", f"tool {spec.name!r} is defined twice"
                     )
                 tools[spec.name] = spec
+    check_tool_config(tools, config)
     return tools
+
+
+def check_tool_config(
+    tools: Mapping[str, ToolSpec], tool_config: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Validate every ``[tools.<name>]`` table against the tools being served.
+
+    A table for a tool that is not loaded is an error (a misspelt name would
+    otherwise be ignored), and so is a table its tool refuses
+    (`ToolSpec.check_config`), so mistakes stop the server at start-up rather
+    than failing its first call.
+
+    Raises:
+        ConfigurationError: naming the first offending ``tools.<name>[.key]``.
+    """
+    for name in sorted(tool_config):
+        if name not in tools:
+            loaded = ", ".join(sorted(tools)) or "none"
+            raise ConfigurationError(
+                f"tools.{name}", f"no tool of that name is loaded (loaded: {loaded})"
+            )
+    for name, spec in sorted(tools.items()):
+        spec.check_config(tool_config.get(name, {}))

@@ -8,7 +8,7 @@ JSON-RPC peer of its own on top: it correlates responses by request id, records
 server notifications, answers server-to-client requests, and hands back raw
 result dicts.
 
-Two wire generations are supported (tasks-spec.md §1):
+Two wire generations are supported (their sources: spec-notes.md, "Sources"):
 
 ``"2025-11-25"``
     ``initialize`` handshake, then ``notifications/initialized``. Task

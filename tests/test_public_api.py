@@ -22,6 +22,7 @@ BASE = (
     "mcp_tasks._questions",
     "mcp_tasks._toolapi",
     "mcp_tasks._tokens",
+    "mcp_tasks._toolloader",
 )
 #: The engine's modules in layers, lowest first: each imports only earlier layers.
 ENGINE_LAYERS = (

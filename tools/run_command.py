@@ -43,12 +43,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final, NoReturn, cast
+from typing import Annotated, Any, Final, cast
 
 import anyio
 import anyio.to_thread
 from anyio.abc import ByteReceiveStream, Process
-from pydantic import Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_tasks import TaskContext, ToolError, ToolResult, tool
 
@@ -75,17 +75,6 @@ PROCESS_RECORD: Final = "run_command.process_group"
 
 logger = logging.getLogger("mcp_tasks.tools.run_command")
 
-_CONFIG_KEYS = frozenset(
-    {
-        "allowed",
-        "auto_approve",
-        "default_timeout_seconds",
-        "cwd",
-        "env",
-        "kill_grace_seconds",
-    }
-)
-
 #: The approval question's answer: one boolean.
 APPROVAL_SCHEMA: Final = {
     "type": "object",
@@ -94,9 +83,36 @@ APPROVAL_SCHEMA: Final = {
 }
 
 
+def _command(entry: str) -> str:
+    # A relative path such as "./build.sh" would depend on the call's cwd,
+    # which the caller controls: only bare names and absolute paths.
+    if not entry:
+        raise ValueError("an entry is empty")
+    if os.sep in entry and not os.path.isabs(entry):
+        raise ValueError(f"entry {entry!r} is a relative path")
+    return entry
+
+
+Command = Annotated[str, AfterValidator(_command)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class RunCommandConfig(BaseModel):
+    """The ``[tools.run_command]`` table, checked when the server starts."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    allowed: list[Command]
+    auto_approve: list[Command] = []
+    default_timeout_seconds: Seconds | None = None
+    cwd: str | None = None
+    env: dict[str, str] = {}
+    kill_grace_seconds: Seconds = KILL_GRACE_SECONDS
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The validated ``[tools.run_command]`` table."""
+    """The validated ``[tools.run_command]`` table, ready to use."""
 
     allowed: tuple[str, ...]
     auto_approve: tuple[str, ...] = ()
@@ -107,67 +123,28 @@ class Policy:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Policy:
-        """Validate the tool's config table; raise `ToolError` naming the key.
+        """Read the tool's config table; raise `ToolError` naming a bad key.
 
-        The runtime hands tool tables over unvalidated, so a mistake surfaces
-        on the first call rather than at start-up.
+        The server refuses to start with a table `RunCommandConfig` rejects,
+        so the error here only reaches callers that bypass the loader.
         """
-        unknown = sorted(set(config) - _CONFIG_KEYS)
-        if unknown:
-            _misconfigured(unknown[0], "is not a known setting")
-        root = config.get("cwd")
-        if root is not None and not isinstance(root, str):
-            _misconfigured("cwd", "must be a string")
+        try:
+            table = RunCommandConfig.model_validate(dict(config))
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise ToolError(
+                f"run_command is misconfigured: [tools.run_command] {where}: "
+                f"{error['msg']}"
+            ) from None
         return cls(
-            allowed=_allowed(config.get("allowed")),
-            auto_approve=_allowed(config.get("auto_approve", []), "auto_approve"),
-            default_timeout_seconds=_optional_seconds(
-                "default_timeout_seconds", config.get("default_timeout_seconds")
-            ),
-            root=Path(root).resolve() if root is not None else None,
-            env=_env(config.get("env", {})),
-            kill_grace_seconds=_optional_seconds(
-                "kill_grace_seconds", config.get("kill_grace_seconds")
-            )
-            or KILL_GRACE_SECONDS,
+            allowed=tuple(table.allowed),
+            auto_approve=tuple(table.auto_approve),
+            default_timeout_seconds=table.default_timeout_seconds,
+            root=Path(table.cwd).resolve() if table.cwd is not None else None,
+            env=dict(table.env),
+            kill_grace_seconds=table.kill_grace_seconds,
         )
-
-
-def _misconfigured(key: str, problem: str) -> NoReturn:
-    raise ToolError(
-        f"run_command is misconfigured: [tools.run_command] {key} {problem}"
-    )
-
-
-def _allowed(value: object, key: str = "allowed") -> tuple[str, ...]:
-    if not isinstance(value, list):
-        return _misconfigured(key, "must be a list of command names or paths")
-    entries = cast("list[object]", value)
-    for entry in entries:
-        # A relative path such as "./build.sh" would depend on the call's cwd,
-        # which the caller controls: only bare names and absolute paths.
-        if not isinstance(entry, str) or not entry:
-            _misconfigured(key, f"has a non-string entry {entry!r}")
-        elif os.sep in entry and not os.path.isabs(entry):
-            _misconfigured(key, f"entry {entry!r} is a relative path")
-    return tuple(cast("list[str]", entries))
-
-
-def _optional_seconds(key: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return _misconfigured(key, f"must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _env(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        return _misconfigured("env", "must be a table of strings")
-    table = cast("dict[object, object]", value)
-    if not all(isinstance(v, str) for v in table.values()):
-        _misconfigured("env", "must be a table of strings")
-    return cast("dict[str, str]", table)
 
 
 # ----------------------------------------------------------------- launching
@@ -630,6 +607,7 @@ def _result(
     requires_config=True,
     recovery="fail",
     on_recover=reap_lost_run,
+    config=RunCommandConfig,
 )
 async def run_command(
     ctx: TaskContext,

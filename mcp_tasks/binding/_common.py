@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, Final
 
 import anyio
@@ -201,10 +202,14 @@ class Requesters:
     - HTTP with bearer tokens: the token's client id; tasks are bound to it.
     - HTTP without tokens: task ids are bearer capabilities; fairness is
       keyed by MCP session (2025-11-25) or by client address (2026-07-28).
+      The address is the peer's, unless the peer is one of
+      ``trusted_proxies``: then it is the right-most address of
+      ``X-Forwarded-For`` that is not a trusted proxy.
     """
 
     transport: Transport
     auth: bool
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
     @property
     def identified(self) -> bool:
@@ -225,9 +230,61 @@ class Requesters:
         session_id = connection_of(ctx).session_id
         if session_id is not None:
             return Requester(OwnerId(f"session:{session_id}"), scoped=False)
-        client = getattr(ctx.request, "client", None)
-        host = getattr(client, "host", None) or "unknown"
+        request = ctx.request
+        client = getattr(request, "client", None)
+        headers = getattr(request, "headers", None)
+        forwarded: list[str] = (
+            headers.getlist("x-forwarded-for") if headers is not None else []
+        )
+        host = self.client_address(getattr(client, "host", None), forwarded)
         return Requester(OwnerId(f"anonymous:{host}"), scoped=False)
+
+    def client_address(self, peer: str | None, forwarded_for: list[str]) -> str:
+        """The client's address: ``peer``, or what trusted proxies say it is.
+
+        Only a trusted peer's ``X-Forwarded-For`` is read (all of its values,
+        in order). Each trusted proxy appends the address it received from,
+        so walking from the right, the first address that is not a trusted
+        proxy is the client; anything further left was written by the
+        client and could be anything.
+        """
+        if peer is None:
+            return "unknown"
+        if not self._trusted(peer):
+            return peer
+        hops = [
+            self._host_of(hop) for value in forwarded_for for hop in value.split(",")
+        ]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                # A hop that is no address tells nothing: the proxy it came
+                # through is the best we know.
+                return hop if self._is_address(hop) else peer
+        return hops[0] if hops else peer
+
+    def _trusted(self, address: str) -> bool:
+        if not self._is_address(address):
+            return False
+        parsed = ip_address(address)
+        return any(parsed in network for network in self.trusted_proxies)
+
+    @staticmethod
+    def _host_of(hop: str) -> str:
+        # Some proxies add the port: "203.0.113.7:4711", "[2001:db8::1]:4711".
+        hop = hop.strip()
+        if hop.startswith("["):
+            return hop[1:].partition("]")[0]
+        if hop.count(":") == 1:
+            return hop.partition(":")[0]
+        return hop
+
+    @staticmethod
+    def _is_address(value: str) -> bool:
+        try:
+            ip_address(value)
+        except ValueError:
+            return False
+        return True
 
 
 def connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection:

@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 import socket
 import warnings
-from collections.abc import Callable, Generator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any, cast
 
 import anyio
 import mcp_types as types
-import uvicorn
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.caching import CacheHint
@@ -50,6 +48,17 @@ from mcp_tasks.binding._extension import (
     missing_extension_error,
 )
 from mcp_tasks.binding._guard import guard
+from mcp_tasks.binding._http import (
+    EmbeddedUvicorn,
+    accept_failures_reported,
+    announce,
+    bound_port,
+    connection_guard,
+    listen,
+    transport_security,
+    url,
+    uvicorn_config,
+)
 from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
 from mcp_tasks.binding._listen import TaskNotifications
 from mcp_tasks.binding._mrtr import client_capabilities
@@ -169,7 +178,11 @@ class McpTasksServer:
 
     def __init__(self, runtime: TaskRuntime, transport: Transport) -> None:
         self.runtime = runtime
-        self.requesters = Requesters(transport, runtime.settings.auth_enabled)
+        self.requesters = Requesters(
+            transport,
+            runtime.settings.auth_enabled,
+            runtime.settings.http.trusted_proxies,
+        )
         # Over HTTP a session may have no GET stream to push on (`_streams`).
         self.streams = StandaloneStreams() if transport is Transport.HTTP else None
         self.pushes = PushChannels(self.streams)
@@ -479,42 +492,52 @@ class McpTasksServer:
             tg.cancel_scope.cancel()
 
     async def serve_http(
-        self, host: str, port: int, *, ready: anyio.Event | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        ready: anyio.Event | None = None,
+        sockets: list[socket.socket] | None = None,
     ) -> None:
-        """Serve Streamable HTTP at ``http://host:port/mcp`` until cancelled."""
+        """Serve Streamable HTTP at ``http://host:port/mcp`` until cancelled.
+
+        ``sockets`` are listening sockets from `listen` (bound beforehand, so
+        the caller knows the port and an address in use fails early);
+        without them the server binds ``host:port`` itself.
+
+        Raises:
+            ListenError: ``host:port`` cannot be bound.
+        """
+        sockets = sockets if sockets is not None else listen(host, port)
+        settings = self.runtime.settings
         token_verifier = None
         auth = None
-        if self.runtime.settings.auth_enabled:
-            token_verifier = _TokenFileVerifier(self.runtime.settings.tokens)
+        if settings.auth_enabled:
+            token_verifier = _TokenFileVerifier(settings.tokens)
             auth = AuthSettings(
-                issuer_url=AnyHttpUrl(f"http://{host}:{port}"), resource_server_url=None
+                issuer_url=AnyHttpUrl(url(host, bound_port(sockets))),
+                resource_server_url=None,
             )
         app = self.server.streamable_http_app(
-            host=host, auth=auth, token_verifier=token_verifier
+            transport_security=transport_security(host, settings.http),
+            auth=auth,
+            token_verifier=token_verifier,
         )
         if self.streams is not None:
             app = self.streams.wrap(app)
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            access_log=False,
-            # Open streams (a client blocked in tasks/result) must not hold up
-            # shutdown: the journal keeps the state, and clients reconnect.
-            timeout_graceful_shutdown=2,
+        guard = connection_guard(settings.http)
+        http_server = EmbeddedUvicorn(
+            uvicorn_config(app, settings.http, guard), on_started=announce(host, ready)
         )
-        http_server = _EmbeddedUvicorn(config, on_started=_announce(host, ready))
         stopped = anyio.Event()
 
         async def serve() -> None:
             # Shielded: on shutdown uvicorn is asked to exit (it stops accepting,
             # closes connections and runs the app's lifespan shutdown), not torn
             # down mid-flight by a cancellation.
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), accept_failures_reported(guard):
                 try:
-                    await http_server.serve()
+                    await http_server.serve(sockets)
                 finally:
                     stopped.set()
 
@@ -598,41 +621,6 @@ async def _end_sessions(server: Server[Any]) -> None:
             await transport.terminate()
         except Exception:
             logger.debug("ending a session at shutdown failed", exc_info=True)
-
-
-def _announce(host: str, ready: anyio.Event | None) -> Callable[[int], None]:
-    def started(port: int) -> None:
-        # The line operators and tests wait for: the socket accepts connections.
-        # With port 0 it names the port the system picked.
-        logger.info("listening on http://%s:%d/mcp", host, port)
-        if ready is not None:
-            ready.set()
-
-    return started
-
-
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling (the CLI owns signals).
-
-    It reports when it is listening through ``on_started`` rather than a
-    flag someone would have to poll.
-    """
-
-    def __init__(
-        self, config: uvicorn.Config, on_started: Callable[[int], None]
-    ) -> None:
-        super().__init__(config)
-        self._on_started = on_started
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if not self.should_exit:
-            bound = [s.getsockname()[1] for srv in self.servers for s in srv.sockets]
-            self._on_started(bound[0] if bound else self.config.port)
-
-    @contextmanager
-    def capture_signals(self) -> Generator[None]:
-        yield
 
 
 class _TokenFileVerifier:

@@ -50,6 +50,7 @@ from mcp_tasks._model import (
 )
 from mcp_tasks._questions import InvalidAnswerError, check_response
 from mcp_tasks._toolapi import ToolSpec
+from mcp_tasks._toolloader import check_tool_config
 from mcp_tasks.engine import _leases, _lifecycle
 from mcp_tasks.engine._dispatch import Dispatcher
 from mcp_tasks.engine._engine import Clock, Engine
@@ -182,7 +183,12 @@ class TaskRuntime:
         Leaving the block shuts down gracefully: nothing new is claimed,
         running tasks get ``shutdown_grace_seconds`` to finish, and the rest
         are handed back for another process or the next start.
+
+        Raises:
+            ConfigurationError: a ``[tools.NAME]`` table does not fit its tool.
+            JournalError: the journal cannot be opened.
         """
+        check_tool_config(tools, settings.tool_config)
         async with open_journal(db, synchronous=settings.synchronous) as journal:
             secret = await journal.secret("cursor")
             runtime = cls(journal, settings, tools, clock=clock, cursor_secret=secret)

@@ -34,8 +34,20 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from pydantic import BaseModel, ConfigDict
 
 from mcp_tasks import RetryLater, TaskContext, ToolError, tool
+
+
+class CrashConfig(BaseModel):
+    """Each tool's ``[tools.<name>]`` table (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    log: str
+    channel: str
+    retry_after: float = 0.05
+
 
 #: A gate gives up (failing the tool) after this long, so nothing hangs forever.
 GATE_LIMIT_SECONDS = 60.0
@@ -142,7 +154,7 @@ async def _run_steps(
     return values
 
 
-@tool
+@tool(config=CrashConfig)
 async def crash_short(ctx: TaskContext, key: str, n: int) -> dict[str, Any]:
     """One step; returns ``n`` squared."""
     _log(ctx.config, ctx.task_id, key, "body", "run")
@@ -150,7 +162,7 @@ async def crash_short(ctx: TaskContext, key: str, n: int) -> dict[str, Any]:
     return {"key": key, "square": n * n, "values": values}
 
 
-@tool
+@tool(config=CrashConfig)
 async def crash_stepped(
     ctx: TaskContext, key: str, steps: int = 3, hold: list[str] | None = None
 ) -> dict[str, Any]:
@@ -160,7 +172,7 @@ async def crash_stepped(
     return {"key": key, "values": values}
 
 
-@tool
+@tool(config=CrashConfig)
 async def crash_long(
     ctx: TaskContext, key: str, steps: int = 40, pause: float = 0.02
 ) -> dict[str, Any]:
@@ -170,7 +182,7 @@ async def crash_long(
     return {"key": key, "total": sum(v["value"] for v in values), "count": len(values)}
 
 
-@tool(max_attempts=3)
+@tool(max_attempts=3, config=CrashConfig)
 async def crash_retry(ctx: TaskContext, key: str) -> dict[str, Any]:
     """Step ``s0``; on the first attempt ask to be retried; then step ``s1``."""
     _log(ctx.config, ctx.task_id, key, "body", f"attempt-{ctx.attempt}")
@@ -184,7 +196,7 @@ async def crash_retry(ctx: TaskContext, key: str) -> dict[str, Any]:
     return {"key": key, "values": [*first, second]}
 
 
-@tool(recovery="fail")
+@tool(recovery="fail", config=CrashConfig)
 async def crash_fail(
     ctx: TaskContext, key: str, hold: list[str] | None = None
 ) -> dict[str, Any]:
@@ -195,7 +207,7 @@ async def crash_fail(
     return {"key": key, "done": True}
 
 
-@tool(recovery="restart")
+@tool(recovery="restart", config=CrashConfig)
 async def crash_restart(
     ctx: TaskContext, key: str, steps: int = 3, hold: list[str] | None = None
 ) -> dict[str, Any]:

@@ -20,8 +20,17 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+from pydantic import BaseModel, ConfigDict
 
 from mcp_tasks import ProtocolError, TaskContext, ToolError, tool
+
+
+class GateConfig(BaseModel):
+    """``[tools.gate]``: the Unix socket where the test's `EventHub` listens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: str | None = None
 
 
 async def _emit(ctx: TaskContext, kind: str, key: str) -> None:
@@ -50,7 +59,7 @@ async def _released(ctx: TaskContext, key: str) -> None:
             raise ToolError(f"gate {key}: the test went away") from None
 
 
-@tool(task_support="optional")
+@tool(task_support="optional", config=GateConfig)
 async def gate(ctx: TaskContext, key: str) -> str:
     """Wait until the test releases ``key`` (or the task is cancelled)."""
     await _emit(ctx, "started", key)

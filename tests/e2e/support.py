@@ -256,9 +256,15 @@ def spawn_http_server(
 
 @dataclass
 class HttpServer:
-    """``mcp-tasks serve --http 127.0.0.1:0`` as a subprocess."""
+    """``mcp-tasks serve --http 127.0.0.1:0`` as a subprocess.
+
+    ``extra_args`` are appended to the command line; ``wrapper`` is put in
+    front of it (e.g. a program that sets resource limits and then execs).
+    """
 
     files: ServerFiles
+    extra_args: list[str] = field(default_factory=lambda: list[str]())
+    wrapper: list[str] = field(default_factory=lambda: list[str]())
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     #: The port to listen on; 0 picks a free one at each start.
@@ -279,10 +285,13 @@ class HttpServer:
         """Start the process on port 0 (without waiting for it)."""
         assert self.process is None, "already running"
         self.port = 0
+        argv = [
+            *self.wrapper,
+            *self.files.argv(("127.0.0.1", self.bind_port)),
+            *self.extra_args,
+        ]
         self.process, self._output = spawn_http_server(
-            self.files.argv(("127.0.0.1", self.bind_port)),
-            self.files.log,
-            cwd=self.files.root,
+            argv, self.files.log, cwd=self.files.root
         )
 
     def ready(self) -> None:

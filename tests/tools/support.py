@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import sys
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ import anyio
 import anyio.to_thread
 
 from mcp_tasks import OwnerId, Requester, Settings, Task, TaskRuntime, ToolSpec
-from mcp_tasks._toolloader import load_tools
+from mcp_tasks._toolloader import _import, load_tools
 
 TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
 TIMEOUT = 10.0
@@ -33,7 +32,8 @@ def load_tool(name: str, config: Mapping[str, Any] | None = None) -> ToolSpec:
 
 def tool_module(name: str) -> Any:
     """The loaded module that defines the default tool ``name``."""
-    return sys.modules[load_tool(name, {}).fn.__module__]
+    # Imported by path, as the loader does, whether or not the tool is served.
+    return _import(TOOLS_DIR / f"{name}.py")
 
 
 class FakeContext:

@@ -24,7 +24,7 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from mcp_tasks import TaskStatus, ToolError, ToolResult
+from mcp_tasks import ConfigurationError, TaskStatus, ToolError, ToolResult
 from mcp_tasks._toolloader import load_tools
 
 from .support import (
@@ -106,18 +106,25 @@ async def test_refuses_a_command_off_the_allow_list() -> None:
     [
         ({}, "allowed"),
         ({"allowed": "make"}, "allowed"),
-        ({"allowed": ["./build.sh"]}, "allowed"),
+        ({"allowed": ["./build.sh"]}, "allowed.0"),
         ({"allowed": ["make"], "alowed": ["x"]}, "alowed"),
         ({"allowed": ["make"], "default_timeout_seconds": -1}, "default_timeout"),
-        ({"allowed": ["make"], "env": {"A": 1}}, "env"),
+        ({"allowed": ["make"], "kill_grace_seconds": True}, "kill_grace_seconds"),
+        ({"allowed": ["make"], "env": {"A": 1}}, "env.A"),
     ],
 )
-async def test_refuses_to_run_with_a_bad_config(
+def test_a_bad_config_stops_the_server_at_start_up(
     table: dict[str, Any], key: str
 ) -> None:
-    ctx = FakeContext(table)
-    spec = load_tool("run_command", table)
-    with pytest.raises(ToolError, match=f"misconfigured.*{key}"):
+    with pytest.raises(ConfigurationError) as caught:
+        load_tool("run_command", table)
+    assert caught.value.key.startswith(f"tools.run_command.{key}")
+
+
+async def test_a_bad_config_that_bypassed_the_loader_refuses_to_run() -> None:
+    spec = load_tool("run_command", {"allowed": ["make"]})
+    ctx = FakeContext({"allowed": "make"})
+    with pytest.raises(ToolError, match=r"misconfigured.*allowed"):
         await spec.fn(ctx, command="make")
 
 

@@ -273,6 +273,84 @@ def test_a_tool_entry_that_is_not_a_table_is_refused(config_file: WriteFile) -> 
     assert load_error(config_file("[tools]\nrun_command = 1\n")) == "tools.run_command"
 
 
+# --------------------------------------------------------------- [http]
+
+
+def test_http_defaults() -> None:
+    http = Settings().http
+    assert (http.max_connections, http.header_timeout_seconds) == (1000, 10.0)
+    assert (http.allowed_hosts, http.allowed_origins, http.trusted_proxies) == (
+        (),
+        (),
+        (),
+    )
+
+
+def test_the_http_section_is_read(config_file: WriteFile) -> None:
+    settings = Settings.load(
+        config_file(
+            "[http]\n"
+            "max_connections = 50\n"
+            "header_timeout_seconds = 2.5\n"
+            'allowed_hosts = ["MCP.Example.com", "mcp.example.com:8443", "[::1]:80", "10.1.2.3"]\n'
+            'allowed_origins = ["https://App.example.com", "http://localhost:3000"]\n'
+            'trusted_proxies = ["10.0.0.0/8", "127.0.0.1", "::1", "fd00::/8"]\n'
+        )
+    )
+    http = settings.http
+    assert (http.max_connections, http.header_timeout_seconds) == (50, 2.5)
+    assert http.allowed_hosts == (
+        "mcp.example.com",
+        "mcp.example.com:8443",
+        "[::1]:80",
+        "10.1.2.3",
+    )
+    assert http.allowed_origins == ("https://app.example.com", "http://localhost:3000")
+    assert [str(n) for n in http.trusted_proxies] == [
+        "10.0.0.0/8",
+        "127.0.0.1/32",
+        "::1/128",
+        "fd00::/8",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("max_connections = 0", "http.max_connections"),
+        ("max_connections = 1.5", "http.max_connections"),
+        ("header_timeout_seconds = 0", "http.header_timeout_seconds"),
+        ("header_timeout_seconds = inf", "http.header_timeout_seconds"),
+        ('allowed_hosts = "mcp.example.com"', "http.allowed_hosts"),
+        ("allowed_hosts = [1]", "http.allowed_hosts"),
+        ('allowed_hosts = [""]', "http.allowed_hosts"),
+        ('allowed_hosts = ["https://mcp.example.com"]', "http.allowed_hosts"),
+        ('allowed_hosts = ["mcp.example.com/mcp"]', "http.allowed_hosts"),
+        ('allowed_hosts = ["mcp.example.com:port"]', "http.allowed_hosts"),
+        ('allowed_hosts = ["user@mcp.example.com"]', "http.allowed_hosts"),
+        ('allowed_origins = ["app.example.com"]', "http.allowed_origins"),
+        ('allowed_origins = ["https://app.example.com/"]', "http.allowed_origins"),
+        ('allowed_origins = ["ftp://app.example.com"]', "http.allowed_origins"),
+        ('allowed_origins = ["*"]', "http.allowed_origins"),
+        ('trusted_proxies = ["proxy.internal"]', "http.trusted_proxies"),
+        ('trusted_proxies = ["10.0.0.1/8"]', "http.trusted_proxies"),
+        ('trusted_proxies = "10.0.0.1"', "http.trusted_proxies"),
+        ("max_conections = 5", "http.max_conections"),
+    ],
+)
+def test_a_bad_http_value_is_refused_naming_the_key(
+    config_file: WriteFile, toml: str, key: str
+) -> None:
+    assert load_error(config_file(f"[http]\n{toml}\n")) == key
+
+
+def test_a_bad_http_value_says_what_is_wrong(config_file: WriteFile) -> None:
+    with pytest.raises(ConfigurationError, match="has host bits set"):
+        Settings.load(config_file('[http]\ntrusted_proxies = ["10.0.0.1/8"]\n'))
+    with pytest.raises(ConfigurationError, match="as in a Host header"):
+        Settings.load(config_file('[http]\nallowed_hosts = ["https://x.test"]\n'))
+
+
 # --------------------------------------------------------------- token file
 
 
