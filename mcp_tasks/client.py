@@ -206,6 +206,24 @@ class ConnectionClosedError(RpcError):
         super().__init__(CONNECTION_CLOSED, message, method=method)
 
 
+#: How the SDK's HTTP transport words the errors it makes up for a response
+#: stream that broke (its ``_resolve_abandoned_request``; pinned to mcp 2.3.x).
+_TRANSPORT_ERRORS = ("SSE stream ended without a response", "SSE stream failed")
+
+
+def _lost_in_transport(error: ErrorData) -> bool:
+    """Whether ``error`` was made up by the transport, not sent by the server.
+
+    The code alone cannot tell: ``-32000`` is also a server-defined code (a
+    full backlog, for one). The transport's errors carry no data.
+    """
+    return (
+        error.code == CONNECTION_CLOSED
+        and error.data is None
+        and error.message.startswith(_TRANSPORT_ERRORS)
+    )
+
+
 class ProtocolError(Exception):
     """The server's answer to the handshake (or discovery) cannot be used."""
 
@@ -983,7 +1001,10 @@ class TaskClient:
                 )
                 return
             error = message.error
-            pending.error = RpcError(error.code, error.message, error.data)
+            if _lost_in_transport(error):
+                pending.error = ConnectionClosedError(error.message)
+            else:
+                pending.error = RpcError(error.code, error.message, error.data)
             pending.done.set()
         elif isinstance(message, JSONRPCNotification):
             params = message.params or {}

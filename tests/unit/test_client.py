@@ -530,6 +530,60 @@ async def test_pending_request_fails_when_server_dies() -> None:
     assert client.closed
 
 
+async def test_a_response_stream_cut_by_a_dying_http_server_is_connection_lost() -> (
+    None
+):
+    # The SDK's HTTP transport makes up a -32000 error when a request's SSE
+    # stream ends without a response; that is a lost connection (retry), not a
+    # server's answer (-32000 is also a server-defined code, next test).
+    started = anyio.Event()
+
+    async def never(method: str, params: JSONObject) -> JSONObject:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    process = await anyio.open_process(
+        [sys.executable, str(ECHO_SERVER), "--http", "0"],
+        stdin=subprocess.DEVNULL,
+        stderr=None,
+    )
+    outcome: list[BaseException] = []
+    async with process:
+        assert process.stdout is not None
+        with anyio.fail_after(TIMEOUT):
+            line = await BufferedByteReceiveStream(process.stdout).receive_until(
+                b"\n", 4096
+            )
+            url = line.decode().removeprefix("listening on ").strip()
+            async with TaskClient.http(url, on_request=never) as client:
+
+                async def call() -> None:
+                    try:
+                        await client.call_tool("ask")
+                    except RpcError as exc:
+                        outcome.append(exc)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(call)
+                    await started.wait()
+                    process.kill()
+                    await process.wait()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ConnectionClosedError), outcome[0]
+
+
+async def test_a_servers_own_minus_32000_error_stays_a_server_error(
+    connect: Connect, wire: Wire
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with connect(wire=wire) as client:
+            with pytest.raises(RpcError) as caught:
+                await client.call_tool("fail", {"code": -32000, "message": "full"})
+    assert not isinstance(caught.value, ConnectionClosedError)
+    assert caught.value.code == -32000
+
+
 async def test_body_errors_are_not_wrapped(connect: Connect, wire: Wire) -> None:
     # The transports' task groups would wrap these in ExceptionGroup.
     with anyio.fail_after(TIMEOUT):
