@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -108,8 +109,19 @@ def _missing_capability(exc: InputNotSupportedError) -> MCPError:
     )
 
 
+#: A journal failure is logged once a minute however many requests meet it.
+JOURNAL_FAILURE_LOG_SECONDS: Final = 60.0
+_last_journal_failure: dict[str, float] = {}
+
+
 def _journal(exc: JournalError) -> MCPError:
-    logger.error("journal failure: %s", exc)
+    text = str(exc)
+    now = time.monotonic()
+    last = _last_journal_failure.get(text)
+    if last is None or now - last >= JOURNAL_FAILURE_LOG_SECONDS:
+        _last_journal_failure.clear()  # one failure at a time is what matters
+        _last_journal_failure[text] = now
+        logger.error("journal failure: %s", text)
     return MCPError(INTERNAL_ERROR, "Internal error: the task journal is unavailable")
 
 

@@ -37,6 +37,7 @@ class Dispatcher:
         self._busy = 0
         self._wake = anyio.Event()
         self._stopped = False
+        self._failing = False
 
     @property
     def busy(self) -> int:
@@ -76,7 +77,9 @@ class Dispatcher:
                 try:
                     claimed = await self._claim(free)
                 except JournalError as exc:
-                    logger.error("cannot claim work: %s", exc)
+                    if not self._failing:
+                        logger.error("cannot claim work: %s", exc)
+                    self._failing = True
                     with anyio.move_on_after(RETRY_SECONDS):
                         await self._wake.wait()
                     continue
@@ -89,6 +92,9 @@ class Dispatcher:
                         except JournalError as exc:
                             logger.error("cannot give back %s: %s", task.task_id, exc)
                     return
+                if self._failing:
+                    logger.info("claiming work again")
+                    self._failing = False
                 for task in claimed:
                     self._busy += 1
                     start(task)

@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from mcp_tasks.client import JSONObject, TaskClient
+from mcp_tasks.client import JSONObject, RpcError, TaskClient
 
 from .conftest import ServerFilesFactory
 from .support import (
@@ -239,3 +239,43 @@ def test_bad_config_exits_2_naming_the_key(
     assert BAD_CONFIGS[name][1] in stderr
     assert "Traceback" not in stderr
     assert not launch.db.exists(), "a bad config must not create the journal"
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_journal_pulled_away_is_refused_clearly_not_written_into(
+    server_files: ServerFilesFactory, how: str
+) -> None:
+    # Acknowledging a task into an unlinked file would lose it at the restart:
+    # once the file at --db is not the one opened, every submit is refused
+    # with a clear error, and the server says so once in its log.
+    files = server_files(f"pulled-away-{how}")
+    server = HttpServer(files)
+    await anyio.to_thread.run_sync(server.start)
+    try:
+        async with TaskClient.http(server.url) as client:
+            with anyio.fail_after(TIMEOUT):
+                before = await start_task(client, "echo", {"text": "kept"})
+                await client.task_result(str(before["taskId"]))  # it finished
+                for suffix in ("", "-wal", "-shm"):
+                    await anyio.Path(f"{files.db}{suffix}").unlink(missing_ok=True)
+                if how == "replaced":
+                    await anyio.Path(files.db).write_bytes(b"")
+                refusals: list[RpcError] = []
+                for _ in range(5):
+                    with pytest.raises(RpcError) as refused:
+                        await start_task(client, "echo", {"text": "lost"})
+                    refusals.append(refused.value)
+        assert before["status"] == "working"
+        assert {(e.code, e.message) for e in refusals} == {
+            (-32603, "Internal error: the task journal is unavailable")
+        }
+    finally:
+        await anyio.to_thread.run_sync(server.stop)
+    log = files.log.read_text()
+    # Said once where it was found, and once by each part that met it: not
+    # once per refused request.
+    assert (
+        log.count(f"ERROR mcp_tasks.journal: {files.db}: the journal file was {how}")
+        == 1
+    )
+    assert log.count(f"the journal file was {how}") <= 3
