@@ -3,9 +3,10 @@
 Submitting 100,000 tasks over HTTP takes minutes on two cores, and what the
 memory and recovery figures measure is the server that *starts on* such a
 journal. So the rows are written here with plain ``sqlite3``, using the
-journal's own migrations, ``insert_task``/``insert_event`` statements and row
-builders: byte for byte the rows the group-commit writer would have written
-for the same submits. The server then recovers them like any journal.
+journal's own migrations and its batch insert (the function the group-commit
+writer runs for submits): byte for byte the rows, changes and client counts a
+server would have written for the same submits. The server then starts on
+them like on any journal.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 from mcp_tasks import OwnerId, TaskId
 from mcp_tasks.journal._records import NewTask
-from mcp_tasks.journal._sql import migrations, queries
-from mcp_tasks.journal._writer import _event_row, _task_row
+from mcp_tasks.journal.sqlite._journal import _insert_batch
+from mcp_tasks.journal.sqlite._schema import migrate
 
 BATCH = 2_000
 
@@ -29,10 +30,7 @@ def create_journal(db: Path) -> None:
     conn = sqlite3.connect(db, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        for version, script in migrations():
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={version};\nCOMMIT;"
-            )
+        migrate(conn, db)
     finally:
         conn.close()
 
@@ -53,7 +51,6 @@ def prefill(
     """
     if not db.exists():
         create_journal(db)
-    sql = queries()
     now = time.time()
     ids: list[str] = []
     conn = sqlite3.connect(db, isolation_level=None)
@@ -69,15 +66,18 @@ def prefill(
                     created_at=now,
                     ttl_seconds=86_400.0,
                     poll_interval_seconds=1.0,
+                    concurrency=1_000_000,
+                    backlog=1_000_000_000,
                     listed=True,
                     request_meta={},
                 )
                 for _ in range(min(BATCH, count - offset))
             ]
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(sql["insert_task"], [_task_row(t) for t in rows])
-            conn.executemany(sql["insert_event"], [_event_row(t) for t in rows])
+            refused = [r for r in _insert_batch(conn, rows) if r is not None]
             conn.execute("COMMIT")
+            if refused:
+                raise RuntimeError(f"prefill refused: {refused[0]}")
             ids.extend(t.task_id for t in rows)
     finally:
         conn.close()
