@@ -74,33 +74,43 @@ class Dispatcher:
             self._wake = anyio.Event()
             free = self._workers - self._busy
             if free > 0:
-                try:
-                    claimed = await self._claim(free)
-                except JournalError as exc:
-                    if not self._failing:
-                        logger.error("cannot claim work: %s", exc)
-                    self._failing = True
-                    with anyio.move_on_after(RETRY_SECONDS):
-                        await self._wake.wait()
-                    continue
+                claimed = await self._claim_or_wait(free)
+                if claimed is None:
+                    continue  # the journal failed; waited a little
                 if self._stopped:
-                    # Shutdown began while the claim was in flight: give the
-                    # tasks straight back rather than start them.
-                    for task in claimed:
-                        try:
-                            await self._engine.release_unstarted(task)
-                        except JournalError as exc:
-                            logger.error("cannot give back %s: %s", task.task_id, exc)
+                    await self._give_back(claimed)
                     return
-                if self._failing:
-                    logger.info("claiming work again")
-                    self._failing = False
                 for task in claimed:
                     self._busy += 1
                     start(task)
                 if claimed and len(claimed) == free:
                     continue  # there may be more, and workers are full anyway
             await self._wake.wait()
+
+    async def _claim_or_wait(self, free: int) -> list[Claimed] | None:
+        """What could be claimed; None (after a pause) if the journal failed."""
+        try:
+            claimed = await self._claim(free)
+        except JournalError as exc:
+            if not self._failing:
+                logger.error("cannot claim work: %s", exc)
+            self._failing = True
+            with anyio.move_on_after(RETRY_SECONDS):
+                await self._wake.wait()
+            return None
+        if self._failing:
+            logger.info("claiming work again")
+            self._failing = False
+        return claimed
+
+    async def _give_back(self, claimed: list[Claimed]) -> None:
+        # Shutdown began while the claim was in flight: give the tasks
+        # straight back rather than start them.
+        for task in claimed:
+            try:
+                await self._engine.release_unstarted(task)
+            except JournalError as exc:
+                logger.error("cannot give back %s: %s", task.task_id, exc)
 
     async def _claim(self, free: int) -> list[Claimed]:
         if not await self._engine.journal.claimable():

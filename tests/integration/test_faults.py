@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import anyio
@@ -173,4 +172,4 @@ async def test_shutdown_and_recovery_say_what_they_do(
     assert any(
         f"task {task.task_id} held owner=alice: recovered (resume)" in m for m in said
     )
-    assert os.path.exists(db)
+    assert await anyio.Path(db).exists()
