@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import sqlite3
 import threading
@@ -184,6 +185,37 @@ async def test_writes_queued_without_waiting_commit_in_order(
         )
     await sqlite_journal.writer.write(lambda db: None)
     assert order == [0, 1, 2, 3, 4]
+
+
+def _turn_is_free(sidecar: Path) -> bool:
+    """Whether another open of the turnstile could take it right now."""
+    fd = os.open(sidecar, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
+
+
+async def test_writers_hold_the_turnstile_while_they_commit_and_only_then(
+    tmp_path: Path, db_path: Path
+) -> None:
+    link = tmp_path / "link.db"
+    async with SqliteJournal.open(db_path):
+        pass
+    os.symlink(db_path, link)
+    sidecar = db_path.with_name(db_path.name + "-turn")
+    async with SqliteJournal.open(link) as through_link:
+        assert sidecar.exists()  # the real path's sidecar, not the link's
+        assert not (tmp_path / "link.db-turn").exists()
+        assert _turn_is_free(sidecar)
+        held = await through_link.writer.write(lambda db: not _turn_is_free(sidecar))
+        assert held
+        assert _turn_is_free(sidecar)
 
 
 async def test_a_python_error_in_a_write_reaches_its_caller_unchanged(

@@ -50,6 +50,7 @@ from mcp_tasks.journal.sqlite._schema import (
     check_location,
     open_writer,
 )
+from mcp_tasks.journal.sqlite._turnstile import Turnstile
 from mcp_tasks.journal.sqlite._writer import GroupCommitWriter
 
 logger = logging.getLogger("mcp_tasks.journal")
@@ -142,6 +143,7 @@ class SqliteJournal:
         writer_db: sqlite3.Connection,
         reader_db: aiosqlite.Connection,
         identity: FileIdentity | None,
+        turnstile: Turnstile | None,
     ) -> None:
         self.path = path
         self._reader = reader_db
@@ -153,6 +155,7 @@ class SqliteJournal:
             _insert_batch,
             before_batch=self._check_file,
             after_commit=self._tell_committed,
+            turnstile=turnstile,
         )
 
     @classmethod
@@ -176,13 +179,16 @@ class SqliteJournal:
             writer_db = await anyio.to_thread.run_sync(open_writer, path, synchronous)
         except sqlite3.Error as exc:
             raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
+        turnstile = _turnstile_for(path)
         try:
             try:
                 reader_db = await _open_reader(path)
             except sqlite3.Error as exc:
                 raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
             try:
-                journal = cls(path, writer_db, reader_db, FileIdentity.of(path))
+                journal = cls(
+                    path, writer_db, reader_db, FileIdentity.of(path), turnstile
+                )
                 async with anyio.create_task_group() as tg:
                     await tg.start(journal._writer.run)
                     try:
@@ -197,6 +203,8 @@ class SqliteJournal:
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(writer_db.close)
+            if turnstile is not None:
+                turnstile.close()
 
     # ------------------------------------------------------------ plumbing
 
@@ -757,6 +765,25 @@ class SqliteJournal:
     async def changes(self, after: int, limit: int) -> list[Change]:
         rows = await self._read("changes_after", after, limit)
         return [_rows.change_from_row(r) for r in rows]
+
+
+def _turnstile_for(path: Path) -> Turnstile | None:
+    """The journal's turnstile, or None where its sidecar cannot be made.
+
+    Without it writers still take turns correctly, through SQLite's polling.
+    """
+    turnstile = Turnstile(path)
+    try:
+        turnstile.open()
+    except OSError as exc:
+        logger.warning(
+            "%s: no writer turnstile (%s); processes sharing this journal will "
+            "take turns more slowly",
+            path,
+            exc,
+        )
+        return None
+    return turnstile
 
 
 def _read_buckets(

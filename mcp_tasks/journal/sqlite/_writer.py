@@ -33,6 +33,7 @@ from anyio.abc import TaskStatus
 
 from mcp_tasks._exceptions import JournalError
 from mcp_tasks.journal._records import NewTask
+from mcp_tasks.journal.sqlite._turnstile import Turnstile
 
 MAX_BATCH: Final = 256
 
@@ -86,8 +87,10 @@ class GroupCommitWriter:
         *,
         before_batch: Callable[[], None] | None = None,
         after_commit: Callable[[], None] | None = None,
+        turnstile: Turnstile | None = None,
     ) -> None:
         self._connection = connection
+        self._turnstile = turnstile
         self._insert_batch = insert_batch
         self._before_batch = before_batch
         self._after_commit = after_commit
@@ -207,6 +210,15 @@ class GroupCommitWriter:
                 for write in writes:
                     write.error = exc
                 return
+        if self._turnstile is not None:
+            self._turnstile.enter()
+        try:
+            self._commit_in_turn(writes)
+        finally:
+            if self._turnstile is not None:
+                self._turnstile.leave()
+
+    def _commit_in_turn(self, writes: list[_Write]) -> None:
         started = time.perf_counter()
         try:
             outcomes = self._transaction(writes)
