@@ -27,12 +27,21 @@ from . import (
     fig_fairness,
     fig_latency,
     fig_memory,
+    fig_processes,
     fig_recovery,
 )
 from ._harness import FULL, HERE, QUICK, Report, Sizes, machine, revision, table
 from ._profile import Profiler
 
-FIGURES = ("latency", "engine", "e2e", "fairness", "memory", "recovery")
+FIGURES = (
+    "latency",
+    "engine",
+    "e2e",
+    "fairness",
+    "memory",
+    "recovery",
+    "processes",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +92,7 @@ async def _main(args: argparse.Namespace, work: Path) -> Report:
         "fairness": lambda: fig_fairness.run(report, sizes, work),
         "memory": lambda: fig_memory.run(report, sizes, work),
         "recovery": lambda: fig_recovery.run(report, sizes, work),
+        "processes": lambda: fig_processes.run(report, sizes, work),
     }
     timings: dict[str, float] = {}
     for name in FIGURES:

@@ -65,6 +65,9 @@ class Sizes:
     recovery_tasks: int
     step_count: int
     step_runs: int
+    process_counts: tuple[int, ...]
+    processes_tasks: int
+    processes_backlog: int
 
 
 QUICK = Sizes(
@@ -86,6 +89,9 @@ QUICK = Sizes(
     recovery_tasks=200,
     step_count=100,
     step_runs=3,
+    process_counts=(1, 2),
+    processes_tasks=60,
+    processes_backlog=40,
 )
 
 FULL = Sizes(
@@ -107,6 +113,9 @@ FULL = Sizes(
     recovery_tasks=10_000,
     step_count=100,
     step_runs=15,
+    process_counts=(1, 2, 4),
+    processes_tasks=4_500,
+    processes_backlog=5_000,
 )
 
 
@@ -436,11 +445,14 @@ class OurServer:
             argv += ["--tokens", str(self.tokens)]
         return argv
 
-    def http_process(self, label: str = "mcp-tasks") -> ServerProcess:
+    def http_process(
+        self, label: str = "mcp-tasks", log_name: str = "server.log"
+    ) -> ServerProcess:
+        """One ``serve --http`` process; several can share the journal."""
         port = free_port()
         argv = [*self.argv(http=True), "--http", f"{LOOPBACK}:{port}"]
         return ServerProcess(
-            argv, self.root / "server.log", port, cwd=self.root, label=label
+            argv, self.root / log_name, port, cwd=self.root, label=label
         )
 
     def stdio_client(

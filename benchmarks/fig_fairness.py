@@ -51,7 +51,8 @@ async def time_to_start(client: TaskClient) -> float:
     return float(text) - sent
 
 
-async def _fill(client: TaskClient, count: int) -> list[str]:
+async def fill_queue(client: TaskClient, count: int) -> list[str]:
+    """Submit ``count`` hour-long ``hold`` tasks as fast as 8 lanes can."""
     ids: list[str] = []
     remaining = count
 
@@ -69,7 +70,8 @@ async def _fill(client: TaskClient, count: int) -> list[str]:
     return ids
 
 
-async def _samples(client: TaskClient, count: int) -> list[float]:
+async def samples(client: TaskClient, count: int) -> list[float]:
+    """``count`` times to start, one after another."""
     return [await time_to_start(client) for _ in range(count)]
 
 
@@ -87,14 +89,14 @@ async def run(report: Report, sizes: Sizes, work: Path) -> None:
             TaskClient.http(process.url, token=token_for("a"), wire=LEGACY) as a,
             TaskClient.http(process.url, token=token_for("b"), wire=LEGACY) as b,
         ):
-            await _samples(b, 5)  # warm-up
-            idle = await _samples(b, total)
+            await samples(b, 5)  # warm-up
+            idle = await samples(b, total)
             started = time.perf_counter()
-            ids = await _fill(a, sizes.fairness_backlog)
+            ids = await fill_queue(a, sizes.fairness_backlog)
             details["fill_seconds"] = time.perf_counter() - started
             last = await a.get_task(ids[-1])
             details["a_last_task"] = last
-            loaded = await _samples(b, total)
+            loaded = await samples(b, total)
             details["a_status_after"] = (await a.get_task(ids[-1])).get("statusMessage")
     ratios: list[float] = []
     for trial in range(sizes.trials):
