@@ -1,7 +1,7 @@
 """Following the journal's change feed: how every process learns of every change.
 
-`Feed.run` remembers the position of the last change it saw and reads what
-came after: at once when this process committed something (the journal tells
+`Feed.run` keeps the journal's cursor past the last change it saw and reads
+what came after: at once when this process committed something (the journal tells
 it), otherwise every ``poll_seconds``, which is how changes made by other
 processes arrive. Each change is handed to every listener and wakes whoever
 waits on its task (`Feed.wait_until`), so a ``tasks/result`` held open here
@@ -35,17 +35,12 @@ class Feed:
     def __init__(self, journal: Journal, poll_seconds: float) -> None:
         self._journal = journal
         self._poll_seconds = poll_seconds
-        self._position = 0
+        self._cursor = ""
         self._nudged = anyio.Event()
         self._listeners: list[ChangeListener] = []
         #: Per task, one event for each `wait_until` waiting on it.
         self._waiters: dict[TaskId, set[anyio.Event]] = {}
         self._failing = False
-
-    @property
-    def position(self) -> int:
-        """The position of the last change delivered."""
-        return self._position
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Register ``listener``; returns a function that unregisters it (once)."""
@@ -65,7 +60,7 @@ class Feed:
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Deliver changes as they appear, forever. Starts at the current head."""
-        self._position = await self._journal.feed_head()
+        self._cursor = await self._journal.feed_head()
         task_status.started()
         while True:
             with anyio.move_on_after(self._poll_seconds):
@@ -78,7 +73,7 @@ class Feed:
         delivered = 0
         while True:
             try:
-                changes = await self._journal.changes(self._position, READ_BATCH)
+                page = await self._journal.changes(self._cursor, READ_BATCH)
             except JournalError as exc:
                 if not self._failing:
                     logger.error("cannot read the change feed: %s", exc)
@@ -87,11 +82,11 @@ class Feed:
             if self._failing:
                 logger.info("reading the change feed again")
                 self._failing = False
-            for change in changes:
-                self._position = change.position
+            self._cursor = page.cursor
+            for change in page.changes:
                 self._deliver(change)
-            delivered += len(changes)
-            if len(changes) < READ_BATCH:
+            delivered += len(page.changes)
+            if len(page.changes) < READ_BATCH:
                 return delivered
 
     def _deliver(self, change: Change) -> None:

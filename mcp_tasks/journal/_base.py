@@ -30,9 +30,9 @@ from typing import Any, Final, Protocol
 from mcp_tasks._budgets import BudgetLimits
 from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
 from mcp_tasks.journal._records import (
-    Change,
     Claimed,
     ClientLoad,
+    FeedPage,
     HeldLease,
     Lease,
     NewTask,
@@ -342,10 +342,18 @@ class Journal(Protocol):
 
     # ------------------------------------------------------------- the feed
 
-    async def feed_head(self) -> int:
-        """The position of the newest change (0 if none)."""
+    async def feed_head(self) -> str:
+        """A cursor just past the newest committed change (a follower's start)."""
         ...
 
-    async def changes(self, after: int, limit: int) -> list[Change]:
-        """Up to ``limit`` changes after position ``after``, oldest first."""
+    async def changes(self, after: str, limit: int) -> FeedPage:
+        """Up to ``limit`` changes committed after cursor ``after``, and the next cursor.
+
+        Every committed change is returned exactly once to a follower that
+        passes each page's cursor to its next read; one task's changes come
+        in the order they were committed. ``after`` is a cursor this journal
+        returned (from `feed_head` or a page), possibly from another
+        instance on the same database; anything else raises `JournalError`.
+        Changes purged meanwhile (`purge_expired`) are skipped, not an error.
+        """
         ...

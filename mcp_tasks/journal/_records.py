@@ -109,14 +109,12 @@ class ChangeKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One entry of the journal's change feed, in commit order.
+    """One entry of the journal's change feed.
 
-    ``position`` increases with every entry; a follower keeps the last one it
-    saw and asks for what came after. ``data`` carries the kind's details
-    (progress values, a log line, an answered key).
+    ``data`` carries the kind's details (progress values, a log line, an
+    answered key).
     """
 
-    position: int
     task_id: TaskId
     owner_id: OwnerId
     kind: ChangeKind
@@ -125,6 +123,22 @@ class Change:
     reason: str
     at: float
     data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """What one read of the change feed returns: changes and where to go on.
+
+    ``cursor`` is opaque: a follower passes it back to `Journal.changes` and
+    never looks inside. SQLite can use the last position read (its writers
+    commit one at a time, so positions commit in order); PostgreSQL cannot
+    (sequence values are taken before commit, so a lower one can become
+    visible after a higher one), and its cursor carries what it needs to
+    never skip such a late commit.
+    """
+
+    changes: list[Change]
+    cursor: str
 
 
 @dataclass(frozen=True, slots=True)

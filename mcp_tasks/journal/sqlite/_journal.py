@@ -30,10 +30,10 @@ from mcp_tasks._exceptions import CapacityError, JournalError
 from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
 from mcp_tasks.journal._base import TERMINAL_GRACE_SECONDS, Settled
 from mcp_tasks.journal._records import (
-    Change,
     ChangeKind,
     Claimed,
     ClientLoad,
+    FeedPage,
     HeldLease,
     Lease,
     NewTask,
@@ -758,13 +758,25 @@ class SqliteJournal:
 
     # ------------------------------------------------------------------ feed
 
-    async def feed_head(self) -> int:
-        rows = await self._read("feed_head")
-        return int(rows[0][0])
+    # One writer commits at a time in SQLite, so positions (AUTOINCREMENT)
+    # become visible in order and the last one read is a complete cursor.
 
-    async def changes(self, after: int, limit: int) -> list[Change]:
-        rows = await self._read("changes_after", after, limit)
-        return [_rows.change_from_row(r) for r in rows]
+    async def feed_head(self) -> str:
+        rows = await self._read("feed_head")
+        return str(rows[0][0])
+
+    async def changes(self, after: str, limit: int) -> FeedPage:
+        position = _position_of(after)
+        rows = await self._read("changes_after", position, limit)
+        if rows:
+            position = rows[-1][0]
+        return FeedPage([_rows.change_from_row(r) for r in rows], str(position))
+
+
+def _position_of(cursor: str) -> int:
+    if not cursor.isascii() or not cursor.isdigit():
+        raise JournalError(f"not a change feed cursor of this journal: {cursor!r}")
+    return int(cursor)
 
 
 def _turnstile_for(path: Path) -> Turnstile | None:

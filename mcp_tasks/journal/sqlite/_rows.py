@@ -158,9 +158,8 @@ def submitted_task(task: NewTask) -> Task:
 
 def change_from_row(row: Any) -> Change:
     """A `Change` from a ``changes_after`` row."""
-    position, task_id, owner, kind, status, message, reason, at, data = row
+    _position, task_id, owner, kind, status, message, reason, at, data = row
     return Change(
-        position=position,
         task_id=TaskId(task_id),
         owner_id=OwnerId(owner),
         kind=ChangeKind(kind),

@@ -6,6 +6,7 @@ import anyio
 import pytest
 
 from mcp_tasks._budgets import BudgetLimits
+from mcp_tasks._exceptions import JournalError
 from mcp_tasks._model import InputRequest, TaskStatus
 from mcp_tasks.journal import ChangeKind, Journal, Report
 
@@ -13,18 +14,50 @@ from .support import ALICE, T0, complete, new_task, submit_and_claim
 
 
 async def test_the_feed_starts_empty_and_grows_in_order(journal: Journal) -> None:
-    assert await journal.feed_head() == 0
-    assert await journal.changes(0, 10) == []
+    start = await journal.feed_head()
+    empty = await journal.changes(start, 10)
+    assert empty.changes == []
     new = new_task()
     await journal.submit(new)
-    head = await journal.feed_head()
-    (submitted,) = await journal.changes(0, 10)
-    assert submitted.position == head > 0
+    page = await journal.changes(empty.cursor, 10)
+    (submitted,) = page.changes
     assert (submitted.task_id, submitted.owner_id) == (new.task_id, ALICE)
     assert (submitted.kind, submitted.status) == (ChangeKind.STATUS, TaskStatus.WORKING)
     assert submitted.reason == "submitted"
     assert submitted.at == T0
-    assert await journal.changes(head, 10) == []
+    assert (await journal.changes(page.cursor, 10)).changes == []
+    # The head is past everything committed: a follower starting there sees
+    # only what comes next.
+    head = await journal.feed_head()
+    assert (await journal.changes(head, 10)).changes == []
+    second = new_task()
+    await journal.submit(second)
+    assert [c.task_id for c in (await journal.changes(head, 10)).changes] == [
+        second.task_id
+    ]
+
+
+async def test_pages_cover_the_feed_exactly_once(journal: Journal) -> None:
+    start = await journal.feed_head()
+    submitted = [new_task() for _ in range(7)]
+    for new in submitted:
+        await journal.submit(new)
+    seen: list[str] = []
+    cursor = start
+    for _ in range(10):
+        page = await journal.changes(cursor, 3)
+        assert len(page.changes) <= 3
+        seen += [c.task_id for c in page.changes]
+        cursor = page.cursor
+        if not page.changes:
+            break
+    assert seen == [new.task_id for new in submitted]
+
+
+async def test_a_cursor_the_journal_never_gave_is_refused(journal: Journal) -> None:
+    for bogus in ["", "-1", "not a cursor", "\u0661"]:
+        with pytest.raises(JournalError):
+            await journal.changes(bogus, 10)
 
 
 async def test_each_operation_appears_in_the_feed_with_its_kind(
@@ -42,7 +75,7 @@ async def test_each_operation_appears_in_the_feed_with_its_kind(
     await journal.wake_due(T0 + 9)
     (third,) = await journal.claim("h/1/x", T0 + 40, 1, T0 + 9)
     await complete(journal, third, at=T0 + 10)
-    changes = await journal.changes(start, 100)
+    changes = (await journal.changes(start, 100)).changes
     assert [(c.kind, c.status, c.reason) for c in changes] == [
         (ChangeKind.STATUS, TaskStatus.WORKING, "submitted"),
         (ChangeKind.PHASE, TaskStatus.WORKING, "claimed"),
@@ -57,15 +90,13 @@ async def test_each_operation_appears_in_the_feed_with_its_kind(
         (ChangeKind.PHASE, TaskStatus.WORKING, "claimed"),
         (ChangeKind.STATUS, TaskStatus.COMPLETED, "test"),
     ]
-    positions = [c.position for c in changes]
-    assert positions == sorted(set(positions))
     data = {c.reason: c.data for c in changes}
     assert data["progress"] == {"progress": 5, "total": 10}
     assert data["log"] == {"level": "info", "message": "hello"}
     assert data["input requested"] == {"keys": ["q"], "deadline": T0 + 60}
     assert data["retry"] == {"not_before": T0 + 9}
     assert changes[2].status_message == "half"
-    assert await journal.changes(start, 3) == changes[:3]
+    assert (await journal.changes(start, 3)).changes == changes[:3]
 
 
 async def test_a_change_made_through_one_journal_is_in_the_others_feed(
@@ -74,9 +105,13 @@ async def test_a_change_made_through_one_journal_is_in_the_others_feed(
     head = await other.feed_head()
     new = new_task()
     await journal.submit(new)
-    (seen,) = await other.changes(head, 10)
+    page = await other.changes(head, 10)
+    (seen,) = page.changes
     assert seen.task_id == new.task_id
-    assert await other.feed_head() == await journal.feed_head()
+    # Cursors are the database's, not the instance's: one from either
+    # instance reads the same feed through the other.
+    assert (await journal.changes(head, 10)).changes == page.changes
+    assert (await journal.changes(page.cursor, 10)).changes == []
 
 
 async def test_on_commit_hears_this_process_commit(journal: Journal) -> None:
