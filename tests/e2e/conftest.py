@@ -26,6 +26,7 @@ import pytest
 
 from mcp_tasks.client import TaskClient
 
+from ..unix_streams import unix_listener
 from .support import (
     ALICE_TOKEN,
     BOB_TOKEN,
@@ -146,7 +147,7 @@ def stdio_files(server_files: ServerFilesFactory) -> ServerFiles:
 async def hub(events_path: Path) -> AsyncGenerator[EventHub]:
     """Listens on the event socket of the ``gate`` tools for this module."""
     await anyio.Path(events_path).unlink(missing_ok=True)
-    listener = await anyio.create_unix_listener(events_path)
+    listener = await unix_listener(events_path)
     hub = EventHub()
     async with anyio.create_task_group() as tg:
         tg.start_soon(hub.serve, listener)

@@ -37,11 +37,11 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import httpx2
-from anyio.abc import SocketListener, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcp_tasks.client import RpcError, TaskClient
 
+from ..unix_streams import UnixListener, UnixStream, unix_listener
 from .crash_tools import gate_name
 from .support import ServerOutput, spawn_http_server
 
@@ -127,7 +127,7 @@ class ToolChannel:
         """Listen on the socket for the duration of the block."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
-        listener = await anyio.create_unix_listener(self.path)
+        listener = await unix_listener(self.path)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._serve, listener)
@@ -138,11 +138,11 @@ class ToolChannel:
         finally:
             self.path.unlink(missing_ok=True)
 
-    async def _serve(self, listener: SocketListener) -> None:
+    async def _serve(self, listener: UnixListener) -> None:
         async with listener:
             await listener.serve(self._handle)
 
-    async def _handle(self, stream: SocketStream) -> None:
+    async def _handle(self, stream: UnixStream) -> None:
         async with stream:
             lines = BufferedByteReceiveStream(stream)
             with suppress(
@@ -164,7 +164,7 @@ class ToolChannel:
 
     async def _hold(
         self,
-        stream: SocketStream,
+        stream: UnixStream,
         lines: BufferedByteReceiveStream,
         name: str,
         pid: int,

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import IO, Any, TextIO, cast
 
 import anyio
-from anyio.abc import SocketListener, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcp_tasks.client import JSONObject, RpcError, TaskClient
+
+from ..unix_streams import UnixListener, UnixStream
 
 E2E_TOOLS = Path(__file__).with_name("e2e_tools.py")
 #: Bound on every wait in these tests (the server answers in milliseconds).
@@ -395,12 +396,12 @@ class EventHub:
         """Let every ``gate`` body for ``key`` (waiting now or later) return."""
         self._release(key).set()
 
-    async def serve(self, listener: SocketListener) -> None:
+    async def serve(self, listener: UnixListener) -> None:
         """Accept connections until cancelled."""
         async with listener:
             await listener.serve(self._handle)
 
-    async def _handle(self, stream: SocketStream) -> None:
+    async def _handle(self, stream: UnixStream) -> None:
         async with stream:
             lines = BufferedByteReceiveStream(stream)
             with suppress(
@@ -424,7 +425,7 @@ class EventHub:
         self._event(kind, key, int(attempt)).set()
 
     async def _hold(
-        self, stream: SocketStream, lines: BufferedByteReceiveStream, key: str
+        self, stream: UnixStream, lines: BufferedByteReceiveStream, key: str
     ) -> None:
         async def answer() -> None:
             await self._release(key).wait()

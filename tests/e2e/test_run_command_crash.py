@@ -26,11 +26,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import SocketListener
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcp_tasks.client import TaskClient
 
+from ..unix_streams import UnixListener, unix_listener
 from .crash_support import process_ended
 from .support import TIMEOUT, HttpServer, ServerFiles, start_task
 
@@ -79,14 +79,14 @@ def server_files(folder: Path) -> ServerFiles:
 
 
 @asynccontextmanager
-async def reports(path: Path) -> AsyncGenerator[SocketListener]:
+async def reports(path: Path) -> AsyncGenerator[UnixListener]:
     """Listen on ``path`` for the child's report."""
-    listener = await anyio.create_unix_listener(path)
+    listener = await unix_listener(path)
     async with listener:
         yield listener
 
 
-async def read_report(listener: SocketListener) -> list[int]:
+async def read_report(listener: UnixListener) -> list[int]:
     """The child's pids: its own, its grandchild's, its supervisor's."""
     with anyio.fail_after(TIMEOUT):
         async with await listener.accept() as stream:
