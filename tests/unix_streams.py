@@ -56,6 +56,10 @@ class UnixStream(ByteStream):
     async def send_eof(self) -> None:
         self._writer.write_eof()
 
+    def close_now(self) -> None:
+        """Close the connection without waiting (idempotent)."""
+        self._writer.close()
+
     async def aclose(self) -> None:
         self._writer.close()
         try:
@@ -74,6 +78,12 @@ class UnixListener(Listener[UnixStream]):
     def __init__(self) -> None:
         self._accepted: asyncio.Queue[UnixStream] = asyncio.Queue()
         self._server: asyncio.AbstractServer | None = None
+        # Every connection ever accepted, so that closing the listener closes
+        # them all: asyncio runs the connected callback in a task of its own,
+        # which may come after the listener closed, and a stream handed out
+        # may be dropped by a cancelled handler before it is entered.
+        self._streams: set[UnixStream] = set()
+        self._closed = False
 
     @classmethod
     async def create(cls, path: Path) -> UnixListener:
@@ -82,7 +92,12 @@ class UnixListener(Listener[UnixStream]):
         async def connected(
             reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         ) -> None:
-            await listener._accepted.put(UnixStream(reader, writer))
+            stream = UnixStream(reader, writer)
+            if listener._closed:
+                writer.close()  # connected after the listener closed
+                return
+            listener._streams.add(stream)
+            listener._accepted.put_nowait(stream)
 
         listener._server = await asyncio.start_unix_server(connected, path)
         return listener
@@ -108,11 +123,13 @@ class UnixListener(Listener[UnixStream]):
                 group.start_soon(handle, await self.accept())
 
     async def aclose(self) -> None:
+        self._closed = True
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        while not self._accepted.empty():
-            await self._accepted.get_nowait().aclose()
+        streams, self._streams = self._streams, set()
+        for stream in streams:
+            stream.close_now()
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
