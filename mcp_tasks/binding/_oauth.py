@@ -1,0 +1,498 @@
+"""OAuth access tokens: signed JWTs checked against a JWKS, or RFC 7662 introspection.
+
+`JwtVerifier` and `IntrospectionVerifier` are the SDK's `TokenVerifier`s for
+the ``[auth]`` table (`mcp_tasks._oauth_config`). A token is accepted only if
+it was issued by the configured issuer, for this server (``aud`` is the
+configured audience, the server's resource URL), is within its validity
+window, and names an owner in the configured claim. The owner becomes the
+`AccessToken`'s ``client_id``: `Requesters` binds tasks to it.
+
+A refused token is ``None`` to the SDK (401); why it was refused is recorded
+with `refusals` for the ``WWW-Authenticate`` challenge (`_auth`).
+
+JWT signatures are checked with PyJWT and ``cryptography`` (the ``oauth``
+extra). Keys come from `JwksKeys`: a file or a URL, cached, re-read on a TTL
+and on an unknown key id, at most once per ``jwks_refresh_min_seconds`` so a
+flood of made-up key ids cannot make us hammer the issuer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Final, cast
+
+import anyio
+import httpx2
+import jwt
+from mcp.server.auth.provider import AccessToken
+
+from mcp_tasks._exceptions import ConfigurationError
+from mcp_tasks._oauth_config import OAuthSettings
+
+logger = logging.getLogger("mcp_tasks.auth")
+
+#: How long fetching keys or introspecting a token may take.
+HTTP_TIMEOUT_SECONDS: Final = 10.0
+EXTRA_HINT: Final = "install the oauth extra: pip install 'mcp-tasks[oauth]'"
+
+Clock = Callable[[], float]
+_PUBLIC_KEY_TYPES: Final = ("RSA", "EC", "OKP")
+
+
+class TokenRejected(Exception):
+    """A token is not accepted; the message says why (shown to the client)."""
+
+
+#: Why the current request's token was refused (set per request by `_auth`).
+refusals: ContextVar[list[str] | None] = ContextVar("refusals", default=None)
+
+
+def _refuse(reason: str) -> None:
+    holder = refusals.get()
+    if holder is not None:
+        holder.append(reason)
+
+
+def require_crypto() -> None:
+    """Check that the ``oauth`` extra (``cryptography``) is installed.
+
+    Raises:
+        ConfigurationError: it is not.
+    """
+    try:
+        import cryptography  # noqa: F401  # pyright: ignore[reportUnusedImport]
+    except ImportError:
+        raise ConfigurationError(
+            "auth", f"OAuth needs the cryptography package; {EXTRA_HINT}"
+        ) from None
+
+
+# ------------------------------------------------------------------- keys
+
+
+def parse_jwks(data: object, source: str) -> dict[str, jwt.PyJWK]:
+    """The signing keys of a JWKS document, by key id ("" when a key has none).
+
+    Keys for encryption (``"use": "enc"``), symmetric keys and keys PyJWT
+    cannot use (an unknown type or curve) are skipped.
+
+    Raises:
+        ValueError: ``data`` is not a JWKS or has no usable signing key.
+    """
+    if not isinstance(data, dict) or not isinstance(
+        cast("dict[str, object]", data).get("keys"), list
+    ):
+        raise ValueError(f"{source} is not a JWK set (an object with a 'keys' list)")
+    keys: dict[str, jwt.PyJWK] = {}
+    for entry in cast("list[object]", cast("dict[str, object]", data)["keys"]):
+        if not isinstance(entry, dict):
+            continue
+        jwk = cast("dict[str, Any]", entry)
+        # Public keys for signatures only: a symmetric ("oct") key in a
+        # published set would be a secret everybody can read.
+        if jwk.get("use", "sig") != "sig" or jwk.get("kty") not in _PUBLIC_KEY_TYPES:
+            continue
+        try:
+            key = jwt.PyJWK.from_dict(jwk)
+        except jwt.PyJWKError as exc:
+            if "cryptography" in str(exc).lower():
+                raise ValueError(f"{source}: {exc}; {EXTRA_HINT}") from None
+            logger.warning("skipping a key of %s: %s", source, exc)
+            continue
+        keys[str(jwk.get("kid", ""))] = key
+    if not keys:
+        raise ValueError(f"{source} has no usable signing key")
+    return keys
+
+
+def read_jwks_file(path: Path) -> dict[str, jwt.PyJWK]:
+    """The keys in the JWKS file at ``path``.
+
+    Raises:
+        ConfigurationError: the file cannot be read or holds no usable key.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigurationError(
+            "auth.jwks_file", f"cannot read {path}: {exc.strerror}"
+        ) from None
+    except ValueError as exc:
+        raise ConfigurationError(
+            "auth.jwks_file", f"{path} is not JSON: {exc}"
+        ) from None
+    try:
+        return parse_jwks(data, str(path))
+    except ValueError as exc:
+        raise ConfigurationError("auth.jwks_file", str(exc)) from None
+
+
+async def fetch_jwks_url(url: str) -> dict[str, jwt.PyJWK]:
+    """Fetch the JWKS at ``url``.
+
+    Raises:
+        ValueError: the fetch failed or the answer holds no usable key.
+    """
+    try:
+        async with httpx2.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
+            response = await http.get(url, headers={"Accept": "application/json"})
+    except httpx2.HTTPError as exc:
+        raise ValueError(f"fetching {url} failed: {exc!r}") from None
+    if response.status_code != 200:
+        raise ValueError(f"fetching {url} answered HTTP {response.status_code}")
+    try:
+        data = response.json()
+    except ValueError:
+        raise ValueError(f"{url} did not answer JSON") from None
+    return parse_jwks(data, url)
+
+
+class JwksKeys:
+    """Signing keys, cached and refreshed on a TTL and on unknown key ids.
+
+    ``fetch`` loads the whole set (a file read or an HTTP GET). A failed
+    refresh keeps the keys already known. Refreshes are single-flight: many
+    requests waiting on one unknown key id cause one fetch, and unknown key
+    ids refresh at most once per ``refresh_min_seconds``.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[dict[str, jwt.PyJWK]]],
+        *,
+        cache_seconds: float,
+        refresh_min_seconds: float,
+        initial: dict[str, jwt.PyJWK] | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._cache_seconds = cache_seconds
+        self._refresh_min = refresh_min_seconds
+        self._clock = clock
+        self._keys = initial or {}
+        self._fetched_at = clock() if initial else None
+        self._attempted_at: float | None = self._fetched_at
+        self._lock: anyio.Lock | None = None
+        #: How many fetches were made (for tests and the benchmark).
+        self.fetches = 0
+
+    async def key(self, kid: str | None) -> jwt.PyJWK:
+        """The key a token names with ``kid`` (or the only key, without one).
+
+        Raises:
+            TokenRejected: no such key, even after a refresh.
+        """
+        now = self._clock()
+        if self._fetched_at is None or now - self._fetched_at >= self._cache_seconds:
+            await self._refresh(now, force=False)
+        found = self._lookup(kid)
+        if found is None and self._may_refresh(self._clock()):
+            await self._refresh(self._clock(), force=True)
+            found = self._lookup(kid)
+        if found is not None:
+            return found
+        if not self._keys:
+            raise TokenRejected("the issuer's signing keys are not available")
+        if kid is None:
+            raise TokenRejected("the token names no key (kid) and there are several")
+        raise TokenRejected(f"the token's signing key {kid!r} is not known")
+
+    def _lookup(self, kid: str | None) -> jwt.PyJWK | None:
+        if kid is None:
+            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+        return self._keys.get(kid)
+
+    def _may_refresh(self, now: float) -> bool:
+        return (
+            self._attempted_at is None or now - self._attempted_at >= self._refresh_min
+        )
+
+    async def _refresh(self, now: float, *, force: bool) -> None:
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        attempted = self._attempted_at
+        async with self._lock:
+            if self._attempted_at != attempted:
+                return  # another request refreshed while this one waited
+            if (
+                not force
+                and self._fetched_at is not None
+                and not self._may_refresh(now)
+            ):
+                return  # the TTL expired, but a refresh was just tried and failed
+            self._attempted_at = now
+            self.fetches += 1
+            try:
+                keys = await self._fetch()
+            except ValueError as exc:
+                logger.warning("signing keys not refreshed: %s", exc)
+                return
+            self._keys = keys
+            self._fetched_at = now
+
+
+def jwks_keys(settings: OAuthSettings, clock: Clock = time.monotonic) -> JwksKeys:
+    """The key cache of ``settings`` (a file is read now: its errors are start-up errors).
+
+    Raises:
+        ConfigurationError: the JWKS file is unreadable or holds no usable key.
+    """
+    path = settings.jwks_file
+    if path is not None:
+        initial = read_jwks_file(path)
+
+        async def read() -> dict[str, jwt.PyJWK]:
+            try:
+                return read_jwks_file(path)
+            except ConfigurationError as exc:
+                raise ValueError(exc.problem) from None
+
+        return JwksKeys(
+            read,
+            cache_seconds=settings.jwks_cache_seconds,
+            refresh_min_seconds=settings.jwks_refresh_min_seconds,
+            initial=initial,
+            clock=clock,
+        )
+    url = settings.jwks_url
+    assert url is not None
+
+    async def fetch() -> dict[str, jwt.PyJWK]:
+        return await fetch_jwks_url(url)
+
+    return JwksKeys(
+        fetch,
+        cache_seconds=settings.jwks_cache_seconds,
+        refresh_min_seconds=settings.jwks_refresh_min_seconds,
+        clock=clock,
+    )
+
+
+# ----------------------------------------------------------------- claims
+
+
+def scopes_of(claims: Mapping[str, Any]) -> list[str]:
+    """The token's scopes: ``scope`` (RFC 9068, space-separated) or ``scp``."""
+    value = claims.get("scope", claims.get("scp"))
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list):
+        return [str(v) for v in cast("list[object]", value)]
+    return []
+
+
+def access_token(
+    token: str, claims: Mapping[str, Any], settings: OAuthSettings
+) -> AccessToken:
+    """The `AccessToken` of verified ``claims``: its owner is ``owner_claim``.
+
+    Raises:
+        TokenRejected: the owner claim is missing or not a non-empty string.
+    """
+    owner = claims.get(settings.owner_claim)
+    if not isinstance(owner, str) or not owner:
+        raise TokenRejected(f"the token has no {settings.owner_claim!r} claim")
+    expires = claims.get("exp")
+    subject = claims.get("sub")
+    return AccessToken(
+        token=token,
+        client_id=owner,
+        scopes=scopes_of(claims),
+        expires_at=int(expires) if isinstance(expires, int | float) else None,
+        resource=settings.audience,
+        subject=subject if isinstance(subject, str) else None,
+        claims=dict(claims),
+    )
+
+
+class JwtVerifier:
+    """Verifies signed JWT access tokens against the issuer's keys."""
+
+    def __init__(self, settings: OAuthSettings, keys: JwksKeys) -> None:
+        self.settings = settings
+        self.keys = keys
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The token's `AccessToken`, or ``None`` (the reason goes to `refusals`)."""
+        try:
+            return await self.verify(token)
+        except TokenRejected as exc:
+            _refuse(str(exc))
+            return None
+
+    async def verify(self, token: str) -> AccessToken:
+        """Verify ``token``.
+
+        Raises:
+            TokenRejected: it is not a valid access token for this server.
+        """
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise TokenRejected("the token is not a JWT") from None
+        algorithm = header.get("alg")
+        # Checked before any key is looked up: "none" and HMAC never verify.
+        if algorithm not in self.settings.algorithms:
+            raise TokenRejected(f"the token's algorithm {algorithm!r} is not accepted")
+        kid = header.get("kid")
+        key = await self.keys.key(kid if isinstance(kid, str) else None)
+        claims = self._decode(token, key, str(algorithm))
+        return access_token(token, claims, self.settings)
+
+    def _decode(self, token: str, key: jwt.PyJWK, algorithm: str) -> dict[str, Any]:
+        try:
+            return jwt.decode(
+                token,
+                key=key,
+                algorithms=[algorithm],
+                audience=self.settings.audience,
+                issuer=self.settings.issuer,
+                leeway=self.settings.leeway_seconds,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenRejected("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenRejected("the token is not valid yet (nbf or iat)") from None
+        except jwt.InvalidAudienceError:
+            raise TokenRejected(
+                f"the token is not for this server (aud is not {self.settings.audience})"
+            ) from None
+        except jwt.InvalidIssuerError:
+            raise TokenRejected("the token is from another issuer") from None
+        except jwt.InvalidSignatureError:
+            raise TokenRejected("the token's signature does not verify") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenRejected(f"the token has no {exc.claim!r} claim") from None
+        except jwt.InvalidTokenError as exc:
+            raise TokenRejected(f"the token is invalid: {exc}") from None
+
+
+# ------------------------------------------------------------- introspection
+
+
+class IntrospectionVerifier:
+    """Asks the authorization server about each token (RFC 7662).
+
+    For opaque (non-JWT) tokens. The answer must say ``active``; its ``aud``
+    must include the configured audience, its ``iss`` (when present) be the
+    issuer, and ``exp``/``nbf`` (when present) hold.
+    """
+
+    def __init__(
+        self,
+        settings: OAuthSettings,
+        secret: str,
+        clock: Clock = time.time,
+    ) -> None:
+        assert settings.introspection_url is not None
+        assert settings.introspection_client_id is not None
+        self.settings = settings
+        self._url = settings.introspection_url
+        self._auth = (settings.introspection_client_id, secret)
+        self._clock = clock
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The token's `AccessToken`, or ``None`` (the reason goes to `refusals`)."""
+        try:
+            return await self.verify(token)
+        except TokenRejected as exc:
+            _refuse(str(exc))
+            return None
+
+    async def verify(self, token: str) -> AccessToken:
+        """Introspect ``token``.
+
+        Raises:
+            TokenRejected: it is not active or not for this server.
+        """
+        answer = await self._introspect(token)
+        if answer.get("active") is not True:
+            raise TokenRejected("the token is not active")
+        issuer = answer.get("iss")
+        if issuer is not None and issuer != self.settings.issuer:
+            raise TokenRejected("the token is from another issuer")
+        audience = answer.get("aud")
+        audiences = [audience] if isinstance(audience, str) else audience
+        if not isinstance(audiences, list) or self.settings.audience not in audiences:
+            raise TokenRejected(
+                f"the token is not for this server (aud is not {self.settings.audience})"
+            )
+        self._check_times(answer)
+        return access_token(token, answer, self.settings)
+
+    def _check_times(self, answer: Mapping[str, Any]) -> None:
+        now = self._clock()
+        leeway = self.settings.leeway_seconds
+        expires = answer.get("exp")
+        if isinstance(expires, int | float) and expires + leeway <= now:
+            raise TokenRejected("the token has expired")
+        not_before = answer.get("nbf")
+        if isinstance(not_before, int | float) and not_before - leeway > now:
+            raise TokenRejected("the token is not valid yet (nbf or iat)")
+
+    async def _introspect(self, token: str) -> dict[str, Any]:
+        try:
+            async with httpx2.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
+                response = await http.post(
+                    self._url,
+                    data={"token": token, "token_type_hint": "access_token"},
+                    auth=self._auth,
+                    headers={"Accept": "application/json"},
+                )
+        except httpx2.HTTPError as exc:
+            logger.warning("token introspection failed: %r", exc)
+            raise TokenRejected(
+                "the token could not be checked (introspection failed)"
+            ) from None
+        if response.status_code != 200:
+            logger.warning("token introspection answered HTTP %d", response.status_code)
+            raise TokenRejected("the token could not be checked (introspection failed)")
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise TokenRejected("the token could not be checked (introspection failed)")
+        return cast("dict[str, Any]", data)
+
+
+def read_secret(path: Path) -> str:
+    """The introspection client secret: the file's first line.
+
+    Raises:
+        ConfigurationError: the file cannot be read or is empty.
+    """
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigurationError(
+            "auth.introspection_client_secret_file",
+            f"cannot read {path}: {exc.strerror}",
+        ) from None
+    if not secret:
+        raise ConfigurationError(
+            "auth.introspection_client_secret_file", f"{path} is empty"
+        )
+    return secret
+
+
+def oauth_verifier(settings: OAuthSettings) -> JwtVerifier | IntrospectionVerifier:
+    """The verifier ``settings`` configure; files are read now.
+
+    Raises:
+        ConfigurationError: the ``oauth`` extra is missing, or a configured
+            file (JWKS, introspection secret) is unreadable.
+    """
+    if settings.introspection_url is not None:
+        assert settings.introspection_client_secret_file is not None
+        return IntrospectionVerifier(
+            settings, read_secret(settings.introspection_client_secret_file)
+        )
+    require_crypto()
+    return JwtVerifier(settings, jwks_keys(settings))
