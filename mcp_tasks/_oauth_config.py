@@ -153,6 +153,13 @@ def _lists(raw: Mapping[str, Any]) -> dict[str, Any]:
             _scope("auth.required_scopes", v)
             for v in _list("auth.required_scopes", raw["required_scopes"])
         )
+        # MCP authorization (2026-07-28): protected resources SHOULD NOT ask
+        # for offline_access; a refresh token is the client's business.
+        if "offline_access" in values["required_scopes"]:
+            raise ConfigurationError(
+                "auth.required_scopes",
+                "offline_access is for the client to request, not a resource scope",
+            )
     if "algorithms" in raw:
         algorithms = _list("auth.algorithms", raw["algorithms"])
         for name in algorithms:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Final, cast
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -482,6 +483,15 @@ def read_secret(path: Path) -> str:
     return secret
 
 
+def _secure(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "https" or parts.hostname in (
+        "127.0.0.1",
+        "localhost",
+        "::1",
+    )
+
+
 def oauth_verifier(settings: OAuthSettings) -> JwtVerifier | IntrospectionVerifier:
     """The verifier ``settings`` configure; files are read now.
 
@@ -489,6 +499,13 @@ def oauth_verifier(settings: OAuthSettings) -> JwtVerifier | IntrospectionVerifi
         ConfigurationError: the ``oauth`` extra is missing, or a configured
             file (JWKS, introspection secret) is unreadable.
     """
+    for url in (settings.jwks_url, settings.introspection_url):
+        if url is not None and not _secure(url):
+            # Keys or answers over plain HTTP can be swapped by anyone on the
+            # path: they decide who is authenticated.
+            logger.warning(
+                "%s is plain http and not loopback; use https in production", url
+            )
     if settings.introspection_url is not None:
         assert settings.introspection_client_secret_file is not None
         return IntrospectionVerifier(

@@ -210,6 +210,21 @@ async def test_a_bad_token_gets_401_saying_why(
     assert params["scope"] == "tasks"
 
 
+async def test_a_token_in_the_query_string_is_not_accepted(
+    oauth_server: HttpServer, issuer: Issuer
+) -> None:
+    # MCP authorization: tokens travel in the Authorization header only.
+    with anyio.fail_after(TIMEOUT):
+        async with httpx2.AsyncClient() as http:
+            response = await http.post(
+                oauth_server.url,
+                params={"access_token": issuer.token()},
+                json=initialize(),
+                headers=HEADERS,
+            )
+    assert response.status_code == 401
+
+
 async def test_no_token_gets_401_pointing_at_the_metadata(
     oauth_server: HttpServer,
 ) -> None:
@@ -437,16 +452,29 @@ async def test_every_task_method_without_a_token_gets_401(
 async def test_the_token_file_keeps_working_beside_oauth(
     oauth_server: HttpServer, issuer: Issuer
 ) -> None:
+    dana_token = issuer.token(sub="dana")
     with anyio.fail_after(TIMEOUT * 2):
         async with (
             TaskClient.http(oauth_server.url, token=STATIC_TOKEN) as ci,
-            TaskClient.http(oauth_server.url, token=issuer.token(sub="dana")) as dana,
+            TaskClient.http(oauth_server.url, token=dana_token) as dana,
         ):
             task_id = await start(ci, "echo", {"text": "static"})
             result = await ci.task_result(task_id)
             assert result["structuredContent"]["text"] == "static"
             assert task_id not in await listed_ids(dana)
             await expect_not_found(lambda: dana.get_task(task_id))
+            dana_task = await start(dana, "echo", {"text": "oauth"})
+            await dana.task_result(dana_task)
+    # Access tokens are never stored (nor passed on to tools).
+    files = oauth_server.files
+    stored = b"".join(
+        path.read_bytes()
+        for path in files.root.iterdir()
+        if path.name.startswith(files.db.name)
+    )
+    assert b"dana" in stored
+    assert STATIC_TOKEN.encode() not in stored
+    assert dana_token.split(".")[2].encode() not in stored
 
 
 async def test_a_tier_claim_sets_the_clients_limits(

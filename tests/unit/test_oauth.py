@@ -333,6 +333,24 @@ def test_an_unreadable_jwks_file_is_a_configuration_error(tmp_path: Path) -> Non
         oauth_verifier(settings)
 
 
+def test_a_plain_http_jwks_url_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    oauth_verifier(auth_settings(jwks_url="http://id.example.test/jwks"))
+    oauth_verifier(auth_settings(jwks_url="http://127.0.0.1:1/jwks"))
+    oauth_verifier(auth_settings(jwks_url="https://id.example.test/jwks"))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        "http://id.example.test/jwks is plain http and not loopback; "
+        "use https in production"
+    ]
+
+
+def test_offline_access_is_not_a_resource_scope() -> None:
+    with pytest.raises(ConfigurationError, match="offline_access"):
+        auth_settings(required_scopes=["tasks", "offline_access"])
+
+
 @pytest.mark.parametrize(
     ("raw", "key"),
     [
