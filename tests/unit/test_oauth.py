@@ -609,3 +609,14 @@ async def test_introspection_with_a_wrong_secret_refuses(tmp_path: Path) -> None
         verifier = oauth_verifier(settings)
         with pytest.raises(TokenRejected, match="introspection failed"):
             await verifier.verify("good")
+
+
+def test_the_readme_example_is_a_valid_auth_table() -> None:
+    import tomllib
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("```toml\n[auth]\n") + len("```toml\n")
+    example = tomllib.loads(readme[start : readme.index("```", start)])
+    settings = parse_auth(example["auth"])
+    assert settings.audience == "https://mcp.example.com/mcp"
+    assert settings.jwks_url is not None
