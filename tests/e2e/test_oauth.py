@@ -11,6 +11,7 @@ without a token.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -416,6 +417,38 @@ async def _blue(params: JSONObject) -> JSONObject:
     return accept(answer="blue")
 
 
+async def test_another_owner_cannot_use_an_owners_session(
+    oauth_server: HttpServer, issuer: Issuer
+) -> None:
+    """A 2025-11-25 session belongs to its owner: another owner's token gets 404."""
+    with anyio.fail_after(TIMEOUT):
+        async with httpx2.AsyncClient() as http:
+            opened = await http.post(
+                oauth_server.url,
+                json=initialize(),
+                headers={
+                    **HEADERS,
+                    "Authorization": f"Bearer {issuer.token(sub='alice')}",
+                },
+            )
+            session = opened.headers["mcp-session-id"]
+            listing: JSONObject = {"jsonrpc": "2.0", "id": 2, "method": "tasks/list"}
+
+            async def list_as(owner: str) -> httpx2.Response:
+                headers = {
+                    **HEADERS,
+                    "Authorization": f"Bearer {issuer.token(sub=owner)}",
+                    "Mcp-Session-Id": session,
+                    "MCP-Protocol-Version": LEGACY_WIRE,
+                }
+                return await http.post(oauth_server.url, json=listing, headers=headers)
+
+            hijack = await list_as("bob")
+            own = await list_as("alice")  # a fresh token of the same owner
+    assert hijack.status_code == 404
+    assert own.status_code == 200
+
+
 TASK_METHODS: dict[str, JSONObject] = {
     "tools/call": {"name": "echo", "arguments": {"text": "x"}},
     "tasks/get": {"taskId": "any"},
@@ -492,6 +525,57 @@ async def test_a_tier_claim_sets_the_clients_limits(
             assert json.loads(json.dumps(error.data))["limit"] == 1
             gates.release(key)
             await client.task_result(first)
+
+
+# ------------------------------------------------------------ introspection
+
+
+def _introspect(
+    method: str, form: dict[str, list[str]], headers: dict[str, str]
+) -> tuple[int, Any]:
+    if (
+        headers.get("Authorization")
+        != "Basic " + base64.b64encode(b"mcp-tasks:s3cret").decode()
+    ):
+        return 401, {"error": "invalid_client"}
+    if form.get("token") == ["opaque-alice-token"]:
+        return 200, {
+            "active": True,
+            "iss": ISSUER,
+            "aud": [AUDIENCE],
+            "sub": "opaque-alice",
+            "scope": "tasks",
+        }
+    return 200, {"active": False}
+
+
+async def test_opaque_tokens_are_introspected(server_files: ServerFilesFactory) -> None:
+    with LocalHttp({"/introspect": _introspect}).running() as endpoint:
+        files = server_files(
+            "oauth-introspection",
+            extra_toml=(
+                f'\n[auth]\nissuer = "{ISSUER}"\naudience = "{AUDIENCE}"\n'
+                f'introspection_url = "{endpoint.url("/introspect")}"\n'
+                'introspection_client_id = "mcp-tasks"\n'
+                'introspection_client_secret_file = "secret"\n'
+            ),
+        )
+        (files.root / "secret").write_text("s3cret\n")
+        server = HttpServer(files)
+        try:
+            server.start()
+            with anyio.fail_after(TIMEOUT * 2):
+                async with TaskClient.http(
+                    server.url, token="opaque-alice-token"
+                ) as alice:
+                    task_id = await start(alice, "echo", {"text": "opaque"})
+                    result = await alice.task_result(task_id)
+                    assert result["structuredContent"]["text"] == "opaque"
+                refused = await post(server, initialize(), "opaque-other-token")
+        finally:
+            server.stop()
+    assert refused.status_code == 401
+    assert challenge(refused)["error_description"] == "the token is not active"
 
 
 # ---------------------------------------------------------------- start-up
