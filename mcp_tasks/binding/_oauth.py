@@ -190,10 +190,10 @@ class JwksKeys:
         """
         now = self._clock()
         if self._fetched_at is None or now - self._fetched_at >= self._cache_seconds:
-            await self._refresh(now, force=False)
+            await self._refresh(now)
         found = self._lookup(kid)
         if found is None and self._may_refresh(self._clock()):
-            await self._refresh(self._clock(), force=True)
+            await self._refresh(self._clock())
             found = self._lookup(kid)
         if found is not None:
             return found
@@ -213,19 +213,17 @@ class JwksKeys:
             self._attempted_at is None or now - self._attempted_at >= self._refresh_min
         )
 
-    async def _refresh(self, now: float, *, force: bool) -> None:
+    async def _refresh(self, now: float) -> None:
         if self._lock is None:
             self._lock = anyio.Lock()
         attempted = self._attempted_at
         async with self._lock:
             if self._attempted_at != attempted:
                 return  # another request refreshed while this one waited
-            if (
-                not force
-                and self._fetched_at is not None
-                and not self._may_refresh(now)
-            ):
-                return  # the TTL expired, but a refresh was just tried and failed
+            if not self._may_refresh(now):
+                # Tried (and failed) moments ago: with the issuer down, requests
+                # must not each wait on another fetch.
+                return
             self._attempted_at = now
             self.fetches += 1
             try:

@@ -306,6 +306,27 @@ async def test_an_unreachable_jwks_refuses_tokens_without_crashing(
         await verifier.verify(issuer.token())
 
 
+async def test_an_issuer_that_is_down_is_asked_at_most_once_per_interval(
+    issuer: Issuer,
+) -> None:
+    clock = FakeClock()
+    attempts: list[float] = []
+
+    async def down() -> dict[str, Any]:
+        attempts.append(clock.now)
+        raise ValueError("connection refused")
+
+    keys = JwksKeys(down, cache_seconds=300, refresh_min_seconds=10, clock=clock)
+    verifier = JwtVerifier(auth_settings(), keys)
+    for _ in range(20):
+        with pytest.raises(TokenRejected, match="not available"):
+            await verifier.verify(issuer.token())
+    clock.now += 10
+    with pytest.raises(TokenRejected, match="not available"):
+        await verifier.verify(issuer.token())
+    assert attempts == [1000.0, 1010.0]
+
+
 async def test_a_jwks_file_is_reread_when_a_kid_is_unknown(
     tmp_path: Path, issuer: Issuer
 ) -> None:
