@@ -389,6 +389,12 @@ async def test_another_owner_cannot_reach_a_task_on_any_method(
             assert (await alice.get_task(running))["status"] == "working"
             assert (await alice.get_task(asking))["status"] == "input_required"
             assert bob_questions.received == []
+            # ... nor told anything about alice's tasks (status pushes on
+            # 2025-11-25, notifications/tasks on 2026-07-28).
+            heard = json.dumps(bob.notifications)
+            assert not [task_id for task_id in ids if task_id in heard]
+            if wire == LEGACY_WIRE:  # while alice was told (so telling works)
+                assert done in json.dumps(alice.notifications)
         gates.release(key)
         # A reconnect with a fresh token (another key, too) keeps the tasks.
         issuer.rotate("ES256")
