@@ -152,6 +152,12 @@ def _encode_hs256(claims: dict[str, Any], secret: bytes, kid: str) -> str:
     return f"{head}.{body}.{part(signature)}"
 
 
+def _other_key_type(issuer: Issuer) -> str:
+    # RS256, with the kid of the issuer's EC key: the key does not fit.
+    ec_kid = next(k.kid for k in issuer.keys if k.algorithm == "ES256")
+    return issuer.token(new_key("RS256", kid=ec_kid))
+
+
 REFUSED: dict[str, tuple[Callable[[Issuer], str], str]] = {
     "expired": (lambda i: i.token(exp=1_000_000, iat=999_000, nbf=999_000), "expired"),
     "not-yet-valid": (lambda i: i.token(nbf=4_000_000_000), "not valid yet"),
@@ -173,6 +179,7 @@ REFUSED: dict[str, tuple[Callable[[Issuer], str], str]] = {
         "'not-published' is not known",
     ),
     "missing-owner": (lambda i: i.token(sub=None), "'sub' claim"),
+    "key-of-another-type": (_other_key_type, "does not match the key"),
     "not-a-jwt": (lambda i: "opaque-token-value", "not a JWT"),
 }
 
