@@ -15,6 +15,7 @@ or ``introspection_url`` are required)::
     # introspection_url = "https://id.example.com/.../introspect"  # opaque tokens
     # introspection_client_id = "mcp-tasks"
     # introspection_client_secret_file = "/etc/mcp-tasks/introspection-secret"
+    # introspection_cache_seconds = 0   # remember accepted tokens this long
     owner_claim = "sub"                 # or "client_id", "azp": whose tasks these are
     authorization_servers = ["https://id.example.com/realms/tools"]  # default [issuer]
     required_scopes = ["tasks"]         # every request needs all of them (else 403)
@@ -76,6 +77,7 @@ class OAuthSettings:
     introspection_url: str | None = None
     introspection_client_id: str | None = None
     introspection_client_secret_file: Path | None = None
+    introspection_cache_seconds: float = 0.0
     owner_claim: str = "sub"
     authorization_servers: tuple[str, ...] = ()
     required_scopes: tuple[str, ...] = ()
@@ -180,11 +182,13 @@ def _durations(raw: Mapping[str, Any]) -> dict[str, float]:
     for key in ("jwks_cache_seconds", "jwks_refresh_min_seconds"):
         if key in raw:
             values[key] = _positive_number(f"auth.{key}", raw[key])
-    if "leeway_seconds" in raw:
-        value = raw["leeway_seconds"]
-        if value != 0:
-            value = _positive_number("auth.leeway_seconds", value)
-        values["leeway_seconds"] = float(value)
+    for key in ("leeway_seconds", "introspection_cache_seconds"):
+        if key in raw:
+            value = raw[key]
+            # 0 is allowed: no leeway, no cache.
+            if not (type(value) in (int, float) and value == 0):
+                value = _positive_number(f"auth.{key}", value)
+            values[key] = float(value)
     return values
 
 

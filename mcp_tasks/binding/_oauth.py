@@ -18,6 +18,7 @@ flood of made-up key ids cannot make us hammer the issuer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -39,6 +40,8 @@ logger = logging.getLogger("mcp_tasks.auth")
 
 #: How long fetching keys or introspecting a token may take.
 HTTP_TIMEOUT_SECONDS: Final = 10.0
+#: Accepted introspected tokens remembered at most (when caching is on).
+INTROSPECTION_CACHE_SIZE: Final = 10_000
 EXTRA_HINT: Final = "install the oauth extra: pip install 'mcp-tasks[oauth]'"
 
 Clock = Callable[[], float]
@@ -380,7 +383,10 @@ class IntrospectionVerifier:
 
     For opaque (non-JWT) tokens. The answer must say ``active``; its ``aud``
     must include the configured audience, its ``iss`` (when present) be the
-    issuer, and ``exp``/``nbf`` (when present) hold.
+    issuer, and ``exp``/``nbf`` (when present) hold. With
+    ``introspection_cache_seconds`` an accepted token is remembered that long
+    (never past its ``exp``), keyed by its SHA-256: a revocation then takes
+    up to that long to be noticed. Refusals are never cached.
     """
 
     def __init__(
@@ -395,6 +401,9 @@ class IntrospectionVerifier:
         self._url = settings.introspection_url
         self._auth = (settings.introspection_client_id, secret)
         self._clock = clock
+        self._accepted: dict[bytes, tuple[AccessToken, float]] = {}
+        #: How many introspection requests were made (for tests).
+        self.requests = 0
 
     async def verify_token(self, token: str) -> AccessToken | None:
         """The token's `AccessToken`, or ``None`` (the reason goes to `refusals`)."""
@@ -410,6 +419,29 @@ class IntrospectionVerifier:
         Raises:
             TokenRejected: it is not active or not for this server.
         """
+        key = hashlib.sha256(token.encode()).digest()
+        remembered = self._accepted.get(key)
+        if remembered is not None:
+            if self._clock() < remembered[1]:
+                return remembered[0]
+            del self._accepted[key]
+        accepted = await self._ask(token)
+        self._remember(key, accepted)
+        return accepted
+
+    def _remember(self, key: bytes, accepted: AccessToken) -> None:
+        seconds = self.settings.introspection_cache_seconds
+        if not seconds:
+            return
+        until = self._clock() + seconds
+        if accepted.expires_at is not None:
+            until = min(until, accepted.expires_at)
+        if len(self._accepted) >= INTROSPECTION_CACHE_SIZE:
+            # Oldest first (insertion order); expired entries go on use.
+            del self._accepted[next(iter(self._accepted))]
+        self._accepted[key] = (accepted, until)
+
+    async def _ask(self, token: str) -> AccessToken:
         answer = await self._introspect(token)
         if answer.get("active") is not True:
             raise TokenRejected("the token is not active")
@@ -436,6 +468,7 @@ class IntrospectionVerifier:
             raise TokenRejected("the token is not valid yet (nbf or iat)")
 
     async def _introspect(self, token: str) -> dict[str, Any]:
+        self.requests += 1
         try:
             async with httpx2.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
                 response = await http.post(

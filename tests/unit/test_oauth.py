@@ -625,6 +625,58 @@ async def test_introspection_refuses(
         await verifier.verify(token)
 
 
+async def test_accepted_introspections_are_cached_when_asked_until_exp(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    now = time.time()
+    answers = {
+        "long": {"active": True, "aud": AUDIENCE, "sub": "carol", "exp": now + 3600},
+        "short": {"active": True, "aud": AUDIENCE, "sub": "carol", "exp": now + 5},
+    }
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    clock = FakeClock()
+    clock.now = now
+    with LocalHttp({"/introspect": introspection_route(answers)}).running() as server:
+        settings = auth_settings(
+            introspection_url=server.url("/introspect"),
+            introspection_client_id="mcp-tasks",
+            introspection_client_secret_file=str(secret),
+            introspection_cache_seconds=60,
+        )
+        verifier = IntrospectionVerifier(settings, "s3cret", clock=clock)
+        for _ in range(3):
+            await verifier.verify("long")
+            await verifier.verify("short")
+        assert verifier.requests == 2
+        with pytest.raises(TokenRejected, match="not active"):
+            await verifier.verify("unknown")
+        with pytest.raises(TokenRejected, match="not active"):
+            await verifier.verify("unknown")
+        assert verifier.requests == 4  # refusals are never remembered
+        # Past "short"'s exp (and the 30 s leeway), within "long"'s 60 s.
+        clock.now += 40
+        await verifier.verify("long")
+        assert verifier.requests == 4
+        with pytest.raises(TokenRejected, match="expired"):
+            await verifier.verify("short")
+        assert verifier.requests == 5
+        clock.now += 60
+        await verifier.verify("long")
+        assert verifier.requests == 6
+
+
+async def test_introspection_is_not_cached_by_default(
+    introspection: tuple[IntrospectionVerifier, LocalHttp],
+) -> None:
+    verifier, server = introspection
+    for _ in range(3):
+        await verifier.verify("good")
+    assert server.hits["/introspect"] == 3
+
+
 async def test_introspection_with_a_wrong_secret_refuses(tmp_path: Path) -> None:
     with LocalHttp({"/introspect": introspection_route({})}).running() as server:
         secret = tmp_path / "secret"
