@@ -37,7 +37,8 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from mcp_tasks._oauth_config import parse_auth
 from mcp_tasks.binding._auth import TokenFileVerifier
-from mcp_tasks.binding._oauth import JwtVerifier, jwks_keys
+from mcp_tasks.binding._jwks import jwks_keys
+from mcp_tasks.binding._oauth import JwtVerifier
 from mcp_tasks.client import TaskClient
 
 ISSUER = "https://id.example.test"

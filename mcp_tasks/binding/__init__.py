@@ -5,7 +5,8 @@ the 2026-07-28 extension), both over the same `TaskRuntime`; `_server`
 assembles them with the tools and the transports; `_http` and `_connections` are
 the Streamable HTTP transport (sockets, host checks, connection limits);
 `_guard` stands between every handler and the wire (no code 0, bounded echoes);
-`_auth` and `_oauth` authenticate HTTP requests (token file, OAuth access tokens).
+`_auth`, `_oauth` and `_jwks` authenticate HTTP requests (token file, OAuth
+access tokens and the issuer's keys).
 """
 
 from __future__ import annotations

@@ -24,12 +24,10 @@ from mcp_tasks.binding._auth import (
     is_operator,
     tier_limits,
 )
+from mcp_tasks.binding._jwks import JwksKeys, TokenRejected, jwks_keys
 from mcp_tasks.binding._oauth import (
     IntrospectionVerifier,
-    JwksKeys,
     JwtVerifier,
-    TokenRejected,
-    jwks_keys,
     oauth_verifier,
     refusals,
 )
