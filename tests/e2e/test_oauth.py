@@ -348,6 +348,7 @@ async def test_another_owner_cannot_reach_a_task_on_any_method(
     wire: Wire,
 ) -> None:
     key = gates.key()
+    doomed_key = gates.key()
     url = oauth_server.url
     alice_questions = Elicitations()
     bob_questions = Elicitations()
@@ -369,6 +370,7 @@ async def test_another_owner_cannot_reach_a_task_on_any_method(
             ) as bob,
         ):
             running = await start(alice, "gate", {"key": key})
+            doomed = await start(alice, "gate", {"key": doomed_key})
             asking = await start(alice, "ask", {"question": "Colour?"})
             done = await start(alice, "echo", {"text": "mine"})
             await alice.poll_task(done, interval=0.05)
@@ -376,7 +378,8 @@ async def test_another_owner_cannot_reach_a_task_on_any_method(
                 asking, until={"input_required"}, interval=0.05
             )
             await hub.wait("started", key)
-            ids = [running, asking, done]
+            await hub.wait("started", doomed_key)
+            ids = [running, doomed, asking, done]
             if wire == LEGACY_WIRE:
                 assert set(ids) <= await listed_ids(alice)
                 await others_are_refused_legacy(bob, ids)
@@ -417,6 +420,10 @@ async def test_another_owner_cannot_reach_a_task_on_any_method(
             assert (await again.poll_task(running, interval=0.05))[
                 "status"
             ] == "completed"
+            # The owner's own cancel works (bob's did nothing).
+            await again.cancel_task(doomed)
+            stopped = await again.poll_task(doomed, interval=0.05)
+            assert stopped["status"] == "cancelled"
 
 
 async def _blue(params: JSONObject) -> JSONObject:
