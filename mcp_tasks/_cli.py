@@ -4,8 +4,9 @@ Exit codes:
 
 - 0: clean shutdown (SIGINT or SIGTERM, or stdin closed on stdio).
 - 1: an unexpected error: a bug, reported with a traceback.
-- 2: a bad command line, config file, token file or tool table; the message
-  names the option or key.
+- 2: a bad command line, config file, token file or tool table, or an
+  ``[auth]`` that cannot work (the ``oauth`` extra is missing, the JWKS or
+  secret file is unreadable); the message names the option or key.
 - 3: the journal cannot be opened (not a database, no write access, written by
   a newer mcp-tasks, or in use by another process).
 - 4: ``--http HOST:PORT`` cannot be listened on (address in use, not a local
@@ -32,7 +33,7 @@ from mcp_tasks._exceptions import ConfigurationError, JournalError, ListenError
 from mcp_tasks._logs import configure_logging
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks._toolloader import default_tools_path, load_tools
-from mcp_tasks.binding import McpTasksServer, Transport, listen, url
+from mcp_tasks.binding import HttpAuth, McpTasksServer, Transport, listen, url
 from mcp_tasks.engine import TaskRuntime
 
 EXIT_OK: Final = 0
@@ -131,6 +132,7 @@ async def _serve(
     settings: Settings,
     tools: dict[str, ToolSpec],
     sockets: list[socket.socket] | None,
+    auth: HttpAuth | None = None,
 ) -> None:
     transport = Transport.HTTP if args.http else Transport.STDIO
     # The journal opens before any task group, so a start-up error (bad file,
@@ -145,7 +147,7 @@ async def _serve(
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             if args.http:
-                await server.serve_http(*args.http, sockets=sockets)
+                await server.serve_http(*args.http, sockets=sockets, auth=auth)
             else:
                 await server.serve_stdio()
             tg.cancel_scope.cancel()
@@ -190,9 +192,10 @@ def _run(
     settings: Settings,
     tools: dict[str, ToolSpec],
     sockets: list[socket.socket] | None,
+    auth: HttpAuth | None,
 ) -> None:
     try:
-        anyio.run(_serve, args, settings, tools, sockets, backend="asyncio")
+        anyio.run(_serve, args, settings, tools, sockets, auth, backend="asyncio")
     except BaseExceptionGroup as group:
         # A start-up error raised inside a task group arrives wrapped; one
         # known error alone is reported as itself (a clear line, an exit code).
@@ -208,11 +211,16 @@ def _start(args: argparse.Namespace) -> None:
     settings = Settings.load(args.config, args.tokens)
     if args.tokens is not None and not args.http:
         raise ConfigurationError("--tokens", "bearer tokens apply to --http only")
+    if settings.oauth is not None and not args.http:
+        raise ConfigurationError("auth", "[auth] applies to --http only")
+    # Before the journal opens: a missing extra or an unreadable JWKS file is
+    # a configuration error (exit 2), not a failure once serving.
+    auth = HttpAuth.from_settings(settings) if args.http else None
     tools = load_tools(args.tools or [default_tools_path()], settings.tool_config)
     sockets = None
     if args.http:
         sockets = listen(*args.http)
-    _run(args, settings, tools, sockets)
+    _run(args, settings, tools, sockets, auth)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,11 @@ Config file shape (every key optional)::
     [tools.run_command]             # checked against the tool's config model at
     allowed = ["make", "pytest"]    # start-up (mcp_tasks._toolloader.check_tool_config)
 
+    [auth]                          # OAuth access tokens (only with --http); the
+    issuer = "https://id.example.com"     # keys are in mcp_tasks._oauth_config
+    audience = "https://mcp.example.com/mcp"
+    jwks_url = "https://id.example.com/jwks"
+
 Token file shape::
 
     [[client]]
@@ -65,6 +70,7 @@ from typing import Any, cast
 
 from mcp_tasks._budgets import BudgetLimits
 from mcp_tasks._exceptions import ConfigurationError
+from mcp_tasks._oauth_config import OAuthSettings, parse_auth
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,8 @@ class Settings:
         default_factory=lambda: dict[str, Mapping[str, Any]]()
     )
     tokens: Mapping[str, str] = field(default_factory=lambda: dict[str, str]())
+    #: The ``[auth]`` table: OAuth access tokens (`mcp_tasks._oauth_config`).
+    oauth: OAuthSettings | None = None
 
     def limits_for(self, client_id: str) -> ClientLimits:
         """The caps that apply to ``client_id`` (its override, else the defaults)."""
@@ -161,8 +169,8 @@ class Settings:
 
     @property
     def auth_enabled(self) -> bool:
-        """Whether bearer tokens identify HTTP requestors."""
-        return bool(self.tokens)
+        """Whether bearer tokens (token file or OAuth) identify HTTP requestors."""
+        return bool(self.tokens) or self.oauth is not None
 
     @classmethod
     def load(cls, config: Path | None = None, tokens: Path | None = None) -> Settings:
@@ -233,7 +241,15 @@ _LIMIT_KEYS = {
 
 
 def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
-    unknown = set(data) - {"limits", "journal", "http", "clients", "tools", "budgets"}
+    unknown = set(data) - {
+        "limits",
+        "journal",
+        "http",
+        "clients",
+        "tools",
+        "budgets",
+        "auth",
+    }
     if unknown:
         raise ConfigurationError(sorted(unknown)[0], "unknown section")
     changes: dict[str, Any] = {}
@@ -269,8 +285,13 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
         name: _budget(f"budgets.{name}", _table(f"budgets.{name}", raw))
         for name, raw in _table("budgets", data.get("budgets", {})).items()
     }
+    oauth = parse_auth(_table("auth", data["auth"])) if "auth" in data else None
     return replace(
-        settings, client_overrides=overrides, tool_config=tools, budgets=budgets
+        settings,
+        client_overrides=overrides,
+        tool_config=tools,
+        budgets=budgets,
+        oauth=oauth,
     )
 
 

@@ -22,11 +22,13 @@ from typing import Any, Final
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import AccessToken
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.shared.dispatcher import Outbound
 from mcp.shared.exceptions import MCPError
 
+from mcp_tasks._config import ClientLimits
 from mcp_tasks._exceptions import (
     ECHO_LIMIT,
     CapacityError,
@@ -222,6 +224,8 @@ class Requesters:
     transport: Transport
     auth: bool
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    #: The caps an access token's claims give its client (`_auth.tier_limits`).
+    limits_of: Callable[[AccessToken], ClientLimits | None] | None = None
 
     @property
     def identified(self) -> bool:
@@ -235,7 +239,8 @@ class Requesters:
         token = get_access_token()
         if token is not None:
             # The plain client id: per-client limits are configured by it.
-            return Requester(OwnerId(token.client_id))
+            limits = None if self.limits_of is None else self.limits_of(token)
+            return Requester(OwnerId(token.client_id), limits=limits)
         if self.auth:
             # The auth middleware admits no unauthenticated request; be safe anyway.
             raise MCPError(INVALID_REQUEST, "Authentication required")

@@ -16,19 +16,17 @@ from typing import Any, cast
 
 import anyio
 import mcp_types as types
-from mcp.server.auth.provider import AccessToken
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.caching import CacheHint
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from pydantic import AnyHttpUrl
 
 from mcp_tasks._exceptions import InvalidArgumentsError, McpTasksError, TaskSupportError
 from mcp_tasks._model import Task, new_task_id
 from mcp_tasks._toolapi import ToolSpec
+from mcp_tasks.binding._auth import HttpAuth, tier_limits
 from mcp_tasks.binding._common import (
     LEGACY_VERSION,
     METHOD_NOT_FOUND,
@@ -182,6 +180,7 @@ class McpTasksServer:
             transport,
             runtime.settings.auth_enabled,
             runtime.settings.http.trusted_proxies,
+            tier_limits(runtime.settings),
         )
         # Over HTTP a session may have no GET stream to push on (`_streams`).
         self.streams = StandaloneStreams() if transport is Transport.HTTP else None
@@ -498,33 +497,35 @@ class McpTasksServer:
         *,
         ready: anyio.Event | None = None,
         sockets: list[socket.socket] | None = None,
+        auth: HttpAuth | None = None,
     ) -> None:
         """Serve Streamable HTTP at ``http://host:port/mcp`` until cancelled.
 
         ``sockets`` are listening sockets from `listen` (bound beforehand, so
         the caller knows the port and an address in use fails early);
-        without them the server binds ``host:port`` itself.
+        without them the server binds ``host:port`` itself. ``auth`` is built
+        from the settings when not given (the CLI builds it before the
+        journal opens, so a bad ``[auth]`` is a start-up error).
 
         Raises:
             ListenError: ``host:port`` cannot be bound.
+            ConfigurationError: ``[auth]`` names an unreadable file, or the
+                ``oauth`` extra is missing.
         """
         sockets = sockets if sockets is not None else listen(host, port)
         settings = self.runtime.settings
-        token_verifier = None
-        auth = None
-        if settings.auth_enabled:
-            token_verifier = _TokenFileVerifier(settings.tokens)
-            auth = AuthSettings(
-                issuer_url=AnyHttpUrl(url(host, bound_port(sockets))),
-                resource_server_url=None,
-            )
+        auth = auth if auth is not None else HttpAuth.from_settings(settings)
         app = self.server.streamable_http_app(
             transport_security=transport_security(host, settings.http),
-            auth=auth,
-            token_verifier=token_verifier,
+            auth=None
+            if auth is None
+            else auth.sdk_settings(url(host, bound_port(sockets))),
+            token_verifier=None if auth is None else auth.verifier,
         )
         if self.streams is not None:
             app = self.streams.wrap(app)
+        if auth is not None:
+            app = auth.wrap(app)
         guard = connection_guard(settings.http)
         http_server = EmbeddedUvicorn(
             uvicorn_config(app, settings.http, guard), on_started=announce(host, ready)
@@ -621,19 +622,6 @@ async def _end_sessions(server: Server[Any]) -> None:
             await transport.terminate()
         except Exception:
             logger.debug("ending a session at shutdown failed", exc_info=True)
-
-
-class _TokenFileVerifier:
-    """Bearer tokens from the token file: token → client id."""
-
-    def __init__(self, tokens: Mapping[str, str]) -> None:
-        self._tokens = dict(tokens)
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        client_id = self._tokens.get(token)
-        if client_id is None:
-            return None
-        return AccessToken(token=token, client_id=client_id, scopes=[])
 
 
 def _version() -> str:

@@ -38,7 +38,7 @@ from typing import Any, Final, final
 import anyio
 
 from mcp_tasks import _tokens
-from mcp_tasks._config import Settings
+from mcp_tasks._config import ClientLimits, Settings
 from mcp_tasks._exceptions import TaskNotFoundError, TaskTerminalError, UnknownToolError
 from mcp_tasks._model import (
     InputRequest,
@@ -75,11 +75,13 @@ class Requester:
     ``owner_id`` is the principal tasks are bound to and the fairness key.
     When ``scoped`` is False (HTTP without auth) task ids act as bearer
     capabilities: any requestor holding an id may read, answer or cancel that
-    task, and listing is refused.
+    task, and listing is refused. ``limits`` are the caps the binding found
+    for this requestor (an OAuth token's tier); ``None``: the configured ones.
     """
 
     owner_id: OwnerId
     scoped: bool = True
+    limits: ClientLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +293,7 @@ class TaskRuntime:
         spec = self.tool(tool_name)
         spec.validate(arguments)
         owner = requester.owner_id
-        limits = self.settings.limits_for(owner)
+        limits = requester.limits or self.settings.limits_for(owner)
         new = NewTask(
             task_id=task_id or new_task_id(),
             owner_id=owner,
