@@ -290,7 +290,8 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
             )
         changes["synchronous"] = value
     changes["http"] = _http(_table("http", data.get("http", {})))
-    changes["tracing"] = _tracing(_table("tracing", data.get("tracing", {})))
+    if "tracing" in data:  # present, even empty: tracing is asked for
+        changes["tracing"] = _tracing(_table("tracing", data["tracing"]))
     settings = replace(settings, **changes)
     overrides = dict(settings.client_overrides)
     for client_id, raw in _table("clients", data.get("clients", {})).items():
@@ -342,8 +343,6 @@ def _tracing(raw: Mapping[str, Any]) -> TracingSettings:
     unknown = set(raw) - set(TracingSettings.__dataclass_fields__)
     if unknown:
         raise ConfigurationError(f"tracing.{sorted(unknown)[0]}", "unknown setting")
-    if not raw:
-        return TracingSettings()
     exporter = raw.get("exporter", "otlp")
     if exporter not in TRACE_EXPORTERS:
         names = ", ".join(f'"{e}"' for e in TRACE_EXPORTERS)

@@ -27,16 +27,17 @@ def recorded_spans() -> Generator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    _reset_globals()
+    reset_tracing_globals()
     trace.set_tracer_provider(provider)
     try:
         yield exporter
     finally:
         provider.shutdown()
-        _reset_globals()
+        reset_tracing_globals()
 
 
-def _reset_globals() -> None:
+def reset_tracing_globals() -> None:
+    """Forget the process's tracer provider (tracing off again)."""
     trace._TRACER_PROVIDER_SET_ONCE = Once()  # pyright: ignore[reportPrivateUsage]
     trace._TRACER_PROVIDER = None  # pyright: ignore[reportPrivateUsage]
 
