@@ -31,6 +31,7 @@ import anyio
 from mcp_tasks._config import Settings
 from mcp_tasks._exceptions import ConfigurationError, JournalError, ListenError
 from mcp_tasks._logs import configure_logging
+from mcp_tasks._telemetry import start_tracing
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks._toolloader import default_tools_path, load_tools
 from mcp_tasks.binding import HttpAuth, McpTasksServer, Transport, listen, url
@@ -220,7 +221,8 @@ def _start(args: argparse.Namespace) -> None:
     sockets = None
     if args.http:
         sockets = listen(*args.http)
-    _run(args, settings, tools, sockets, auth)
+    with start_tracing(settings.tracing):
+        _run(args, settings, tools, sockets, auth)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,13 @@ Config file shape (every key optional)::
     allowed_origins = ["https://app.example.com"]  # browser Origin values accepted
     trusted_proxies = ["10.0.0.0/8"]      # peers whose X-Forwarded-For is believed
 
+    [tracing]                       # OpenTelemetry (pip install 'mcp-tasks[otel]')
+    exporter = "otlp"               # OTLP/HTTP, endpoint from OTEL_EXPORTER_OTLP_*;
+                                    # or "file" (JSON lines) or "none"
+    file = "spans.jsonl"            # with exporter = "file"
+    service_name = "mcp-tasks"
+    sample_ratio = 1.0              # of new traces; a caller's sampled trace is kept
+
     [clients.alice]                 # per-client overrides, keyed by client id
     concurrency = 8
     backlog = 50000
@@ -105,6 +112,25 @@ class HttpSettings:
     trusted_proxies: tuple[IpNetwork, ...] = ()
 
 
+#: What ``[tracing] exporter`` may name.
+TRACE_EXPORTERS = ("otlp", "file", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """The ``[tracing]`` section: where spans go, if anywhere.
+
+    ``exporter`` None means not configured: tracing is then on only if the
+    standard ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` variable is set (see
+    `mcp_tasks._telemetry`).
+    """
+
+    exporter: str | None = None
+    file: Path | None = None
+    service_name: str = "mcp-tasks"
+    sample_ratio: float = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the runtime and server need to know, validated."""
@@ -125,6 +151,7 @@ class Settings:
     synchronous: str = "FULL"
     feed_poll_seconds: float = 0.05
     http: HttpSettings = field(default_factory=HttpSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     budgets: Mapping[str, BudgetLimits] = field(
         default_factory=lambda: dict[str, BudgetLimits]()
     )
@@ -245,6 +272,7 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
         "limits",
         "journal",
         "http",
+        "tracing",
         "clients",
         "tools",
         "budgets",
@@ -271,6 +299,8 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
             )
         changes["synchronous"] = value
     changes["http"] = _http(_table("http", data.get("http", {})))
+    if "tracing" in data:  # present, even empty: tracing is asked for
+        changes["tracing"] = _tracing(_table("tracing", data["tracing"]))
     settings = replace(settings, **changes)
     overrides = dict(settings.client_overrides)
     for client_id, raw in _table("clients", data.get("clients", {})).items():
@@ -320,6 +350,45 @@ def _http(raw: Mapping[str, Any]) -> HttpSettings:
             _network("http.trusted_proxies", v)
             for v in _strings("http.trusted_proxies", raw.get("trusted_proxies", []))
         ),
+    )
+
+
+def _tracing(raw: Mapping[str, Any]) -> TracingSettings:
+    unknown = set(raw) - set(TracingSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigurationError(f"tracing.{sorted(unknown)[0]}", "unknown setting")
+    exporter = raw.get("exporter", "otlp")
+    if exporter not in TRACE_EXPORTERS:
+        names = ", ".join(f'"{e}"' for e in TRACE_EXPORTERS)
+        raise ConfigurationError(
+            "tracing.exporter", f"must be one of {names}, got {exporter!r}"
+        )
+    file = raw.get("file")
+    if file is not None and (not isinstance(file, str) or not file):
+        raise ConfigurationError("tracing.file", f"must be a file path, got {file!r}")
+    if exporter == "file" and file is None:
+        raise ConfigurationError("tracing.file", 'is needed with exporter = "file"')
+    if exporter != "file" and file is not None:
+        raise ConfigurationError("tracing.file", 'is only used with exporter = "file"')
+    name = raw.get("service_name", "mcp-tasks")
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(
+            "tracing.service_name", f"must be a non-empty string, got {name!r}"
+        )
+    ratio = raw.get("sample_ratio", 1.0)
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, int | float)
+        or not 0 <= ratio <= 1
+    ):
+        raise ConfigurationError(
+            "tracing.sample_ratio", f"must be a number from 0 to 1, got {ratio!r}"
+        )
+    return TracingSettings(
+        exporter=cast("str", exporter),
+        file=None if file is None else Path(file),
+        service_name=name,
+        sample_ratio=float(ratio),
     )
 
 

@@ -23,10 +23,16 @@ BASE = (
     "mcp_tasks._toolapi",
     "mcp_tasks._tokens",
     "mcp_tasks._toolloader",
+    "mcp_tasks._telemetry",
 )
 #: The engine's modules in layers, lowest first: each imports only earlier layers.
 ENGINE_LAYERS = (
-    ("mcp_tasks.engine._holder", "mcp_tasks.engine._runs", "mcp_tasks.engine._events"),
+    (
+        "mcp_tasks.engine._holder",
+        "mcp_tasks.engine._runs",
+        "mcp_tasks.engine._events",
+        "mcp_tasks.engine._tracing",
+    ),
     ("mcp_tasks.engine._reports",),
     ("mcp_tasks.engine._engine",),
     (
@@ -139,6 +145,12 @@ def test_only_the_bindings_and_the_client_import_the_mcp_sdk() -> None:
         if module not in allowed and _imports_from(module, *SDK)
     }
     assert offenders == {}
+
+
+def test_every_engine_module_is_in_a_layer() -> None:
+    layered = {m for layer in ENGINE_LAYERS for m in layer}
+    modules = set(_modules_under("mcp_tasks.engine")) - {"mcp_tasks.engine"}
+    assert modules - layered == set()
 
 
 def test_the_model_imports_nothing_from_the_package_but_the_exceptions() -> None:

@@ -149,6 +149,8 @@ class Engine:
             await self.stopped(run)
             return None
         shown = "failed (tool error)" if task.tool_error is not None else status.value
+        run.trace.ended(status.value, message)
+        run.trace.event(f"task {shown}", reason=reason)
         _transition_line(
             task, task.task_id, shown, attempt=run.lease.attempt,
             seconds=self.clock() - run.started_at, why=reason,
@@ -166,6 +168,7 @@ class Engine:
             run.lease, until, message, reason, self.clock(), retry=retry
         ):
             raise LeaseLost(run.task_id)
+        run.trace.event(reason, message=message, until=until)
         _transition_line(
             None, run.task_id, "working (parked)", tool=run.claimed.tool_name,
             owner=run.owner_id, attempt=run.lease.attempt, why=message,
@@ -180,6 +183,8 @@ class Engine:
         task = await self.journal.ask(run.lease, requests, message, self.clock())
         if task is None:
             raise LeaseLost(run.task_id)
+        run.trace.ended("input_required")
+        run.trace.event("input requested", questions=", ".join(r.key for r in requests))
         _transition_line(
             task, task.task_id, "input_required", attempt=run.lease.attempt,
             why=f"{len(requests)} question(s)",
@@ -189,6 +194,7 @@ class Engine:
         """Durably record a step's result under the run's lease."""
         if not await self.journal.record_step(run.lease, key, result, self.clock()):
             raise LeaseLost(run.task_id)
+        run.trace.event("step recorded", step=key)
 
     def report(
         self,
@@ -209,11 +215,13 @@ class Engine:
     async def stopped(self, run: Run) -> None:
         """A run that was told to stop has: free its task's slot if it was cancelled."""
         self.reporter.forget(run.task_id)
+        run.trace.event("run stopped", reason=stop_reason_of(run))
         await self.journal.stopped(run.lease, self.clock())
 
     async def hand_back(self, run: Run, why: str) -> None:
         """Give an interrupted run's task back, by its tool's recovery policy."""
         self.reporter.forget(run.task_id)
+        run.trace.event("handed back", reason=why)
         spec = self.tools.get(run.claimed.tool_name)
         held = HeldLease(run.lease, run.owner_id, run.claimed.tool_name, self.clock())
         await self.recover(held, spec, why)

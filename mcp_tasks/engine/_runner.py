@@ -29,6 +29,7 @@ from mcp_tasks.engine._context import RunContext, TaskSuspended, budget_message
 from mcp_tasks.engine._engine import Engine, LeaseLost, failure
 from mcp_tasks.engine._execution import Retry, execute
 from mcp_tasks.engine._runs import Run, Runs, StopReason
+from mcp_tasks.engine._tracing import RunTrace
 
 logger = logging.getLogger("mcp_tasks.engine")
 
@@ -73,9 +74,12 @@ class Runner:
     async def run(self, run: Run) -> None:
         """Run one claimed task to its verdict; never raises but cancellation."""
         self._runs.add(run)
+        run.trace = RunTrace.start(run.claimed, self._engine.holder)
         try:
-            await self._run(run)
+            with run.trace.current():
+                await self._run(run)
         except LeaseLost:
+            run.trace.event("lease lost")
             logger.warning(
                 "task %s: attempt %d stopped, its lease is no longer current "
                 "(cancelled or taken over); its late writes were refused",
@@ -97,6 +101,7 @@ class Runner:
         finally:
             self._engine.reporter.forget(run.task_id)
             self._runs.remove(run)
+            run.trace.close()
 
     async def _run(self, run: Run) -> None:
         engine = self._engine

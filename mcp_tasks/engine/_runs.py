@@ -16,6 +16,7 @@ from typing import final
 import anyio
 
 from mcp_tasks._model import OwnerId, TaskId
+from mcp_tasks.engine._tracing import RunTrace
 from mcp_tasks.journal import Claimed, Lease
 
 
@@ -37,6 +38,8 @@ class Run:
     stop_reason: str | None = None
     #: When its last report was written (monotonic), for `Reporter`'s pacing.
     reported_at: float = -math.inf
+    #: Its span, when tracing is on (see `_tracing`).
+    trace: RunTrace = RunTrace.OFF
 
     @property
     def lease(self) -> Lease:

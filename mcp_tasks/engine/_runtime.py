@@ -60,6 +60,7 @@ from mcp_tasks.engine._lifecycle import Parts
 from mcp_tasks.engine._runner import Runner
 from mcp_tasks.engine._runs import Runs, StopReason
 from mcp_tasks.engine._timers import Timers
+from mcp_tasks.engine._tracing import TRACE_META_KEY, creating
 from mcp_tasks.journal import ClientLoad, Journal, NewTask, open_journal
 
 #: How long a synchronous (non-task) call's journal row is kept after it ends.
@@ -294,24 +295,29 @@ class TaskRuntime:
         spec.validate(arguments)
         owner = requester.owner_id
         limits = requester.limits or self.settings.limits_for(owner)
-        new = NewTask(
-            task_id=task_id or new_task_id(),
-            owner_id=owner,
-            tool_name=tool_name,
-            arguments=dict(arguments or {}),
-            created_at=self._clock(),
-            ttl_seconds=(
-                self.settings.effective_ttl(ttl_seconds)
-                if listed
-                else SYNC_CALL_RETENTION_SECONDS
-            ),
-            poll_interval_seconds=self.settings.poll_interval_seconds,
-            concurrency=limits.concurrency,
-            backlog=limits.backlog,
-            listed=listed,
-            request_meta=dict(request_meta or {}),
-        )
-        task = await self._parts.engine.submit(new)
+        task_id = task_id or new_task_id()
+        meta = dict(request_meta or {})
+        with creating(task_id, tool_name, owner) as trace_context:
+            if trace_context is not None:
+                meta[TRACE_META_KEY] = trace_context
+            new = NewTask(
+                task_id=task_id,
+                owner_id=owner,
+                tool_name=tool_name,
+                arguments=dict(arguments or {}),
+                created_at=self._clock(),
+                ttl_seconds=(
+                    self.settings.effective_ttl(ttl_seconds)
+                    if listed
+                    else SYNC_CALL_RETENTION_SECONDS
+                ),
+                poll_interval_seconds=self.settings.poll_interval_seconds,
+                concurrency=limits.concurrency,
+                backlog=limits.backlog,
+                listed=listed,
+                request_meta=meta,
+            )
+            task = await self._parts.engine.submit(new)
         self._parts.dispatcher.wake()
         return task
 

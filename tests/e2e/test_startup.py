@@ -213,3 +213,14 @@ def test_a_json_start_up_error_is_one_json_line(busy_port: int, tmp_path: Path) 
     assert record["level"] == "CRITICAL"
     assert record["exit_code"] == 4
     assert f"cannot listen on 127.0.0.1:{busy_port}" in record["message"]
+
+
+def test_a_span_file_that_cannot_be_written_exits_2_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    spans = tmp_path / "no-such-folder" / "spans.jsonl"
+    config.write_text(f'[tracing]\nexporter = "file"\nfile = "{spans}"\n')
+    db = tmp_path / "tasks.db"
+    code, stderr = run([*SERVE, "--db", str(db), "--config", str(config)], tmp_path)
+    assert code == 2, stderr
+    assert "tracing.file" in assert_one_line(stderr)
+    assert not db.exists()
