@@ -33,6 +33,7 @@ ENGINE_LAYERS = (
         "mcp_tasks.engine._context",
         "mcp_tasks.engine._execution",
         "mcp_tasks.engine._preflight",
+        "mcp_tasks.engine._request_limits",
     ),
     (
         "mcp_tasks.engine._runner",
@@ -139,6 +140,12 @@ def test_only_the_bindings_and_the_client_import_the_mcp_sdk() -> None:
         if module not in allowed and _imports_from(module, *SDK)
     }
     assert offenders == {}
+
+
+def test_every_engine_module_is_in_a_layer() -> None:
+    layered = {m for layer in ENGINE_LAYERS for m in layer}
+    modules = set(_modules_under("mcp_tasks.engine")) - {"mcp_tasks.engine"}
+    assert modules - layered == set()
 
 
 def test_the_model_imports_nothing_from_the_package_but_the_exceptions() -> None:
