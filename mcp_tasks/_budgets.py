@@ -18,14 +18,26 @@ from typing import Final
 #: The dimensions of a budget, as stored.
 REQUESTS: Final = "requests"
 TOKENS: Final = "tokens"
+#: Every bucket refills within this (a minute's allowance refills in a minute;
+#: a request burst is at most an hour's rate), so one untouched this long is
+#: full and the journal may forget it.
+IDLE_BUCKET_SECONDS: Final = 3600.0
+#: Relative shortfall treated as none (floating-point refill arithmetic).
+_ROUNDING: Final = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetLimits:
-    """Refill rates of one budget; ``None`` means that dimension is unlimited."""
+    """Refill rates of one budget; ``None`` means that dimension is unlimited.
+
+    A bucket holds at most a minute's allowance, unless ``requests_burst``
+    caps the requests dimension lower (request-rate limits allow a short
+    burst, not a minute's worth at once).
+    """
 
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
+    requests_burst: float | None = None
 
     def rates(self) -> dict[str, float]:
         """Per-minute rate of each limited dimension."""
@@ -36,6 +48,12 @@ class BudgetLimits:
             rates[TOKENS] = self.tokens_per_minute
         return rates
 
+    def capacity(self, dimension: str) -> float:
+        """The most ``dimension``'s bucket holds (a limited dimension only)."""
+        if dimension == REQUESTS and self.requests_burst is not None:
+            return self.requests_burst
+        return self.rates()[dimension]
+
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
@@ -45,28 +63,31 @@ class Bucket:
     updated_at: float
 
     @classmethod
-    def full(cls, per_minute: float, now: float) -> Bucket:
-        """A bucket holding a whole minute's allowance."""
-        return cls(per_minute, now)
+    def full(cls, capacity: float, now: float) -> Bucket:
+        """A bucket holding its whole capacity."""
+        return cls(capacity, now)
 
-    def refilled(self, per_minute: float, now: float) -> Bucket:
-        """The level at ``now``: refilled at ``per_minute``, never above a minute's worth."""
+    def refilled(self, per_minute: float, capacity: float, now: float) -> Bucket:
+        """The level at ``now``: refilled at ``per_minute``, never above ``capacity``."""
         elapsed = max(0.0, now - self.updated_at)
-        level = min(per_minute, self.level + elapsed * per_minute / 60.0)
+        level = min(capacity, self.level + elapsed * per_minute / 60.0)
         return Bucket(level, max(now, self.updated_at))
 
-    def wait_for(self, per_minute: float, amount: float) -> float:
+    def wait_for(self, per_minute: float, capacity: float, amount: float) -> float:
         """Seconds until ``amount`` is available (0: now).
 
         Raises:
             ValueError: ``amount`` is more than the bucket can ever hold.
         """
-        if amount > per_minute:
+        if amount > capacity:
             raise ValueError(
-                f"asked for {amount}, more than the budget's capacity {per_minute}"
+                f"asked for {amount}, more than the budget's capacity {capacity}"
             )
         missing = amount - self.level
-        return 0.0 if missing <= 0 else missing * 60.0 / per_minute
+        # A refill computed to the very moment can fall short by a rounding
+        # error; a wait of 1e-15 s would be absorbed by the clock and retried
+        # forever.
+        return 0.0 if missing <= _ROUNDING * amount else missing * 60.0 / per_minute
 
 
 def take(
@@ -84,12 +105,14 @@ def take(
     """
     rates = limits.rates()
     current = {
-        dimension: buckets.get(dimension, Bucket.full(rate, now)).refilled(rate, now)
+        dimension: buckets.get(
+            dimension, Bucket.full(limits.capacity(dimension), now)
+        ).refilled(rate, limits.capacity(dimension), now)
         for dimension, rate in rates.items()
     }
     wait = max(
         (
-            current[d].wait_for(rates[d], wanted.get(d, 0.0))
+            current[d].wait_for(rates[d], limits.capacity(d), wanted.get(d, 0.0))
             for d in rates
             if wanted.get(d, 0.0) > 0
         ),

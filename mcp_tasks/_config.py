@@ -20,6 +20,9 @@ Config file shape (every key optional)::
     lease_seconds = 30              # a run's lease; renewed every third of it
     max_result_bytes = 16777216     # largest tool result stored (bigger: tool error)
     progress_interval_seconds = 0.05  # at most one progress write per task this often
+    requests_per_second = 100       # task requests per client (0: unlimited)
+    request_burst = 200             # requests a client may make at once (default 2x)
+    request_delay_seconds = 1.0     # a request over the rate waits this long at most
 
     [budgets.openai]                # a shared rate-limit budget for upstream calls
     requests_per_minute = 500
@@ -46,6 +49,7 @@ Config file shape (every key optional)::
     [clients.alice]                 # per-client overrides, keyed by client id
     concurrency = 8
     backlog = 50000
+    requests_per_second = 500       # and request_burst
 
     [tools.run_command]             # checked against the tool's config model at
     allowed = ["make", "pytest"]    # start-up (mcp_tasks._toolloader.check_tool_config)
@@ -75,7 +79,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
-from mcp_tasks._budgets import BudgetLimits
+from mcp_tasks._budgets import IDLE_BUCKET_SECONDS, BudgetLimits
 from mcp_tasks._exceptions import ConfigurationError
 from mcp_tasks._oauth_config import OAuthSettings, parse_auth
 
@@ -86,6 +90,21 @@ class ClientLimits:
 
     concurrency: int
     backlog: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimit:
+    """How fast one client may make task requests: a rate and a burst."""
+
+    per_second: float
+    burst: float
+
+
+#: What ``[limits] requests_per_second`` is unless configured.
+DEFAULT_REQUESTS_PER_SECOND = 100.0
+#: The longest a burst may take to refill: buckets untouched this long are full,
+#: so the journal may forget them (`Journal.purge_expired`).
+MAX_BURST_SECONDS = IDLE_BUCKET_SECONDS
 
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -148,6 +167,9 @@ class Settings:
     lease_seconds: float = 30.0
     max_result_bytes: int = 16 * 1024 * 1024
     progress_interval_seconds: float = 0.05
+    requests_per_second: float | None = DEFAULT_REQUESTS_PER_SECOND
+    request_burst: float | None = None
+    request_delay_seconds: float = 1.0
     synchronous: str = "FULL"
     feed_poll_seconds: float = 0.05
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -164,6 +186,16 @@ class Settings:
     tokens: Mapping[str, str] = field(default_factory=lambda: dict[str, str]())
     #: The ``[auth]`` table: OAuth access tokens (`mcp_tasks._oauth_config`).
     oauth: OAuthSettings | None = None
+    #: Per-client request limits (None: that client is not limited).
+    request_overrides: Mapping[str, RequestLimit | None] = field(
+        default_factory=lambda: dict[str, RequestLimit | None]()
+    )
+
+    def request_limit_for(self, client_id: str) -> RequestLimit | None:
+        """How fast ``client_id`` may make task requests; None: unlimited."""
+        if client_id in self.request_overrides:
+            return self.request_overrides[client_id]
+        return _request_limit(self.requests_per_second, self.request_burst)
 
     def limits_for(self, client_id: str) -> ClientLimits:
         """The caps that apply to ``client_id`` (its override, else the defaults)."""
@@ -250,6 +282,38 @@ def _table(key: str, value: object) -> dict[str, Any]:
     return cast("dict[str, Any]", value)
 
 
+def _optional_rate(key: str, value: object) -> float | None:
+    # 0 or "unlimited" turns the limit off, as for durations.
+    return _optional_duration(key, value)
+
+
+def _non_negative(key: str, value: object) -> float:
+    if type(value) is int and value == 0:
+        return 0.0
+    return _positive_number(key, value)
+
+
+def _request_limit(
+    per_second: float | None, burst: float | None
+) -> RequestLimit | None:
+    if per_second is None:
+        return None
+    return RequestLimit(
+        per_second, burst if burst is not None else max(1.0, 2 * per_second)
+    )
+
+
+def _check_burst(key: str, per_second: float | None, burst: float | None) -> None:
+    if per_second is None or burst is None:
+        return
+    if burst < 1:
+        raise ConfigurationError(key, f"must be at least 1, got {burst!r}")
+    if burst > per_second * MAX_BURST_SECONDS:
+        raise ConfigurationError(
+            key, "must refill within an hour (at most 3600 x requests_per_second)"
+        )
+
+
 _LIMIT_KEYS = {
     "workers": _positive_int,
     "client_concurrency": _positive_int,
@@ -264,6 +328,9 @@ _LIMIT_KEYS = {
     "lease_seconds": _positive_number,
     "max_result_bytes": _positive_int,
     "progress_interval_seconds": _positive_number,
+    "requests_per_second": _optional_rate,
+    "request_burst": _positive_number,
+    "request_delay_seconds": _non_negative,
 }
 
 
@@ -286,8 +353,30 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
         if check is None:
             raise ConfigurationError(f"limits.{key}", "unknown setting")
         changes[key] = check(f"limits.{key}", value)
-    journal = _table("journal", data.get("journal", {}))
-    for key, value in journal.items():
+    changes |= _journal(_table("journal", data.get("journal", {})))
+    changes["http"] = _http(_table("http", data.get("http", {})))
+    if "tracing" in data:  # present, even empty: tracing is asked for
+        changes["tracing"] = _tracing(_table("tracing", data["tracing"]))
+    settings = replace(settings, **changes)
+    _check_burst(
+        "limits.request_burst", settings.requests_per_second, settings.request_burst
+    )
+    settings = _clients(settings, _table("clients", data.get("clients", {})))
+    tools = {
+        name: _table(f"tools.{name}", raw)
+        for name, raw in _table("tools", data.get("tools", {})).items()
+    }
+    budgets = {
+        name: _budget(f"budgets.{name}", _table(f"budgets.{name}", raw))
+        for name, raw in _table("budgets", data.get("budgets", {})).items()
+    }
+    oauth = parse_auth(_table("auth", data["auth"])) if "auth" in data else None
+    return replace(settings, tool_config=tools, budgets=budgets, oauth=oauth)
+
+
+def _journal(raw: Mapping[str, Any]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for key, value in raw.items():
         if key == "feed_poll_seconds":
             changes[key] = _positive_number(f"journal.{key}", value)
             continue
@@ -298,31 +387,21 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
                 "journal.synchronous", f'must be "FULL" or "NORMAL", got {value!r}'
             )
         changes["synchronous"] = value
-    changes["http"] = _http(_table("http", data.get("http", {})))
-    if "tracing" in data:  # present, even empty: tracing is asked for
-        changes["tracing"] = _tracing(_table("tracing", data["tracing"]))
-    settings = replace(settings, **changes)
+    return changes
+
+
+def _clients(settings: Settings, tables: Mapping[str, Any]) -> Settings:
+    """``settings`` with the ``[clients.ID]`` overrides applied."""
     overrides = dict(settings.client_overrides)
-    for client_id, raw in _table("clients", data.get("clients", {})).items():
-        overrides[client_id] = _client_limits(
-            f"clients.{client_id}", _table(f"clients.{client_id}", raw), settings
-        )
-    tools = {
-        name: _table(f"tools.{name}", raw)
-        for name, raw in _table("tools", data.get("tools", {})).items()
-    }
-    budgets = {
-        name: _budget(f"budgets.{name}", _table(f"budgets.{name}", raw))
-        for name, raw in _table("budgets", data.get("budgets", {})).items()
-    }
-    oauth = parse_auth(_table("auth", data["auth"])) if "auth" in data else None
-    return replace(
-        settings,
-        client_overrides=overrides,
-        tool_config=tools,
-        budgets=budgets,
-        oauth=oauth,
-    )
+    requests = dict(settings.request_overrides)
+    for client_id, raw in tables.items():
+        table = _table(f"clients.{client_id}", raw)
+        overrides[client_id] = _client_limits(f"clients.{client_id}", table, settings)
+        if _REQUEST_KEYS & set(table):
+            requests[client_id] = _client_request_limit(
+                f"clients.{client_id}", table, settings, client_id
+            )
+    return replace(settings, client_overrides=overrides, request_overrides=requests)
 
 
 def _http(raw: Mapping[str, Any]) -> HttpSettings:
@@ -428,6 +507,9 @@ def _network(key: str, value: str) -> IpNetwork:
 
 
 def _budget(key: str, raw: Mapping[str, Any]) -> BudgetLimits:
+    if key.startswith("budgets.requests:"):
+        # Clients' request buckets are budgets named so (engine._request_limits).
+        raise ConfigurationError(key, 'budget names starting "requests:" are reserved')
     unknown = set(raw) - {"requests_per_minute", "tokens_per_minute"}
     if unknown:
         raise ConfigurationError(f"{key}.{sorted(unknown)[0]}", "unknown setting")
@@ -454,7 +536,7 @@ def _client_limits(
         raise ConfigurationError(
             f"{key}.token", "tokens belong in the token file (--tokens), not the config"
         )
-    unknown = set(raw) - {"concurrency", "backlog"} - extra
+    unknown = set(raw) - {"concurrency", "backlog"} - _REQUEST_KEYS - extra
     if unknown:
         raise ConfigurationError(f"{key}.{sorted(unknown)[0]}", "unknown setting")
     current = base.limits_for(client_id or key.rsplit(".", 1)[-1])
@@ -466,12 +548,35 @@ def _client_limits(
     )
 
 
+#: The request-limit keys a ``[clients.ID]`` table or a token-file entry may set.
+_REQUEST_KEYS = frozenset({"requests_per_second", "request_burst"})
+
+
+def _client_request_limit(
+    key: str, raw: Mapping[str, Any], base: Settings, client_id: str
+) -> RequestLimit | None:
+    """A client's own request limit: its keys over the ``[limits]`` defaults."""
+    per_second = base.requests_per_second
+    if "requests_per_second" in raw:
+        per_second = _optional_rate(
+            f"{key}.requests_per_second", raw["requests_per_second"]
+        )
+    burst = None
+    if "request_burst" in raw:
+        burst = _positive_number(f"{key}.request_burst", raw["request_burst"])
+    elif "requests_per_second" not in raw:
+        burst = base.request_burst
+    _check_burst(f"{key}.request_burst", per_second, burst)
+    return _request_limit(per_second, burst)
+
+
 def _apply_tokens(settings: Settings, data: dict[str, Any]) -> Settings:
     entries = data.get("client", [])
     if not isinstance(entries, list) or not entries:
         raise ConfigurationError("client", "token file needs at least one [[client]]")
     tokens: dict[str, str] = {}
     overrides = dict(settings.client_overrides)
+    requests = dict(settings.request_overrides)
     for index, raw in enumerate(cast("list[object]", entries)):
         key = f"client[{index}]"
         entry = _table(key, raw)
@@ -491,4 +596,11 @@ def _apply_tokens(settings: Settings, data: dict[str, Any]) -> Settings:
         )
         if "concurrency" in entry or "backlog" in entry:
             overrides[client_id] = limits
-    return replace(settings, tokens=tokens, client_overrides=overrides)
+        if _REQUEST_KEYS & set(entry):
+            requests[client_id] = _client_request_limit(key, entry, settings, client_id)
+    return replace(
+        settings,
+        tokens=tokens,
+        client_overrides=overrides,
+        request_overrides=requests,
+    )

@@ -14,7 +14,8 @@ Every public error derives from `McpTasksError`::
     ├── InvalidArgumentsError     tool arguments failed validation
     ├── TaskSupportError          the tool cannot run in the requested mode
     ├── InvalidCursorError        a tasks/list cursor this server did not issue
-    └── CapacityError             a client's backlog limit is reached
+    ├── CapacityError             a client's backlog limit is reached
+    └── RateLimitedError          a client sends task requests faster than allowed
 
 Bindings map these to JSON-RPC errors in exactly one table
 (`mcp_tasks.binding._common`). `ErrorCode` is the one list of JSON-RPC codes:
@@ -72,6 +73,8 @@ class ErrorCode(IntEnum):
     INVALID_PARAMS = -32602  #: JSON-RPC: a parameter is wrong; the message names it
     INTERNAL_ERROR = -32603  #: JSON-RPC: the server failed (details in its log)
     CAPACITY_EXCEEDED = -32000  #: server-defined: a client's backlog is full
+    #: server-defined: a client's task requests come faster than its limit
+    RATE_LIMITED = -32029
     #: MCP 2026-07-28: a routing header disagrees with the body
     HEADER_MISMATCH = -32020
     MISSING_REQUIRED_CLIENT_CAPABILITY = -32021  #: MCP: the client lacks a capability
@@ -226,4 +229,23 @@ class CapacityError(McpTasksError):
         super().__init__(
             f"Backlog limit reached: client {excerpt(owner_id)} already has {limit} "
             "unfinished tasks; retry after some finish"
+        )
+
+
+class RateLimitedError(McpTasksError):
+    """Raised when a client makes task requests faster than its limit allows.
+
+    ``retry_after_seconds`` is when the next request would be admitted.
+    Nothing was done for the refused request.
+    """
+
+    def __init__(
+        self, owner_id: str, per_second: float, retry_after_seconds: float
+    ) -> None:
+        self.owner_id = owner_id
+        self.per_second = per_second
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(
+            f"Too many requests: client {excerpt(owner_id)} may make {per_second:g} "
+            f"task requests per second; retry in {retry_after_seconds:.2f} s"
         )

@@ -39,6 +39,7 @@ ENGINE_LAYERS = (
         "mcp_tasks.engine._context",
         "mcp_tasks.engine._execution",
         "mcp_tasks.engine._preflight",
+        "mcp_tasks.engine._request_limits",
     ),
     (
         "mcp_tasks.engine._runner",

@@ -36,6 +36,7 @@ from mcp_tasks._exceptions import (
     InvalidCursorError,
     JournalError,
     McpTasksError,
+    RateLimitedError,
     TaskNotFoundError,
     TaskSupportError,
     TaskTerminalError,
@@ -60,6 +61,8 @@ INVALID_PARAMS: Final = -32602
 INTERNAL_ERROR: Final = -32603
 #: Backlog full: a server-defined code (JSON-RPC reserves -32000..-32099 for these).
 CAPACITY_EXCEEDED: Final = -32000
+#: Too many task requests: server-defined, with ``data.retryAfterMs``.
+RATE_LIMITED: Final = -32029
 HEADER_MISMATCH: Final = -32020
 MISSING_REQUIRED_CLIENT_CAPABILITY: Final = -32021
 
@@ -155,6 +158,18 @@ _ERRORS: list[tuple[type[McpTasksError], Callable[[Any], MCPError]]] = [
         CapacityError,
         lambda e: MCPError(
             CAPACITY_EXCEEDED, str(e), {"limit": e.limit, "retryable": True}
+        ),
+    ),
+    (
+        RateLimitedError,
+        lambda e: MCPError(
+            RATE_LIMITED,
+            str(e),
+            {
+                "retryAfterMs": milliseconds(e.retry_after_seconds),
+                "limit": e.per_second,
+                "retryable": True,
+            },
         ),
     ),
     (JournalError, _journal),

@@ -23,7 +23,12 @@ from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
-from mcp_tasks._exceptions import InvalidArgumentsError, McpTasksError, TaskSupportError
+from mcp_tasks._exceptions import (
+    InvalidArgumentsError,
+    McpTasksError,
+    RateLimitedError,
+    TaskSupportError,
+)
 from mcp_tasks._model import Task, new_task_id
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks.binding._auth import HttpAuth, tier_limits
@@ -78,6 +83,17 @@ _LOG_LEVELS = (
 )
 #: How long a finished synchronous call waits for its progress and logs to go out.
 FORWARD_DRAIN_SECONDS = 5.0
+#: The requests each client makes at its ``requests_per_second`` (both wires).
+RATE_LIMITED_METHODS = frozenset(
+    {
+        "tools/call",
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
+        "tasks/update",
+        "tasks/cancel",
+    }
+)
 #: The tool set is fixed while the server runs, so listings may be cached.
 _LIST_CACHE = CacheHint(ttl_ms=60_000, scope="public")
 
@@ -221,6 +237,7 @@ class McpTasksServer:
         server.extensions[self.extension.identifier] = {}
         # Outermost of ours: every request, both wires, passes the guard.
         server.middleware.append(guard)
+        server.middleware.append(self._limit_requests)
         server.middleware.append(self._register_connection)
         server.middleware.append(self.legacy.middleware)
         server.middleware.append(self.extension.middleware)
@@ -255,6 +272,18 @@ class McpTasksServer:
         return server
 
     # ------------------------------------------------------------- middleware
+
+    async def _limit_requests(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        # Task operations and calls, at each client's rate (across processes);
+        # the handshake, listings and pings are not limited.
+        if ctx.request_id is not None and ctx.method in RATE_LIMITED_METHODS:
+            try:
+                await self.runtime.admit_request(self.requesters.of(ctx))
+            except RateLimitedError as exc:
+                raise rpc_error(exc) from None
+        return await call_next(ctx)
 
     async def _register_connection(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext

@@ -18,6 +18,7 @@ from typing import Any, Final, final
 
 import anyio
 
+from mcp_tasks._budgets import BudgetLimits
 from mcp_tasks._config import Settings
 from mcp_tasks._exceptions import ErrorCode
 from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
@@ -319,6 +320,12 @@ class Engine:
         return await self.journal.take_budget(
             name, limits, requests, tokens, self.clock()
         )
+
+    async def take_requests(
+        self, name: str, limits: BudgetLimits, amount: float
+    ) -> float:
+        """Take ``amount`` from a client's request bucket now (0) or return the wait."""
+        return await self.journal.take_budget(name, limits, amount, 0.0, self.clock())
 
     async def budget_wait(self, name: str, requests: float) -> float:
         """Seconds until the budget could give ``requests`` (0: now); takes nothing."""

@@ -57,6 +57,7 @@ from mcp_tasks.engine._engine import Clock, Engine
 from mcp_tasks.engine._events import ChangeListener
 from mcp_tasks.engine._feed import Feed
 from mcp_tasks.engine._lifecycle import Parts
+from mcp_tasks.engine._request_limits import RequestLimiter
 from mcp_tasks.engine._runner import Runner
 from mcp_tasks.engine._runs import Runs, StopReason
 from mcp_tasks.engine._timers import Timers
@@ -168,6 +169,7 @@ class TaskRuntime:
             runner=Runner(engine, runs, anyio.CapacityLimiter(settings.workers)),
             timers=Timers(engine),
         )
+        self._requests = RequestLimiter(engine)
 
     # ----------------------------------------------------------------- opening
 
@@ -251,6 +253,17 @@ class TaskRuntime:
             journal_batches=getattr(writer, "batches", 0),
             journal_writes=getattr(writer, "writes", 0),
         )
+
+    async def admit_request(self, requester: Requester) -> None:
+        """Return once a task request of ``requester`` may go on, at its rate.
+
+        A request over the client's rate waits for its turn (at most
+        ``request_delay_seconds``), across every process on the journal.
+
+        Raises:
+            RateLimitedError: the client must wait longer; says how long.
+        """
+        await self._requests.admit(requester.owner_id)
 
     async def load(self, owner: OwnerId | None = None) -> list[ClientLoad]:
         """Each client's queued, running and waiting tasks, from the journal."""

@@ -301,7 +301,9 @@ class Journal(Protocol):
         """Delete finished tasks whose retention ended; return their ids.
 
         Also drops progress and log entries of the change feed older than
-        ``feed_before`` (they are not history).
+        ``feed_before`` (they are not history), and budget buckets untouched
+        for ``_budgets.IDLE_BUCKET_SECONDS`` (full by then: forgetting them changes
+        nothing, and clients' request buckets do not pile up).
         """
         ...
 

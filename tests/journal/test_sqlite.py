@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
+from mcp_tasks._budgets import IDLE_BUCKET_SECONDS, BudgetLimits
 from mcp_tasks._exceptions import JournalError, JournalSchemaError
 from mcp_tasks._model import OwnerId, TaskId, TaskStatus
 from mcp_tasks.journal import ChangeKind, NewTask, open_journal
@@ -464,3 +465,17 @@ async def test_a_journal_file_deleted_or_replaced_in_use_refuses_writes(
             await journal.check()
         with pytest.raises(JournalError, match=how):
             await journal.claim(HOLDER, T0 + LEASE, 1, T0)
+
+
+async def test_buckets_idle_for_an_hour_are_forgotten_by_the_sweep(
+    sqlite_journal: SqliteJournal, db_path: Path
+) -> None:
+    # Clients' request buckets would otherwise pile up (a session is a client
+    # without tokens); one idle for an hour is full, so nothing changes.
+    limits = BudgetLimits(requests_per_minute=60, requests_burst=2)
+    await sqlite_journal.take_budget("requests:old", limits, 1, 0, T0)
+    await sqlite_journal.take_budget("requests:new", limits, 1, 0, T0 + 3000)
+    await sqlite_journal.purge_expired(T0 + IDLE_BUCKET_SECONDS + 1, T0)
+    with closing(sqlite3.connect(db_path)) as db:
+        names = [row[0] for row in db.execute("SELECT name FROM budgets")]
+    assert names == ["requests:new"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mcp_tasks._budgets import BudgetLimits
-from mcp_tasks._config import _LIMIT_KEYS, ClientLimits, Settings
+from mcp_tasks._config import _LIMIT_KEYS, ClientLimits, RequestLimit, Settings
 from mcp_tasks._exceptions import ConfigurationError
 
 TOKEN_A = "a" * 16
@@ -133,8 +133,11 @@ NUMBER_KEYS = [
     "mrtr_timeout_seconds",
     "lease_seconds",
     "progress_interval_seconds",
+    "request_burst",
 ]
-DURATION_KEYS = ["default_ttl_seconds", "max_ttl_seconds"]
+DURATION_KEYS = ["default_ttl_seconds", "max_ttl_seconds", "requests_per_second"]
+#: Zero allowed, nothing below.
+NON_NEGATIVE_KEYS = ["request_delay_seconds"]
 
 BAD_LIMITS = (
     [(k, v) for k in INT_KEYS for v in ["-1", "0", "1.5", '"8"', "true", "false"]]
@@ -148,11 +151,18 @@ BAD_LIMITS = (
         for k in DURATION_KEYS
         for v in ["-1", "-0.5", '"forever"', "true", "false", "inf", "nan"]
     ]
+    + [
+        (k, v)
+        for k in NON_NEGATIVE_KEYS
+        for v in ["-1", "-0.5", '"1"', "true", "inf", "nan"]
+    ]
 )
 
 
 def test_every_limits_key_has_tests() -> None:
-    assert set(_LIMIT_KEYS) == set(INT_KEYS + NUMBER_KEYS + DURATION_KEYS)
+    assert set(_LIMIT_KEYS) == set(
+        INT_KEYS + NUMBER_KEYS + DURATION_KEYS + NON_NEGATIVE_KEYS
+    )
 
 
 @pytest.mark.parametrize(("key", "toml"), BAD_LIMITS)
@@ -501,3 +511,76 @@ def test_a_bad_budget_is_refused_naming_the_key(
     config_file: WriteFile, body: str, key: str
 ) -> None:
     assert load_error(config_file(f"[budgets.openai]\n{body}\n")) == key
+
+
+# ------------------------------------------------------------ request limits
+
+
+def test_clients_are_limited_to_100_requests_per_second_by_default() -> None:
+    assert Settings().request_limit_for("anyone") == RequestLimit(100.0, 200.0)
+
+
+def test_request_limits_are_read_with_per_client_overrides(
+    config_file: WriteFile, token_file: WriteFile
+) -> None:
+    settings = Settings.load(
+        config_file(
+            "[limits]\nrequests_per_second = 20\nrequest_delay_seconds = 0\n"
+            "[clients.alice]\nrequests_per_second = 500\nrequest_burst = 50\n"
+            "[clients.bob]\nrequests_per_second = 0\n"
+            "[clients.carol]\nrequest_burst = 5\n"
+            "[clients.dave]\nconcurrency = 2\n"
+        ),
+        token_file(
+            f'[[client]]\nid = "erin"\ntoken = "{TOKEN_A}"\nrequests_per_second = 1\n'
+        ),
+    )
+    assert settings.request_delay_seconds == 0.0
+    assert settings.request_limit_for("alice") == RequestLimit(500.0, 50.0)
+    assert settings.request_limit_for("bob") is None  # unlimited
+    assert settings.request_limit_for("carol") == RequestLimit(20.0, 5.0)
+    assert settings.request_limit_for("dave") == RequestLimit(20.0, 40.0)
+    assert settings.request_limit_for("erin") == RequestLimit(1.0, 2.0)
+    assert settings.request_limit_for("zoe") == RequestLimit(20.0, 40.0)
+
+
+def test_unlimited_requests_means_no_limit(config_file: WriteFile) -> None:
+    settings = Settings.load(
+        config_file('[limits]\nrequests_per_second = "unlimited"\n')
+    )
+    assert settings.request_limit_for("anyone") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (
+            "[limits]\nrequests_per_second = 1\nrequest_burst = 0.5\n",
+            "limits.request_burst",
+        ),
+        (
+            "[limits]\nrequests_per_second = 1\nrequest_burst = 3601\n",
+            "limits.request_burst",
+        ),
+        ("[clients.a]\nrequests_per_second = -2\n", "clients.a.requests_per_second"),
+        ("[clients.a]\nrequest_burst = true\n", "clients.a.request_burst"),
+        ("[clients.a]\nrequests_per_hour = 3\n", "clients.a.requests_per_hour"),
+        (
+            '[budgets."requests:alice"]\nrequests_per_minute = 1\n',
+            "budgets.requests:alice",
+        ),
+    ],
+)
+def test_a_bad_request_limit_is_refused_naming_the_key(
+    config_file: WriteFile, text: str, key: str
+) -> None:
+    assert load_error(config_file(text)) == key
+
+
+def test_a_bad_request_limit_in_the_token_file_is_refused_naming_it(
+    token_file: WriteFile,
+) -> None:
+    tokens = token_file(
+        f'[[client]]\nid = "a"\ntoken = "{TOKEN_A}"\nrequests_per_second = "fast"\n'
+    )
+    assert load_error(tokens=tokens) == "client[0].requests_per_second"

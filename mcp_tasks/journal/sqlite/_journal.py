@@ -25,7 +25,7 @@ import aiosqlite
 import anyio
 
 from mcp_tasks import _budgets
-from mcp_tasks._budgets import Bucket, BudgetLimits
+from mcp_tasks._budgets import IDLE_BUCKET_SECONDS, Bucket, BudgetLimits
 from mcp_tasks._exceptions import CapacityError, JournalError
 from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
 from mcp_tasks.journal._base import TERMINAL_GRACE_SECONDS, Settled
@@ -694,6 +694,7 @@ class SqliteJournal:
                 db.execute(sql, (now,))
             purged = [TaskId(r[0]) for r in db.execute(_SQL["purge_expired"], (now,))]
             db.execute(_SQL["prune_feed"], (feed_before,))
+            db.execute(_SQL["forget_idle_buckets"], (now - IDLE_BUCKET_SECONDS,))
             return purged
 
         result: list[TaskId] = await self._write(apply)

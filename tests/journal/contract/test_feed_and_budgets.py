@@ -152,6 +152,23 @@ async def test_a_budget_is_shared_by_every_process(
     assert await other.budget_wait("api", LIMITS, 1, 0, T0) > 0
 
 
+async def test_a_request_burst_caps_what_a_bucket_holds(
+    journal: Journal, other: Journal
+) -> None:
+    # 10 requests a second, at most 3 at once: a fresh bucket holds 3, not 600.
+    limits = BudgetLimits(requests_per_minute=600, requests_burst=3)
+    assert await journal.take_budget("requests:a", limits, 2, 0, T0) == 0
+    assert await other.take_budget("requests:a", limits, 1, 0, T0) == 0
+    assert await other.take_budget("requests:a", limits, 1, 0, T0) == pytest.approx(0.1)
+    # An idle minute refills it to its burst only.
+    assert await journal.take_budget("requests:a", limits, 3, 0, T0 + 60) == 0
+    assert await journal.budget_wait(
+        "requests:a", limits, 1, 0, T0 + 60
+    ) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="capacity"):
+        await journal.take_budget("requests:a", limits, 4, 0, T0 + 120)
+
+
 async def test_asking_more_than_a_budget_can_hold_is_an_error(journal: Journal) -> None:
     with pytest.raises(ValueError, match="capacity"):
         await journal.take_budget("api", LIMITS, 61, 0, T0)

@@ -272,6 +272,9 @@ RETURNING task_id
 -- prune_feed --
 DELETE FROM task_changes WHERE kind IN ('progress', 'log') AND at < ?
 
+-- forget_idle_buckets --
+DELETE FROM budgets WHERE updated_at < ?
+
 -- sync_default_limits --
 UPDATE clients SET concurrency = ?, backlog = ?
 
