@@ -277,8 +277,13 @@ class McpTasksServer:
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
         # Task operations and calls, at each client's rate (across processes);
-        # the handshake, listings and pings are not limited.
-        if ctx.request_id is not None and ctx.method in RATE_LIMITED_METHODS:
+        # the handshake, listings and pings are not limited, and neither is
+        # stdio's one local client (there is no other tenant to protect).
+        if (
+            ctx.request_id is not None
+            and ctx.method in RATE_LIMITED_METHODS
+            and self.requesters.transport is not Transport.STDIO
+        ):
             try:
                 await self.runtime.admit_request(self.requesters.of(ctx))
             except RateLimitedError as exc:
