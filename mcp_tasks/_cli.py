@@ -28,7 +28,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 
 import anyio
 
@@ -210,14 +210,22 @@ def _run(
     try:
         anyio.run(_serve, args, settings, tools, sockets, backend="asyncio")
     except BaseExceptionGroup as group:
-        # A start-up error raised inside a task group arrives wrapped; one
-        # known error alone is reported as itself (a clear line, an exit code).
-        leaves = group.exceptions
+        # A start-up error raised inside task groups arrives wrapped (once per
+        # group); one known error alone is reported as itself (a clear line,
+        # an exit code).
+        leaves = _leaves(group)
         if len(leaves) == 1 and isinstance(
             leaves[0], ConfigurationError | JournalError | ListenError
         ):
             raise leaves[0] from None
         raise
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", error)
+        return [leaf for inner in group.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 def _start(args: argparse.Namespace) -> None:
