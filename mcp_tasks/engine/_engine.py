@@ -171,8 +171,11 @@ class Engine:
             task, task.task_id, shown, attempt=run.lease.attempt,
             seconds=ran, why=reason,
         )  # fmt: skip
+        # A tool error result is stored `completed` (2025-11-25 shows it
+        # `failed`); observers hear it apart from both.
+        ended = "tool_error" if task.tool_error is not None else status.value
         for observer in self.observers:
-            observer.task_ended(task.owner_id, task.tool_name, status.value, ran)
+            observer.task_ended(task.owner_id, task.tool_name, ended, ran)
         return task
 
     async def park(

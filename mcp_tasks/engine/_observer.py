@@ -25,7 +25,10 @@ class EngineObserver(Protocol):
     def task_ended(
         self, owner_id: str, tool: str, status: str, run_seconds: float | None
     ) -> None:
-        """A task ended ``completed``, ``failed`` or ``cancelled`` through this process.
+        """A task ended through this process.
+
+        ``status`` is ``completed``, ``failed``, ``cancelled``, or
+        ``tool_error``: completed with a tool error result (``isError``).
 
         ``run_seconds`` is how long its last attempt ran (None for a cancel,
         which is recorded by whichever process was asked).

@@ -35,6 +35,15 @@ class Flaky:
         specs: dict[str, ToolSpec] = {}
         for recovery in ("resume", "restart", "fail"):
             specs.update(self._flaky(recovery))
+
+        @tool
+        async def broken() -> str:
+            """Raise: the task completes with a tool error result."""
+            raise RuntimeError("broken")
+
+        spec = spec_of(broken)
+        assert spec is not None
+        specs[spec.name] = spec
         return specs
 
     def _flaky(self, recovery: Any) -> dict[str, ToolSpec]:
@@ -163,3 +172,16 @@ async def test_observers_hear_runs_started_and_tasks_ended(
         ("alice", "flaky_resume", "completed"),
     ]
     assert all(ran is not None and ran >= 0 for *_, ran in observer.ended)
+
+
+async def test_observers_hear_a_tool_error_apart_from_completed_and_failed(
+    runtime: TaskRuntime,
+) -> None:
+    observer = Observer()
+    runtime.observe(observer)
+    task = await runtime.submit(ALICE, "broken", {})
+    with anyio.fail_after(TIMEOUT):
+        done = await runtime.wait_terminal(ALICE, task.task_id)
+    assert done.tool_error is not None
+    ((owner, tool_name, status, _),) = observer.ended
+    assert (owner, tool_name, status) == ("alice", "broken", "tool_error")
