@@ -76,10 +76,19 @@ class OpsRoutes:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._routes: dict[str, Handler] = {}
+        self._methods: dict[str, tuple[str, ...]] = {}
 
-    def add(self, path: str, handler: Handler) -> None:
-        """Serve ``handler`` at ``path`` (exact match), behind `operator_allowed`."""
+    def add(
+        self, path: str, handler: Handler, methods: tuple[str, ...] = ("GET", "HEAD")
+    ) -> None:
+        """Serve ``handler`` at ``path`` (exact match) for ``methods``, behind `operator_allowed`.
+
+        Other methods are answered 405. An operator page with actions (a
+        cancel button) adds ``POST`` and must check the request's origin
+        itself (browsers send an operator's cookie or token along).
+        """
         self._routes[path] = handler
+        self._methods[path] = methods
 
     @property
     def paths(self) -> Mapping[str, Handler]:
@@ -116,9 +125,11 @@ class OpsRoutes:
             )
             if not allowed:
                 response = _refused()
-            elif request.method not in ("GET", "HEAD"):
+            elif request.method not in (methods := self._methods[scope["path"]]):
                 response = PlainTextResponse(
-                    "method not allowed", status_code=405, headers={"Allow": "GET"}
+                    "method not allowed\n",
+                    status_code=405,
+                    headers={"Allow": ", ".join(methods)},
                 )
             else:
                 response = await handler(request)

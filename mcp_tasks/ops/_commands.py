@@ -4,15 +4,17 @@ Each opens the journal (``--db``: a SQLite path or a database URL) alongside
 the running servers and reads or acts through it (see `_operator`). Output is
 a `rich` table for people, or JSON with ``--json`` (one document on stdout).
 
-Exit codes: 0 done; 1 refused (no such task, already finished, not failed,
-an answer that does not fit, a key that is not an open question); 2 a bad
-command line or config; 3 the journal cannot be opened.
+Exit codes: 0 done (and ``top`` left with Ctrl-C); 1 refused (no such task,
+already finished, not failed, an answer that does not fit, a key that is not
+an open question); 2 a bad command line or config; 3 the journal cannot be
+opened or read; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any, Final
 import anyio
 
 from mcp_tasks._config import Settings
-from mcp_tasks._exceptions import McpTasksError
+from mcp_tasks._exceptions import JournalError, McpTasksError
 from mcp_tasks._model import TaskStatus
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks._toolloader import default_tools_path, load_tools
@@ -29,6 +31,8 @@ from mcp_tasks.engine import TaskRuntime
 from mcp_tasks.ops import _operator
 
 EXIT_REFUSED: Final = 1
+#: Interrupted by Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED: Final = 130
 STATUSES: Final = tuple(s.value for s in TaskStatus)
 
 #: What a command does once the journal is open; returns the exit code.
@@ -54,7 +58,7 @@ def add_commands(commands: Any, default_db: str) -> None:
     listing.add_argument(
         "--status", action="append", choices=STATUSES, default=[], help="repeatable"
     )
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_positive_int, default=50)
     listing.set_defaults(action=_list)
     show = verbs.add_parser(
         "show", parents=[common, json_flag], help="a task, its history and questions"
@@ -97,11 +101,33 @@ def add_commands(commands: Any, default_db: str) -> None:
     )
     stats.set_defaults(action=_stats)
     top = commands.add_parser("top", parents=[common], help="stats, refreshed live")
-    top.add_argument("--interval", type=float, default=1.0, help="seconds (default 1)")
+    top.add_argument(
+        "--interval", type=_positive_float, default=1.0, help="seconds (default 1)"
+    )
     top.add_argument(
         "-n", "--count", type=int, default=0, help="stop after N refreshes (0: never)"
     )
     top.set_defaults(action=_top)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _answer_argument(text: str) -> dict[str, Any]:
@@ -123,7 +149,11 @@ def run(args: argparse.Namespace) -> int:
     tools: dict[str, ToolSpec] = {}
     if getattr(args, "needs_tools", False):
         tools = load_tools(args.tools or [default_tools_path()], settings.tool_config)
-    return anyio.run(_run, args, settings, tools, backend="asyncio")
+    try:
+        return anyio.run(_run, args, settings, tools, backend="asyncio")
+    except KeyboardInterrupt:
+        # Ctrl-C is how one leaves `top`; elsewhere it interrupted the command.
+        return 0 if args.action is _top else EXIT_INTERRUPTED
 
 
 async def _run(
@@ -133,6 +163,8 @@ async def _run(
     async with _operator.operator_runtime(args.db, settings, tools) as runtime:
         try:
             return await action(runtime, args)
+        except JournalError:
+            raise  # not a refusal: the journal failed (exit 3)
         except McpTasksError as exc:
             # Refusals are the operator's business, not bugs: one line each.
             print(f"mcp-tasks: {exc}", file=sys.stderr)

@@ -208,6 +208,17 @@ async def test_operator_endpoints_take_an_operator_token_not_a_clients(
     assert mcp.status_code == 401
 
 
+async def test_operator_endpoints_answer_only_get(
+    pair: tuple[HttpServer, HttpServer],
+) -> None:
+    async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
+        posted = await http.post(
+            base(pair[0]) + "/metrics", headers={"Authorization": f"Bearer {OPERATOR}"}
+        )
+    assert posted.status_code == 405
+    assert posted.headers["allow"] == "GET, HEAD"
+
+
 async def test_readyz_fails_once_the_journal_file_is_pulled_away(
     server_files: ServerFilesFactory,
 ) -> None:
