@@ -391,6 +391,17 @@ class Journal(Protocol):
         """Seconds until the budget could give this much (0: now); takes nothing."""
         ...
 
+    async def budget_left(
+        self, name: str, limits: BudgetLimits, at: float
+    ) -> dict[str, float]:
+        """What the budget could give at ``at``, per limited dimension; takes nothing.
+
+        Keys are the dimensions ``limits`` limits (``requests``, ``tokens``); a
+        budget never taken from is full (a minute's allowance). The same for
+        every process (metrics read it at each scrape).
+        """
+        ...
+
     # ------------------------------------------------------------- the feed
 
     async def feed_head(self) -> str:

@@ -7,7 +7,8 @@ Two kinds, as Prometheus expects:
   of its oldest queued task. Every process on one journal reports the same
   values (scrape any one of them; aggregate with ``max``, not ``sum``). One
   cheap journal read per scrape (`Journal.load`: counts kept in the clients
-  table, the oldest queued task by index), whatever the queue's length.
+  table, the oldest queued task by index), whatever the queue's length; and
+  what each configured shared budget could give now (`Journal.budget_left`).
 - **What this process did**: tasks ended here by client, tool and status;
   queue wait (submit to first start) and run time of the runs it started;
   its journal commits (seconds and writes per commit); its workers busy and
@@ -19,7 +20,7 @@ its standard process collector (CPU, memory, open files).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -65,6 +66,8 @@ class _Snapshot:
     loads: Sequence[ClientLoad]
     statistics: RuntimeStatistics
     now: float
+    #: budget -> dimension -> what it could give now.
+    budgets: Mapping[str, Mapping[str, float]]
 
 
 class _JournalGauges(Collector):
@@ -120,6 +123,18 @@ class _JournalGauges(Collector):
             limit.add_metric([], snapshot.statistics.workers)
         yield busy
         yield limit
+        left = GaugeMetricFamily(
+            f"{PREFIX}_budget_left",
+            "What each shared budget could give now (all processes)",
+            labels=["budget", "dimension"],
+        )
+        budgets: Mapping[str, Mapping[str, float]] = (
+            snapshot.budgets if snapshot is not None else {}
+        )
+        for name, dimensions in budgets.items():
+            for dimension, level in dimensions.items():
+                left.add_metric([name, dimension], level)
+        yield left
 
 
 class Metrics:
@@ -193,9 +208,14 @@ class Metrics:
             JournalError: the journal cannot be read.
         """
         async with self._scrape:
+            now = self.runtime.now()
             loads = await self.runtime.load()
+            budgets = {
+                name: await self.runtime.journal.budget_left(name, limits, now)
+                for name, limits in self.runtime.settings.budgets.items()
+            }
             self._gauges.snapshot = _Snapshot(
-                loads, self.runtime.statistics(), self.runtime.now()
+                loads, self.runtime.statistics(), now, budgets
             )
             try:
                 return generate_latest(self.registry)

@@ -267,6 +267,28 @@ async def test_exits_3_when_the_server_refuses_or_is_unreachable(
     assert "cannot connect" in unreachable[1]
 
 
+# ------------------------------------------------------------------ stdin
+
+
+@pytest.mark.parametrize("wire", ["2025-11-25", "2026-07-28"])
+async def test_questions_are_answered_from_piped_stdin(
+    server_files: ServerFilesFactory, wire: str
+) -> None:
+    files = server_files(f"call-stdin-{wire}")
+    command = [*files.argv(), "--tools", str(ASK_TOOL)]
+    question = '{"question": "Ship it?", "choices": ["yes", "no"]}'
+    with anyio.fail_after(2 * TIMEOUT):
+        done = await anyio.run_process(
+            [*CALL, "--wire", wire, "--stdio", shlex.join(command), "ask", question],
+            input=b"a\nyes\n",
+            check=False,
+        )
+    output = done.stdout.decode()
+    assert done.returncode == EXIT_COMPLETED, output + done.stderr.decode()
+    assert "The task asks: Ship it?" in output
+    assert output.endswith("[completed]\nyes\n")
+
+
 # ----------------------------------------------------------------- terminal
 
 

@@ -817,6 +817,18 @@ class SqliteJournal:
         wait, _ = _budgets.take(buckets, limits, wanted, at, commit=False)
         return wait
 
+    async def budget_left(
+        self, name: str, limits: BudgetLimits, at: float
+    ) -> dict[str, float]:
+        left: dict[str, float] = {}
+        for dimension, per_minute in limits.rates().items():
+            rows = await self._read("get_bucket", name, dimension)
+            bucket = (
+                Bucket(rows[0][0], rows[0][1]) if rows else Bucket.full(per_minute, at)
+            )
+            left[dimension] = bucket.refilled(per_minute, at).level
+        return left
+
     # ------------------------------------------------------------------ feed
 
     # One writer commits at a time in SQLite, so positions (AUTOINCREMENT)
