@@ -10,6 +10,7 @@ while the first one (a ``gate``) holds her slot.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, Iterator
@@ -391,6 +392,42 @@ async def test_stats_and_top_show_each_clients_queue_and_each_process(
     for key in keys:
         await gates.hub.wait("started", key)
         gates.release(key)
+
+
+def test_top_on_a_terminal_redraws_in_place(
+    pair: tuple[HttpServer, HttpServer],
+) -> None:
+    master, slave = os.openpty()
+    argv = [sys.executable, "-m", "mcp_tasks", "top", "-n", "3"]
+    argv += ["--interval", "0.01", "--db", str(pair[0].files.db)]
+    try:
+        process = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True
+        )
+    finally:
+        os.close(slave)
+    screen = b""
+    try:
+        while True:  # until the command ends and the terminal reports EIO
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+        code = process.wait(TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    assert code == 0, screen.decode(errors="replace")
+    text = screen.decode(errors="replace")
+    assert "clients at" in text
+    # Redrawn: the cursor moves back up over the previous table.
+    assert "\x1b[" in text
+    assert "\x1b[2K" in text or "\x1b[1A" in text
 
 
 async def test_commands_refuse_a_journal_that_does_not_exist(tmp_path: Path) -> None:
