@@ -1,6 +1,11 @@
-"""The ``mcp-tasks`` command line: ``mcp-tasks serve`` and ``mcp-tasks --version``.
+"""The ``mcp-tasks`` command line.
 
-Exit codes:
+``mcp-tasks serve`` runs the server; ``mcp-tasks tasks list|show|cancel|answer|retry``,
+``stats`` and ``top`` are the operator's commands (`mcp_tasks.ops._commands`,
+their own exit codes); ``mcp-tasks call`` is the client for people
+(`mcp_tasks.ops._call`, its own exit codes).
+
+Exit codes of ``serve``:
 
 - 0: clean shutdown (SIGINT or SIGTERM, or stdin closed on stdio).
 - 1: an unexpected error: a bug, reported with a traceback.
@@ -24,7 +29,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 
 import anyio
 
@@ -36,6 +41,7 @@ from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks._toolloader import default_tools_path, load_tools
 from mcp_tasks.binding import HttpAuth, McpTasksServer, Transport, listen, url
 from mcp_tasks.engine import TaskRuntime
+from mcp_tasks.ops import _call, _commands
 
 EXIT_OK: Final = 0
 EXIT_CONFIG: Final = 2
@@ -48,10 +54,18 @@ logger = logging.getLogger("mcp_tasks")
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (and exit code 2)."""
+    """An argument parser whose errors are one line (and exit code 2).
+
+    ``usage_exit`` changes that code for one subcommand (``call`` uses 2
+    for a cancelled task, so its usage errors exit 3).
+    """
+
+    def __init__(self, *args: Any, usage_exit: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.usage_exit = usage_exit
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"mcp-tasks: {message} (see {self.prog} --help)\n")
+        self.exit(self.usage_exit, f"mcp-tasks: {message} (see {self.prog} --help)\n")
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -106,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("text", "json"),
         help="text lines, or one JSON object per line (default text)",
     )
+    _commands.add_commands(commands, DEFAULT_DB)
+    _call.add_command(commands)
     return parser
 
 
@@ -198,14 +214,22 @@ def _run(
     try:
         anyio.run(_serve, args, settings, tools, sockets, auth, backend="asyncio")
     except BaseExceptionGroup as group:
-        # A start-up error raised inside a task group arrives wrapped; one
-        # known error alone is reported as itself (a clear line, an exit code).
-        leaves = group.exceptions
+        # A start-up error raised inside task groups arrives wrapped (once per
+        # group); one known error alone is reported as itself (a clear line,
+        # an exit code).
+        leaves = _leaves(group)
         if len(leaves) == 1 and isinstance(
             leaves[0], ConfigurationError | JournalError | ListenError
         ):
             raise leaves[0] from None
         raise
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", error)
+        return [leaf for inner in group.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 def _start(args: argparse.Namespace) -> None:
@@ -227,7 +251,22 @@ def _start(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mcp-tasks`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "call":
+        # Positionals may come on both sides of an option (URL --attach ID
+        # TOOL): `call` itself says what is wrong with them.
+        return _call.run(_call.with_extra_targets(args, extra))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command != "serve":
+        configure_logging("WARNING", "text")
+        try:
+            return _commands.run(args)
+        except ConfigurationError as exc:
+            return _fail(args, EXIT_CONFIG, exc)
+        except JournalError as exc:
+            return _fail(args, EXIT_JOURNAL, exc)
     configure_logging(args.log_level, args.log_format)
     try:
         _start(args)
@@ -242,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fail(args: argparse.Namespace, code: int, error: Exception) -> int:
     message = f"mcp-tasks: {error}"
-    if args.log_format == "json":
+    if getattr(args, "log_format", "text") == "json":
         logger.critical(message, extra={"exit_code": code})
     else:
         print(message, file=sys.stderr)

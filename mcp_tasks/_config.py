@@ -38,6 +38,8 @@ Config file shape (every key optional)::
     allowed_hosts = ["mcp.example.com"]   # Host values accepted besides loopback; "*": any
     allowed_origins = ["https://app.example.com"]  # browser Origin values accepted
     trusted_proxies = ["10.0.0.0/8"]      # peers whose X-Forwarded-For is believed
+    open_endpoints = ["/healthz", "/readyz"]  # operator endpoints served without
+                                    # an operator token when --tokens is given
 
     [tracing]                       # OpenTelemetry (pip install 'mcp-tasks[otel]')
     exporter = "otlp"               # OTLP/HTTP, endpoint from OTEL_EXPORTER_OTLP_*;
@@ -66,6 +68,10 @@ Token file shape::
     token = "a-long-random-secret"
     concurrency = 8                 # optional, overrides [clients.alice]
     backlog = 50000                 # optional
+
+    [[operator]]                    # optional: may read /metrics, /healthz, /readyz
+    id = "ops"                      # (and what later operator pages add); not a client
+    token = "another-long-random-secret"
 """
 
 from __future__ import annotations
@@ -121,7 +127,8 @@ class HttpSettings:
     ``allowed_hosts`` and ``allowed_origins`` are accepted besides the loopback
     names; ``allowed_hosts = ("*",)`` turns the Host and Origin checks off.
     ``trusted_proxies`` are the peers whose ``X-Forwarded-For`` names the
-    client.
+    client. ``open_endpoints`` are operator paths (``/metrics``, ...) served
+    without an operator token when bearer tokens are on.
     """
 
     max_connections: int = 1000
@@ -129,6 +136,7 @@ class HttpSettings:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[IpNetwork, ...] = ()
+    open_endpoints: tuple[str, ...] = ()
 
 
 #: What ``[tracing] exporter`` may name.
@@ -196,6 +204,9 @@ class Settings:
         if client_id in self.request_overrides:
             return self.request_overrides[client_id]
         return _request_limit(self.requests_per_second, self.request_burst)
+
+    #: Operator bearer tokens (token -> operator id), from ``[[operator]]``.
+    operator_tokens: Mapping[str, str] = field(default_factory=lambda: dict[str, str]())
 
     def limits_for(self, client_id: str) -> ClientLimits:
         """The caps that apply to ``client_id`` (its override, else the defaults)."""
@@ -429,6 +440,10 @@ def _http(raw: Mapping[str, Any]) -> HttpSettings:
             _network("http.trusted_proxies", v)
             for v in _strings("http.trusted_proxies", raw.get("trusted_proxies", []))
         ),
+        open_endpoints=tuple(
+            _path("http.open_endpoints", v)
+            for v in _strings("http.open_endpoints", raw.get("open_endpoints", []))
+        ),
     )
 
 
@@ -469,6 +484,16 @@ def _tracing(raw: Mapping[str, Any]) -> TracingSettings:
         service_name=name,
         sample_ratio=float(ratio),
     )
+
+
+def _path(key: str, value: str) -> str:
+    # Which paths exist is the HTTP server's to say (it checks at start-up);
+    # here only the shape.
+    if not value.startswith("/") or value == "/mcp":
+        raise ConfigurationError(
+            key, f"expected an operator path such as /metrics, got {value!r}"
+        )
+    return value
 
 
 def _strings(key: str, value: object) -> list[str]:
@@ -598,9 +623,38 @@ def _apply_tokens(settings: Settings, data: dict[str, Any]) -> Settings:
             overrides[client_id] = limits
         if _REQUEST_KEYS & set(entry):
             requests[client_id] = _client_request_limit(key, entry, settings, client_id)
+    operators = _operator_tokens(data.get("operator", []), set(tokens))
     return replace(
         settings,
         tokens=tokens,
         client_overrides=overrides,
         request_overrides=requests,
+        operator_tokens=operators,
     )
+
+
+def _operator_tokens(entries: object, client_tokens: set[str]) -> dict[str, str]:
+    """``[[operator]]`` entries: token -> operator id; never a client's token."""
+    if not isinstance(entries, list):
+        raise ConfigurationError(
+            "operator", "must be an array of tables ([[operator]])"
+        )
+    operators: dict[str, str] = {}
+    for index, raw in enumerate(cast("list[object]", entries)):
+        key = f"operator[{index}]"
+        entry = _table(key, raw)
+        unknown = set(entry) - {"id", "token"}
+        if unknown:
+            raise ConfigurationError(f"{key}.{sorted(unknown)[0]}", "unknown setting")
+        operator_id = entry.get("id")
+        token = entry.get("token")
+        if not isinstance(operator_id, str) or not operator_id:
+            raise ConfigurationError(f"{key}.id", "must be a non-empty string")
+        if not isinstance(token, str) or len(token) < 16:
+            raise ConfigurationError(
+                f"{key}.token", "must be a string of at least 16 characters"
+            )
+        if token in operators or token in client_tokens:
+            raise ConfigurationError(f"{key}.token", "is used by another entry")
+        operators[token] = operator_id
+    return operators

@@ -14,6 +14,7 @@ Every public error derives from `McpTasksError`::
     ├── InvalidArgumentsError     tool arguments failed validation
     ├── TaskSupportError          the tool cannot run in the requested mode
     ├── InvalidCursorError        a tasks/list cursor this server did not issue
+    ├── RetryRefusedError         an operator's retry of a task its tool forbids
     ├── CapacityError             a client's backlog limit is reached
     └── RateLimitedError          a client sends task requests faster than allowed
 
@@ -162,6 +163,19 @@ class InvalidTransitionError(McpTasksError):
         super().__init__(
             f"Task {excerpt(task_id)}: cannot move from {current!r} to {requested!r}"
         )
+
+
+class RetryRefusedError(McpTasksError):
+    """Raised by `TaskRuntime.retry` (operators) when a failed task may not run again.
+
+    Its tool is not served by this process, or says interrupted work must not
+    run again (``recovery="fail"``: it may have side effects done halfway).
+    """
+
+    def __init__(self, task_id: str, why: str) -> None:
+        self.task_id = task_id
+        self.why = why
+        super().__init__(f"Task {excerpt(task_id)} cannot be retried: {why}")
 
 
 class UnknownToolError(McpTasksError):

@@ -5,6 +5,12 @@
 ``message``, plus every structured field the call passed with ``extra=``
 (``logger.info("...", extra={"task_id": ...})``) and ``exception`` when there
 is a traceback. Uses only the standard `logging` module.
+
+Trace ids: the per-transition lines carry ``trace_id`` when the code that
+logs runs in a traced context. Where that id comes from is a hook, not a
+dependency: tracing (optional) installs a provider with `set_trace_id_provider`
+(for OpenTelemetry, the current span's trace id as 32 hex digits); without
+one, `current_trace_id` is None and the field is left out.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final, Literal
 
@@ -26,6 +33,31 @@ _STANDARD: Final = frozenset(vars(logging.makeLogRecord({}))) | {
     # uvicorn's duplicate of the message with terminal colours.
     "color_message",
 }
+
+
+#: Returns the trace id of the current context, or None; see the module docstring.
+TraceIdProvider = Callable[[], str | None]
+
+
+def _no_trace_id() -> str | None:
+    return None
+
+
+_trace_id_provider: TraceIdProvider = _no_trace_id
+
+
+def set_trace_id_provider(provider: TraceIdProvider | None) -> None:
+    """Install where log lines get their trace id from (None: no trace ids)."""
+    global _trace_id_provider
+    _trace_id_provider = provider or _no_trace_id
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the current context, if a provider gives one."""
+    try:
+        return _trace_id_provider() or None
+    except Exception:  # a broken provider must never cost a log line
+        return None
 
 
 class JsonFormatter(logging.Formatter):

@@ -24,6 +24,7 @@ BASE = (
     "mcp_tasks._tokens",
     "mcp_tasks._toolloader",
     "mcp_tasks._telemetry",
+    "mcp_tasks._logs",
 )
 #: The engine's modules in layers, lowest first: each imports only earlier layers.
 ENGINE_LAYERS = (
@@ -32,6 +33,7 @@ ENGINE_LAYERS = (
         "mcp_tasks.engine._runs",
         "mcp_tasks.engine._events",
         "mcp_tasks.engine._tracing",
+        "mcp_tasks.engine._observer",
     ),
     ("mcp_tasks.engine._reports",),
     ("mcp_tasks.engine._engine",),
@@ -176,9 +178,17 @@ def _engine_rules() -> list[tuple[str, tuple[str, ...]]]:
             (module, ("mcp_tasks.journal", "mcp_tasks.engine", "mcp_tasks.binding"))
             for module in BASE
         ),
-        ("mcp_tasks.journal", ("mcp_tasks.engine", "mcp_tasks.binding")),
+        (
+            "mcp_tasks.journal",
+            ("mcp_tasks.engine", "mcp_tasks.binding", "mcp_tasks.ops"),
+        ),
         # The engine never sees SQL: it opens journals through open_journal only.
-        ("mcp_tasks.engine", ("mcp_tasks.binding", "mcp_tasks.journal.sqlite")),
+        (
+            "mcp_tasks.engine",
+            ("mcp_tasks.binding", "mcp_tasks.journal.sqlite", "mcp_tasks.ops"),
+        ),
+        # Operator tools act through the engine, never through SQL or the wire.
+        ("mcp_tasks.ops", ("mcp_tasks.binding", "mcp_tasks.journal.sqlite")),
         *_engine_rules(),
     ],
 )

@@ -65,8 +65,10 @@ from mcp_tasks.binding._http import (
 from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
 from mcp_tasks.binding._listen import TaskNotifications
 from mcp_tasks.binding._mrtr import client_capabilities
+from mcp_tasks.binding._ops import OpsRoutes, standard_routes
 from mcp_tasks.binding._streams import StandaloneStreams
 from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime
+from mcp_tasks.ops import Metrics
 
 logger = logging.getLogger("mcp_tasks.server")
 
@@ -216,6 +218,11 @@ class McpTasksServer:
         runtime.subscribe(self.legacy)
         runtime.subscribe(self.notifications)
         self.server = self._build()
+        #: Operator endpoints on the HTTP listener (metrics, health); later
+        #: operator pages add theirs here before `serve_http`.
+        self.ops: OpsRoutes | None = None
+        if transport is Transport.HTTP:
+            self.ops = standard_routes(runtime, Metrics(runtime))
 
     def _build(self) -> _TasksServer:
         server = _TasksServer(
@@ -560,6 +567,9 @@ class McpTasksServer:
             app = self.streams.wrap(app)
         if auth is not None:
             app = auth.wrap(app)
+        if self.ops is not None:
+            self.ops.check_open_endpoints()
+            app = self.ops.wrap(app)
         guard = connection_guard(settings.http)
         http_server = EmbeddedUvicorn(
             uvicorn_config(app, settings.http, guard), on_started=announce(host, ready)

@@ -21,10 +21,12 @@ import anyio
 from mcp_tasks._budgets import BudgetLimits
 from mcp_tasks._config import Settings
 from mcp_tasks._exceptions import ErrorCode
+from mcp_tasks._logs import current_trace_id
 from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
 from mcp_tasks._questions import TIMEOUT_RESPONSE
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks.engine._holder import new_holder
+from mcp_tasks.engine._observer import EngineObserver
 from mcp_tasks.engine._reports import Reporter
 from mcp_tasks.engine._runs import Run, StopReason
 from mcp_tasks.journal import Claimed, HeldLease, Journal, NewTask, Recovery
@@ -78,6 +80,11 @@ def _transition_line(
         parts.append(f"attempt={attempt}")
     if seconds is not None:
         parts.append(f"duration={seconds:.3f}s")
+    trace_id = current_trace_id()
+    if trace_id:
+        # Only when tracing gave one: log lines join the trace in a backend.
+        extra["trace_id"] = trace_id
+        parts.append(f"trace_id={trace_id}")
     if why:
         parts.append(f"({why})")
     logger.info(" ".join(parts), extra=extra)
@@ -102,6 +109,8 @@ class Engine:
         self.holder = new_holder()
         self.reporter = Reporter(journal, settings.progress_interval_seconds, clock)
         self.draining = False
+        #: Told of runs started and tasks ended here (metrics); see `_observer`.
+        self.observers: list[EngineObserver] = []
 
     def now(self) -> float:
         """The engine's clock (seconds since the epoch)."""
@@ -119,9 +128,17 @@ class Engine:
     async def claim(self, limit: int) -> list[Claimed]:
         """Claim up to ``limit`` queued tasks for this process, fairly."""
         now = self.clock()
-        return await self.journal.claim(
+        claimed = await self.journal.claim(
             self.holder, now + self.settings.lease_seconds, limit, now
         )
+        if self.observers:
+            for one in claimed:
+                waited = None
+                if one.attempt == 1 and one.created_at is not None:
+                    waited = max(0.0, now - one.created_at)
+                for observer in self.observers:
+                    observer.run_started(one.tool_name, waited)
+        return claimed
 
     # ------------------------------------------------------ a run's writes
 
@@ -152,10 +169,16 @@ class Engine:
         shown = "failed (tool error)" if task.tool_error is not None else status.value
         run.trace.ended(status.value, message)
         run.trace.event(f"task {shown}", reason=reason)
+        ran = self.clock() - run.started_at
         _transition_line(
             task, task.task_id, shown, attempt=run.lease.attempt,
-            seconds=self.clock() - run.started_at, why=reason,
+            seconds=ran, why=reason,
         )  # fmt: skip
+        # A tool error result is stored `completed` (2025-11-25 shows it
+        # `failed`); observers hear it apart from both.
+        ended = "tool_error" if task.tool_error is not None else status.value
+        for observer in self.observers:
+            observer.task_ended(task.owner_id, task.tool_name, ended, ran)
         return task
 
     async def park(
@@ -245,6 +268,23 @@ class Engine:
         )
         if task is not None:
             _transition_line(task, task_id, "cancelled", why=reason)
+            for observer in self.observers:
+                observer.task_ended(task.owner_id, task.tool_name, "cancelled", None)
+        return task
+
+    async def retry(
+        self, task_id: TaskId, reason: str, *, forget_steps: bool
+    ) -> Task | None:
+        """Queue a failed task again as a new attempt; None if it was not failed."""
+        task = await self.journal.retry(
+            task_id,
+            "Queued again after it failed (a new attempt)",
+            reason,
+            self.clock(),
+            forget_steps=forget_steps,
+        )
+        if task is not None:
+            _transition_line(task, task_id, "working (retried)", why=reason)
         return task
 
     async def answer(

@@ -39,7 +39,13 @@ import anyio
 
 from mcp_tasks import _tokens
 from mcp_tasks._config import ClientLimits, Settings
-from mcp_tasks._exceptions import TaskNotFoundError, TaskTerminalError, UnknownToolError
+from mcp_tasks._exceptions import (
+    InvalidTransitionError,
+    RetryRefusedError,
+    TaskNotFoundError,
+    TaskTerminalError,
+    UnknownToolError,
+)
 from mcp_tasks._model import (
     InputRequest,
     OwnerId,
@@ -57,6 +63,7 @@ from mcp_tasks.engine._engine import Clock, Engine
 from mcp_tasks.engine._events import ChangeListener
 from mcp_tasks.engine._feed import Feed
 from mcp_tasks.engine._lifecycle import Parts
+from mcp_tasks.engine._observer import EngineObserver
 from mcp_tasks.engine._request_limits import RequestLimiter
 from mcp_tasks.engine._runner import Runner
 from mcp_tasks.engine._runs import Runs, StopReason
@@ -268,6 +275,10 @@ class TaskRuntime:
     async def load(self, owner: OwnerId | None = None) -> list[ClientLoad]:
         """Each client's queued, running and waiting tasks, from the journal."""
         return await self.journal.load(owner)
+
+    def observe(self, observer: EngineObserver) -> None:
+        """Tell ``observer`` of the runs this process starts and the tasks it ends."""
+        self._parts.engine.observers.append(observer)
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Follow the change feed; returns a function that unsubscribes."""
@@ -489,12 +500,19 @@ class TaskRuntime:
 
     # ------------------------------------------------------- cancel and answer
 
-    async def cancel(self, requester: Requester, task_id: str) -> Task:
+    async def cancel(
+        self,
+        requester: Requester,
+        task_id: str,
+        *,
+        reason: str = "cancelled by request",
+    ) -> Task:
         """Cancel a task: recorded ``cancelled`` before this returns.
 
         Its run, on whichever process, is stopped as soon as that process reads
         the change (at once here; within its feed poll elsewhere, and at the
-        latest at its next heartbeat).
+        latest at its next heartbeat). ``reason`` goes into the task's history
+        (who cancelled it: ``cancelled by operator`` from the command line).
 
         Raises:
             TaskNotFoundError: unknown, purged or not the requestor's.
@@ -503,9 +521,7 @@ class TaskRuntime:
         task = await self.get(requester, task_id)
         if task.is_terminal:
             raise TaskTerminalError(task_id, task.status.value)
-        cancelled = await self._parts.engine.cancel(
-            task.task_id, "cancelled by request"
-        )
+        cancelled = await self._parts.engine.cancel(task.task_id, reason)
         if cancelled is None:
             # Lost the race: the task finished on its own just now.
             current = await self.get(requester, task_id)
@@ -554,3 +570,40 @@ class TaskRuntime:
         accepted, resumed = await self._parts.engine.answer(task.task_id, valid)
         ignored = ignored + [key for key in valid if key not in accepted]
         return AnswerReceipt(accepted, ignored, resumed=resumed is not None)
+
+    async def retry(
+        self, requester: Requester, task_id: str, *, reason: str = "retried by request"
+    ) -> Task:
+        """Queue a ``failed`` task again as a new attempt (operators).
+
+        Its recorded steps are replayed, as when a run is resumed, unless its
+        tool restarts interrupted work (``recovery="restart"``): then they are
+        forgotten. ``reason`` goes into the task's history.
+
+        Raises:
+            TaskNotFoundError: unknown, purged or not the requestor's.
+            InvalidTransitionError: the task is not ``failed``.
+            RetryRefusedError: its tool is not served here, or has
+                ``recovery="fail"`` (interrupted work must not run again).
+        """
+        task = await self.get(requester, task_id)
+        if task.status is not TaskStatus.FAILED:
+            raise InvalidTransitionError(task_id, task.status.value, "working")
+        spec = self.tools.get(task.tool_name)
+        if spec is None:
+            raise RetryRefusedError(task_id, f"tool {task.tool_name!r} is not loaded")
+        if spec.recovery == "fail":
+            raise RetryRefusedError(
+                task_id,
+                f"tool {spec.name!r} does not run interrupted work again "
+                '(recovery="fail")',
+            )
+        retried = await self._parts.engine.retry(
+            task.task_id, reason, forget_steps=spec.recovery == "restart"
+        )
+        if retried is None:
+            # Lost a race: another operator retried it first.
+            current = await self.get(requester, task_id)
+            raise InvalidTransitionError(task_id, current.status.value, "working")
+        self._parts.dispatcher.wake()
+        return retried

@@ -17,9 +17,11 @@ from mcp_tasks.journal._records import (
     HeldLease,
     Lease,
     NewTask,
+    Phase,
     Recovery,
     Report,
     TaskEvent,
+    TaskRow,
 )
 
 __all__ = [
@@ -33,9 +35,11 @@ __all__ = [
     "Journal",
     "Lease",
     "NewTask",
+    "Phase",
     "Recovery",
     "Report",
     "Settled",
     "TaskEvent",
+    "TaskRow",
     "open_journal",
 ]

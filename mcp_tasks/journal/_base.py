@@ -39,6 +39,7 @@ from mcp_tasks.journal._records import (
     Recovery,
     Report,
     TaskEvent,
+    TaskRow,
 )
 
 #: A finished task stays readable at least this long after it finishes, even if
@@ -63,6 +64,15 @@ class Journal(Protocol):
         The engine uses it to read the change feed at once rather than at its
         next poll; other processes' commits are found by polling (or a
         backend's notifications).
+        """
+        ...
+
+    def observe_commits(self, observer: Callable[[float, int], None]) -> None:
+        """Call ``observer(seconds, writes)`` on the event loop after each commit.
+
+        For this process's metrics: how long the commit took (queueing for
+        the database's write lock included) and how many writes it carried
+        (a backend that commits each write alone says 1).
         """
         ...
 
@@ -126,7 +136,29 @@ class Journal(Protocol):
         ...
 
     async def load(self, owner_id: OwnerId | None = None) -> list[ClientLoad]:
-        """Each client's queued, running and waiting counts (one client, or all with work)."""
+        """Each client's queued, running and waiting counts (one client, or all with work).
+
+        ``oldest_queued_at`` is the creation time of the client's first queued
+        task in submission order. Cheap with any number of tasks queued (no
+        scan of the queue): metrics read it at every scrape.
+        """
+        ...
+
+    async def list_tasks(
+        self,
+        *,
+        owner_id: OwnerId | None = None,
+        statuses: Sequence[TaskStatus] = (),
+        before_seq: int | None = None,
+        limit: int = 100,
+    ) -> list[TaskRow]:
+        """Up to ``limit`` tasks of every client, newest first, for operators.
+
+        Listed or not (synchronous calls too). Only ``owner_id``'s if given;
+        only those in one of ``statuses`` if any are given; only those
+        submitted before position ``before_seq`` (a `TaskRow.seq`) if given.
+        Outcomes are not loaded and ``queued_ahead`` is not computed.
+        """
         ...
 
     # ------------------------------------------------------------ claiming
@@ -253,6 +285,25 @@ class Journal(Protocol):
         """
         ...
 
+    async def retry(
+        self,
+        task_id: TaskId,
+        message: str,
+        reason: str,
+        at: float,
+        *,
+        forget_steps: bool = False,
+    ) -> Task | None:
+        """Queue a ``failed`` task again: ``failed -> working`` (queued), a new attempt.
+
+        Its outcome, tool error and progress are cleared; its recorded steps
+        and answered questions are kept (the new attempt replays them) unless
+        ``forget_steps``. The client's backlog bound is not checked (this is
+        an operator's decision). The change is in the feed with ``reason``.
+        None (changing nothing) if the task is not ``failed`` or unknown.
+        """
+        ...
+
     async def answer(
         self, task_id: TaskId, answers: Mapping[str, dict[str, Any]], at: float
     ) -> tuple[list[str], Task | None]:
@@ -340,6 +391,17 @@ class Journal(Protocol):
         at: float,
     ) -> float:
         """Seconds until the budget could give this much (0: now); takes nothing."""
+        ...
+
+    async def budget_left(
+        self, name: str, limits: BudgetLimits, at: float
+    ) -> dict[str, float]:
+        """What the budget could give at ``at``, per limited dimension; takes nothing.
+
+        Keys are the dimensions ``limits`` limits (``requests``, ``tokens``); a
+        budget never taken from is full (a minute's allowance). The same for
+        every process (metrics read it at each scrape).
+        """
         ...
 
     # ------------------------------------------------------------- the feed

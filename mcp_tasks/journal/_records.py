@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from mcp_tasks._model import OwnerId, TaskId, TaskStatus
+from mcp_tasks._model import OwnerId, Task, TaskId, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,9 @@ class Claimed:
     arguments: dict[str, Any]
     request_meta: dict[str, Any]
     retries: int = 0
+    #: When the task was submitted (None if the backend does not say): with
+    #: the claim time, how long its first attempt waited in the queue.
+    created_at: float | None = None
 
     @property
     def task_id(self) -> TaskId:
@@ -175,3 +178,24 @@ class ClientLoad:
     def unfinished(self) -> int:
         """Every task of the client that has not ended."""
         return self.queued + self.running + self.parked + self.waiting
+
+
+#: Where a task is in dispatch: waiting for a worker, running, set aside
+#: (waiting for a time or an answer), or ended.
+Phase = Literal["queued", "running", "parked", "done"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """One task as `Journal.list_tasks` returns it to operators.
+
+    ``seq`` is the task's position in submission order (pass the last one as
+    ``before_seq`` for the next page); ``holder`` names the process whose
+    lease runs it (None unless running).
+    """
+
+    seq: int
+    task: Task
+    phase: Phase
+    attempts: int
+    holder: str | None = None

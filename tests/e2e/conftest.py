@@ -79,6 +79,7 @@ class ServerFilesFactory(Protocol):
         *,
         limits: dict[str, object] | None = None,
         tokens: list[dict[str, object]] | None = None,
+        operators: list[dict[str, object]] | None = None,
         extra_toml: str = "",
     ) -> ServerFiles: ...
 
@@ -95,6 +96,7 @@ def server_files(e2e_root: Path, events_path: Path) -> ServerFilesFactory:
         *,
         limits: dict[str, object] | None = None,
         tokens: list[dict[str, object]] | None = None,
+        operators: list[dict[str, object]] | None = None,
         extra_toml: str = "",
     ) -> ServerFiles:
         return make_server_files(
@@ -102,6 +104,7 @@ def server_files(e2e_root: Path, events_path: Path) -> ServerFilesFactory:
             events=events_path,
             limits={**SHARED_LIMITS, **(limits or {})},
             tokens=tokens,
+            operators=operators or (),
             extra_toml=extra_toml,
         )
 

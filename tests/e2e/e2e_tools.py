@@ -73,6 +73,15 @@ async def gate(ctx: TaskContext, key: str) -> str:
     return f"released {key}"
 
 
+@tool(task_support="optional", config=GateConfig)
+async def progress_gate(ctx: TaskContext, key: str, done: int, total: int) -> str:
+    """Report ``done`` of ``total``, then wait like `gate`."""
+    await ctx.report_progress(done, total, f"{done} of {total} done")
+    await _emit(ctx, "started", key)
+    await _released(ctx, key)
+    return f"released {key}"
+
+
 @tool(task_support="optional")
 async def echo(text: str, repeat: int = 1) -> dict[str, Any]:
     """Return the text, repeated."""

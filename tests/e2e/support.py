@@ -97,29 +97,29 @@ def make_server_files(
     events: Path,
     limits: Mapping[str, object] | None = None,
     tokens: Sequence[Mapping[str, object]] | None = None,
+    operators: Sequence[Mapping[str, object]] = (),
     extra_toml: str = "",
 ) -> ServerFiles:
     """Write a config (and token) file for one server instance under ``root``.
 
+    ``tokens`` are ``[[client]]`` entries, ``operators`` ``[[operator]]`` ones.
     ``extra_toml`` is appended to the config verbatim (e.g. ``[clients.x]``).
     """
     root.mkdir(parents=True, exist_ok=True)
     lines = ["[limits]"]
     lines += [f"{key} = {_toml_value(value)}" for key, value in (limits or {}).items()]
-    lines += [
-        "",
-        "[tools.gate]",
-        f"events = {_toml_value(str(events))}",
-    ]
+    for gated in ("gate", "progress_gate"):
+        lines += ["", f"[tools.{gated}]", f"events = {_toml_value(str(events))}"]
     config = root / "config.toml"
     config.write_text("\n".join(lines) + "\n" + extra_toml)
     token_file = None
     if tokens is not None:
         token_file = root / "tokens.toml"
         entries = [
-            "[[client]]\n"
+            f"[[{kind}]]\n"
             + "".join(f"{key} = {_toml_value(value)}\n" for key, value in entry.items())
-            for entry in tokens
+            for kind, group in (("client", tokens), ("operator", operators))
+            for entry in group
         ]
         token_file.write_text("\n".join(entries))
     return ServerFiles(

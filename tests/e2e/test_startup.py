@@ -194,6 +194,7 @@ async def test_json_log_lines_carry_their_fields(
         "gate",
         "no_task",
         "progress",
+        "progress_gate",
         "protocol_error",
         "task_only",
         "tool_error",

@@ -76,6 +76,7 @@ async def test_tools_list_declares_task_support(client: TaskClient) -> None:
         "gate": "optional",
         "echo": "optional",
         "progress": "optional",
+        "progress_gate": "optional",
         "tool_error": "optional",
         "protocol_error": "optional",
         "task_only": "required",

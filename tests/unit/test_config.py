@@ -584,3 +584,51 @@ def test_a_bad_request_limit_in_the_token_file_is_refused_naming_it(
         f'[[client]]\nid = "a"\ntoken = "{TOKEN_A}"\nrequests_per_second = "fast"\n'
     )
     assert load_error(tokens=tokens) == "client[0].requests_per_second"
+
+
+# ---------------------------------------------------------------- operators
+
+TOKEN_OPS = "o" * 24
+
+
+def test_operator_entries_give_operator_tokens_not_client_ones(
+    token_file: WriteFile,
+) -> None:
+    settings = Settings.load(
+        tokens=token_file(
+            f'[[client]]\nid = "alice"\ntoken = "{TOKEN_A}"\n'
+            f'[[operator]]\nid = "ops"\ntoken = "{TOKEN_OPS}"\n'
+        )
+    )
+    assert dict(settings.operator_tokens) == {TOKEN_OPS: "ops"}
+    assert dict(settings.tokens) == {TOKEN_A: "alice"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ('id = "ops"\ntoken = "short"\n', "operator[0].token"),
+        (f'token = "{TOKEN_OPS}"\n', "operator[0].id"),
+        (f'id = "ops"\ntoken = "{TOKEN_A}"\n', "operator[0].token"),
+        (
+            f'id = "ops"\ntoken = "{TOKEN_OPS}"\nconcurrency = 2\n',
+            "operator[0].concurrency",
+        ),
+    ],
+    ids=["short-token", "no-id", "a-clients-token", "client-limits"],
+)
+def test_bad_operator_entries_are_refused_by_key(
+    token_file: WriteFile, entry: str, key: str
+) -> None:
+    text = f'[[client]]\nid = "alice"\ntoken = "{TOKEN_A}"\n[[operator]]\n{entry}'
+    assert load_error(tokens=token_file(text)) == key
+
+
+def test_open_endpoints_are_operator_paths(config_file: WriteFile) -> None:
+    settings = Settings.load(
+        config_file('[http]\nopen_endpoints = ["/healthz", "/readyz"]\n')
+    )
+    assert settings.http.open_endpoints == ("/healthz", "/readyz")
+    for bad in ('["healthz"]', '["/mcp"]', '"/healthz"'):
+        text = f"[http]\nopen_endpoints = {bad}\n"
+        assert load_error(config_file(text)) == "http.open_endpoints"

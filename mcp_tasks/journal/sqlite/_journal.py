@@ -40,6 +40,7 @@ from mcp_tasks.journal._records import (
     Recovery,
     Report,
     TaskEvent,
+    TaskRow,
 )
 from mcp_tasks.journal._sql import queries
 from mcp_tasks.journal.sqlite import _rows
@@ -56,6 +57,8 @@ from mcp_tasks.journal.sqlite._writer import GroupCommitWriter
 logger = logging.getLogger("mcp_tasks.journal")
 
 _SQL = queries(PACKAGE)
+#: ``before_seq`` when none is given: past any position SQLite can assign.
+_NO_SEQ_LIMIT = 2**63 - 1
 
 
 def _change(
@@ -150,6 +153,7 @@ class SqliteJournal:
         self._identity = identity
         self._broken: JournalError | None = None
         self._committed: list[Callable[[], None]] = []
+        self._commit_observers: list[Callable[[float, int], None]] = []
         self._writer = GroupCommitWriter(
             writer_db,
             _insert_batch,
@@ -221,7 +225,13 @@ class SqliteJournal:
         """Call ``callback`` on the event loop after each commit of this process."""
         self._committed.append(callback)
 
-    def _tell_committed(self) -> None:
+    def observe_commits(self, observer: Callable[[float, int], None]) -> None:
+        """Call ``observer(seconds, writes)`` after each batch this process commits."""
+        self._commit_observers.append(observer)
+
+    def _tell_committed(self, seconds: float, writes: int) -> None:
+        for observer in self._commit_observers:
+            observer(seconds, writes)
         for callback in self._committed:
             callback()
 
@@ -339,6 +349,19 @@ class SqliteJournal:
             rows = await self._read("load_one", owner_id)
         return [_rows.load_from_row(r) for r in rows]
 
+    async def list_tasks(
+        self,
+        *,
+        owner_id: OwnerId | None = None,
+        statuses: Sequence[TaskStatus] = (),
+        before_seq: int | None = None,
+        limit: int = 100,
+    ) -> list[TaskRow]:
+        wanted = json.dumps([TaskStatus(s).value for s in statuses])
+        before = _NO_SEQ_LIMIT if before_seq is None else before_seq
+        rows = await self._read("list_tasks", owner_id, wanted, before, limit)
+        return [_rows.task_row_from_row(r) for r in rows]
+
     # -------------------------------------------------------------- claiming
 
     async def claimable(self) -> bool:
@@ -359,7 +382,19 @@ class SqliteJournal:
                 ).fetchall()
                 ((turn,),) = db.execute(_SQL["next_turn"]).fetchall()
                 db.execute(_SQL["serve_client"], (turn, owner))
-                ((tid, owner_id, tool, args, meta, attempts, retries, message),) = rows
+                (
+                    (
+                        tid,
+                        owner_id,
+                        tool,
+                        args,
+                        meta,
+                        attempts,
+                        retries,
+                        message,
+                        created,
+                    ),
+                ) = rows
                 _change(
                     db, tid, owner_id, ChangeKind.PHASE, TaskStatus.WORKING,
                     message, "claimed", at, {"holder": holder, "attempt": attempts},
@@ -372,6 +407,7 @@ class SqliteJournal:
                         arguments=json.loads(args),
                         request_meta=json.loads(meta),
                         retries=retries,
+                        created_at=created,
                     )
                 )
             return claimed
@@ -586,6 +622,31 @@ class SqliteJournal:
         cancelled: Task | None = await self._write(apply)
         return cancelled
 
+    async def retry(
+        self,
+        task_id: TaskId,
+        message: str,
+        reason: str,
+        at: float,
+        *,
+        forget_steps: bool = False,
+    ) -> Task | None:
+        def apply(db: sqlite3.Connection) -> Task | None:
+            rows = db.execute(_SQL["retry"], (message, at, task_id)).fetchall()
+            if not rows:
+                return None
+            task = _rows.task_from_row(rows[0])
+            if forget_steps:
+                db.execute(_SQL["forget_steps"], (task_id,))
+            _change(
+                db, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
+                message, reason, at,
+            )  # fmt: skip
+            return task
+
+        retried: Task | None = await self._write(apply)
+        return retried
+
     async def answer(
         self, task_id: TaskId, answers: Mapping[str, dict[str, Any]], at: float
     ) -> tuple[list[str], Task | None]:
@@ -756,6 +817,19 @@ class SqliteJournal:
         wanted = {_budgets.REQUESTS: requests, _budgets.TOKENS: tokens}
         wait, _ = _budgets.take(buckets, limits, wanted, at, commit=False)
         return wait
+
+    async def budget_left(
+        self, name: str, limits: BudgetLimits, at: float
+    ) -> dict[str, float]:
+        left: dict[str, float] = {}
+        for dimension, per_minute in limits.rates().items():
+            capacity = limits.capacity(dimension)
+            rows = await self._read("get_bucket", name, dimension)
+            bucket = (
+                Bucket(rows[0][0], rows[0][1]) if rows else Bucket.full(capacity, at)
+            )
+            left[dimension] = bucket.refilled(per_minute, capacity, at).level
+        return left
 
     # ------------------------------------------------------------------ feed
 

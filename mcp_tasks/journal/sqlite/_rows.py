@@ -22,6 +22,7 @@ from mcp_tasks.journal._records import (
     Lease,
     NewTask,
     TaskEvent,
+    TaskRow,
 )
 
 #: Outcomes larger than this are parsed off the event loop.
@@ -209,4 +210,12 @@ def load_from_row(row: Any) -> ClientLoad:
     owner, queued, running, parked, waiting, concurrency, backlog, oldest = row
     return ClientLoad(
         OwnerId(owner), queued, running, parked, waiting, concurrency, backlog, oldest
+    )
+
+
+def task_row_from_row(row: Any) -> TaskRow:
+    """A `TaskRow` from `list_tasks`: the task columns, then seq, phase, attempts, holder."""
+    seq, phase, attempts, holder = row[TASK_COLUMNS:]
+    return TaskRow(
+        seq=seq, task=task_from_row(row), phase=phase, attempts=attempts, holder=holder
     )

@@ -77,7 +77,9 @@ class GroupCommitWriter:
     ``isolation_level=None``; from then on only this writer may use it.
     ``before_batch`` runs on the writer's thread before each transaction and
     may raise `JournalError` to refuse the whole batch (the file is gone);
-    ``after_commit`` runs on the event loop after each batch that committed.
+    ``after_commit(seconds, writes)`` runs on the event loop after each batch:
+    how long it took (waiting for the file's write lock included) and how many
+    writes it carried.
     """
 
     def __init__(
@@ -86,7 +88,7 @@ class GroupCommitWriter:
         insert_batch: InsertBatch,
         *,
         before_batch: Callable[[], None] | None = None,
-        after_commit: Callable[[], None] | None = None,
+        after_commit: Callable[[float, int], None] | None = None,
         turnstile: Turnstile | None = None,
     ) -> None:
         self._connection = connection
@@ -174,6 +176,7 @@ class GroupCommitWriter:
                     continue
                 self.batches += 1
                 self.writes += len(batch.writes)
+                started = time.perf_counter()
                 with anyio.CancelScope(shield=True):
                     try:
                         await anyio.to_thread.run_sync(
@@ -182,7 +185,7 @@ class GroupCommitWriter:
                     finally:
                         _settle(batch)
                 if self._after_commit is not None:
-                    self._after_commit()
+                    self._after_commit(time.perf_counter() - started, len(batch.writes))
         finally:
             self._refuse_queued()
 

@@ -172,3 +172,21 @@ async def test_a_request_burst_caps_what_a_bucket_holds(
 async def test_asking_more_than_a_budget_can_hold_is_an_error(journal: Journal) -> None:
     with pytest.raises(ValueError, match="capacity"):
         await journal.take_budget("api", LIMITS, 61, 0, T0)
+
+
+async def test_budget_left_is_what_a_take_would_find_in_every_process(
+    journal: Journal, other: Journal
+) -> None:
+    assert await other.budget_left("fresh", LIMITS, T0) == {
+        "requests": 60.0,
+        "tokens": 600.0,
+    }
+    assert await journal.take_budget("api", LIMITS, 45, 100, T0) == 0
+    left = await other.budget_left("api", LIMITS, T0)
+    assert left == {"requests": pytest.approx(15.0), "tokens": pytest.approx(500.0)}
+    later = await other.budget_left("api", LIMITS, T0 + 10)  # 10 s of refill
+    assert later == {"requests": pytest.approx(25.0), "tokens": pytest.approx(600.0)}
+    only_requests = BudgetLimits(requests_per_minute=60)
+    assert set(await journal.budget_left("api", only_requests, T0)) == {"requests"}
+    # Reading takes nothing.
+    assert await journal.budget_left("api", LIMITS, T0) == left

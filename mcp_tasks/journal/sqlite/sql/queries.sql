@@ -68,16 +68,19 @@ SELECT task_id FROM tasks
 WHERE owner_id = ? AND status = 'input_required' ORDER BY seq LIMIT ?
 
 -- load_all --
+-- The oldest queued task is the first in the client's queue (seq order: tasks
+-- are numbered as they are created), one index lookup rather than a scan of
+-- every queued task: scraped metrics read this with 100,000 tasks queued.
 SELECT c.owner_id, c.queued, c.running, c.parked, c.waiting, c.concurrency, c.backlog,
-       (SELECT min(q.created_at) FROM tasks q
-        WHERE q.owner_id = c.owner_id AND q.phase = 'queued')
+       (SELECT q.created_at FROM tasks q
+        WHERE q.owner_id = c.owner_id AND q.phase = 'queued' ORDER BY q.seq LIMIT 1)
 FROM clients c WHERE c.queued + c.running + c.parked + c.waiting > 0
 ORDER BY c.owner_id
 
 -- load_one --
 SELECT c.owner_id, c.queued, c.running, c.parked, c.waiting, c.concurrency, c.backlog,
-       (SELECT min(q.created_at) FROM tasks q
-        WHERE q.owner_id = c.owner_id AND q.phase = 'queued')
+       (SELECT q.created_at FROM tasks q
+        WHERE q.owner_id = c.owner_id AND q.phase = 'queued' ORDER BY q.seq LIMIT 1)
 FROM clients c WHERE c.owner_id = ?
 
 -- claimable --
@@ -94,7 +97,7 @@ WHERE seq = (
     SELECT seq FROM tasks WHERE owner_id = ? AND phase = 'queued' ORDER BY seq LIMIT 1
 )
 RETURNING task_id, owner_id, tool_name, arguments, request_meta, attempts, retries,
-          status_message
+          status_message, created_at
 
 -- next_turn --
 UPDATE dispatch_turn SET turn = turn + 1 WHERE id = 1 RETURNING turn
@@ -302,3 +305,22 @@ SELECT COALESCE(max(position), 0) FROM task_changes
 -- changes_after --
 SELECT position, task_id, owner_id, kind, status, status_message, reason, at, data
 FROM task_changes WHERE position > ? ORDER BY position LIMIT ?
+
+-- list_tasks --
+SELECT task_id, owner_id, tool_name, status, status_message, created_at,
+       updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
+       progress, progress_total, NULL, seq, phase, attempts, lease_holder
+FROM tasks
+WHERE (?1 IS NULL OR owner_id = ?1)
+  AND (?2 = '[]' OR status IN (SELECT value FROM json_each(?2)))
+  AND seq < ?3
+ORDER BY seq DESC LIMIT ?4
+
+-- retry --
+UPDATE tasks SET status = 'working', phase = 'queued', status_message = ?,
+       updated_at = ?, outcome = NULL, tool_error = NULL, not_before = NULL,
+       progress = NULL, progress_total = NULL
+WHERE task_id = ? AND status = 'failed'
+RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
+          updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
+          progress, progress_total, NULL

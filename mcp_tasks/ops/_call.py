@@ -1,30 +1,33 @@
-"""Call a tool as a durable task, follow it, and answer its questions in the terminal.
+"""``mcp-tasks call``: call a tool as a durable task, follow it, answer its questions.
 
 Usage::
 
-    python examples/client.py [OPTIONS] URL TOOL [ARGS]
-    python examples/client.py [OPTIONS] URL --attach TASK_ID
-    python examples/client.py [OPTIONS] --stdio "mcp-tasks serve --db tasks.db" TOOL [ARGS]
-    python examples/client.py [OPTIONS] --stdio "mcp-tasks serve --db tasks.db" --attach TASK_ID
+    mcp-tasks call [OPTIONS] URL TOOL [ARGS]
+    mcp-tasks call [OPTIONS] --attach TASK_ID URL
+    mcp-tasks call [OPTIONS] --stdio "mcp-tasks serve --db tasks.db" TOOL [ARGS]
+    mcp-tasks call [OPTIONS] --stdio "mcp-tasks serve --db tasks.db" --attach TASK_ID
 
 OPTIONS: ``--wire 2025-11-25|2026-07-28``, ``--token TOKEN`` (HTTP servers with
 ``--tokens``), ``--reconnect-seconds SECONDS`` (default 60).
 
 ``URL`` is a Streamable HTTP endpoint such as ``http://127.0.0.1:8765/mcp``; ARGS
-is a JSON object. The client prints the task id, polls ``tasks/get`` at the
-server's suggested interval, shows the status (redrawn in place on a terminal),
-progress and, when the task needs input, asks you. On 2025-11-25 the server
+is a JSON object. The command prints the task id, polls ``tasks/get`` at the
+server's suggested interval, shows the status with a progress bar when the
+tool's progress reaches the client (2025-11-25 relays it; the 2026-07-28
+extension sends task progress nowhere, so there the status message alone),
+redrawn in place on a terminal (one line per change otherwise), and, when the
+task needs input, asks you. On 2025-11-25 the server
 pushes the question to the session that created the task, and a session that
 attached later reads it from ``tasks/result``; on 2026-07-28 the question is in
 ``tasks/get`` and the answer goes back with ``tasks/update``. ``--attach``
-follows a task started earlier (by this client or any other) by its id.
+follows a task started earlier (by this command or any other client) by its id.
 
-If the connection is lost (the server restarts, say), the client reconnects
-with backoff for up to ``--reconnect-seconds`` and goes on following the same
+If the connection is lost (the server restarts, say), it reconnects with
+backoff for up to ``--reconnect-seconds`` and goes on following the same
 task. Over HTTP that is the same URL. With ``--stdio`` the server is the
-client's own child process, so "reconnecting" starts the command again: the
-task survives only if the command names the same journal (``--db``), and then
-it resumes as its tool's recovery policy says (a ``recovery="fail"`` tool, such
+command's own child process, so "reconnecting" starts it again: the task
+survives only if the command names the same journal (``--db``), and then it
+resumes as its tool's recovery policy says (a ``recovery="fail"`` tool, such
 as ``run_command``, ends ``failed``).
 
 Exit codes: 0 the task completed; 1 it failed (a tool error included);
@@ -41,7 +44,7 @@ import sys
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TextIO, cast
+from typing import Any, TextIO, cast
 
 import anyio
 import anyio.to_thread
@@ -289,6 +292,8 @@ class Follower:
         self.asker = asker
         self.task_id = task_id
         self.answered: set[str] = set()
+        #: The latest progress reported (notifications, or the task itself).
+        self.progress: tuple[float, float | None] | None = None
 
     async def follow(self, client: TaskClient, *, created_here: bool) -> int:
         """Poll until the task ends; print its outcome; return the exit code.
@@ -318,13 +323,13 @@ class Follower:
         reading = reading or client.wire != "2025-11-25"
         while True:
             task = await client.get_task(self.task_id)
-            self.terminal.status(status_line(task))
             for note in client.notifications[shown:]:
                 if note["method"] == "notifications/progress":
                     params = cast("dict[str, Any]", note.get("params", {}))
-                    progress, total = params.get("progress"), params.get("total")
-                    self.terminal.say(f"  progress {progress} of {total}")
+                    self.progress = _progress_of(params)
             shown = len(client.notifications)
+            self.progress = _progress_of(task) or self.progress
+            self.terminal.status(status_line(task, self.progress))
             if task["status"] in TERMINAL:
                 return task
             if task["status"] == "input_required" and not reading:
@@ -390,8 +395,38 @@ async def read_questions(client: TaskClient, task_id: str) -> None:
         pass
 
 
-def status_line(task: Mapping[str, Any]) -> str:
-    return f"[{task['status']}] {task.get('statusMessage') or ''}".rstrip()
+#: Width of the progress bar, in characters.
+BAR_WIDTH = 20
+
+
+def progress_bar(progress: float, total: float | None) -> str:
+    """``progress`` of ``total`` as a bar and a percentage (a count without a total)."""
+    if not total or total <= 0:
+        return f"{progress:g} done"
+    share = min(1.0, max(0.0, progress / total))
+    filled = round(share * BAR_WIDTH)
+    return f"{'#' * filled}{'.' * (BAR_WIDTH - filled)} {share:.0%}"
+
+
+def status_line(
+    task: Mapping[str, Any], progress: tuple[float, float | None] | None = None
+) -> str:
+    """The task's status, its progress bar while it works, and its message."""
+    parts = [f"[{task['status']}]"]
+    if progress is not None and task["status"] not in TERMINAL:
+        parts.append(progress_bar(*progress))
+    parts.append(str(task.get("statusMessage") or ""))
+    return " ".join(parts).rstrip()
+
+
+def _progress_of(data: Mapping[str, Any]) -> tuple[float, float | None] | None:
+    """``(progress, total)`` from a progress notification's params, if numbers."""
+    progress, total = data.get("progress"), data.get("total")
+    if not isinstance(progress, int | float) or isinstance(progress, bool):
+        return None
+    if not isinstance(total, int | float) or isinstance(total, bool):
+        total = None
+    return float(progress), None if total is None else float(total)
 
 
 def poll_interval(task: Mapping[str, Any]) -> float:
@@ -535,7 +570,7 @@ class Session:
         task = {"ttl": 3_600_000} if client.wire == "2025-11-25" else None
         try:
             created = await client.call_tool(
-                self.args.tool, self.args.arguments, task=task, progress_token="example"
+                self.args.tool, self.args.arguments, task=task, progress_token="call"
             )
         except ConnectionClosedError:
             raise
@@ -555,17 +590,12 @@ class Session:
 # ---------------------------------------------------------------- arguments
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # Exit code 2 means "cancelled" here: usage errors get 3.
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_NO_OUTCOME, f"{self.prog}: error: {message}\n")
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    """The command line; exits with `EXIT_NO_OUTCOME` when it is wrong."""
-    parser = _Parser(
-        prog="client.py",
+def add_command(commands: Any) -> None:
+    """Register ``call`` on the ``mcp-tasks`` subparsers (usage errors exit 3)."""
+    parser = commands.add_parser(
+        "call",
+        usage_exit=EXIT_NO_OUTCOME,
+        help="call a tool as a task and follow it (a client for people)",
         description="Call a tool as a durable task, or follow one by id.",
         epilog="Exit codes: 0 completed, 1 failed, 2 cancelled, 3 no outcome.",
     )
@@ -582,7 +612,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="how long to keep reconnecting after the connection is lost",
     )
     parser.add_argument("target", nargs="*", help="URL, TOOL and ARGS (JSON)")
-    args = parser.parse_args(argv)
+    parser.set_defaults(call_parser=parser)
+
+
+def with_extra_targets(
+    args: argparse.Namespace, extra: list[str]
+) -> argparse.Namespace:
+    """Positionals argparse left over (after an option) join ``target``; exits 3 on others."""
+    parser: argparse.ArgumentParser = args.call_parser
+    unknown = [arg for arg in extra if arg.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.target = [*args.target, *extra]
+    return args
+
+
+def _check(args: argparse.Namespace) -> argparse.Namespace:
+    """Split ``target`` into URL, TOOL and ARGS; exits 3 when it is wrong."""
+    parser: argparse.ArgumentParser = args.call_parser
     target: list[str] = list(args.target)
     args.url = None if args.stdio else (target.pop(0) if target else None)
     if args.url is None and not args.stdio:
@@ -605,8 +652,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> int:
+    """Call or attach, follow the task to its end; the exit code."""
     return await Session(args, Terminal()).run()
 
 
-if __name__ == "__main__":
-    sys.exit(anyio.run(main, parse(sys.argv[1:]), backend="asyncio"))
+def run(args: argparse.Namespace) -> int:
+    """``mcp-tasks call``: the exit code (see the module docstring)."""
+    return anyio.run(main, _check(args), backend="asyncio")

@@ -1,6 +1,6 @@
-"""``examples/client.py`` end to end: a real server, the example as a subprocess.
+"""``mcp-tasks call`` end to end: a real server, the command as a subprocess.
 
-The example follows a ``gate`` task (it waits until the test releases it), so
+The command follows a ``gate`` task (it waits until the test releases it), so
 each test decides when the task ends. Covered: following the task across a
 ``kill -9`` and restart of the server (HTTP on both wires: the same URL; stdio:
 the client starts its server command again on the same journal), attaching to
@@ -32,7 +32,8 @@ from mcp_tasks.client import TaskClient
 from .conftest import ServerFilesFactory
 from .support import TIMEOUT, Gates, HttpServer, start_task
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "client.py"
+#: The command, as a person runs it (``python -m mcp_tasks`` is ``mcp-tasks``).
+CALL = [sys.executable, "-m", "mcp_tasks", "call"]
 ASK_TOOL = Path(__file__).resolve().parents[2] / "tools" / "ask.py"
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CANCELLED, EXIT_NO_OUTCOME = 0, 1, 2, 3
@@ -47,7 +48,7 @@ def free_port() -> int:
 
 @dataclass
 class ExampleRun:
-    """The example client as a subprocess; its merged output, as it comes."""
+    """``mcp-tasks call`` as a subprocess; its merged output, as it comes."""
 
     process: Process
     output: str = ""
@@ -74,9 +75,9 @@ class ExampleRun:
 
 @asynccontextmanager
 async def example(*args: str) -> AsyncGenerator[ExampleRun]:
-    """Run ``examples/client.py ARGS``; killed if still running at the end."""
+    """Run ``mcp-tasks call ARGS``; killed if still running at the end."""
     process = await anyio.open_process(
-        [sys.executable, str(EXAMPLE), "--reconnect-seconds", "30", *args],
+        [*CALL, "--reconnect-seconds", "30", *args],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -152,6 +153,36 @@ async def test_follows_its_task_across_a_server_restart(
     assert f"released {key}" in run.output
 
 
+# ----------------------------------------------------------------- progress
+
+
+@pytest.mark.parametrize(
+    ("wire", "shown"),
+    [
+        # 2025-11-25 relays the tool's progress notifications: a bar.
+        ("2025-11-25", "[working] #####............... 25% 1 of 4 done"),
+        # 2026-07-28 carries no progress for tasks (the extension sends it
+        # nowhere): the status message alone.
+        ("2026-07-28", "[working] 1 of 4 done"),
+    ],
+)
+async def test_shows_the_tools_progress_with_its_message(
+    http_server: HttpServer, gates: Gates, wire: str, shown: str
+) -> None:
+    key = gates.key()
+    arguments = f'{{"key": "{key}", "done": 1, "total": 4}}'
+    async with example(
+        "--wire", wire, http_server.url, "progress_gate", arguments
+    ) as run:
+        await run.until("task ")
+        await gates.hub.wait("started", key)
+        await run.until(shown)
+        gates.release(key)
+        code = await run.exit_code()
+    assert code == EXIT_COMPLETED, run.output
+    assert f"released {key}" in run.output
+
+
 # ------------------------------------------------------------------- attach
 
 
@@ -221,7 +252,8 @@ async def test_exits_3_on_bad_usage(http_server: HttpServer, args: list[str]) ->
     args = [http_server.url if arg == "URL" else arg for arg in args]
     code, output = await finish(*args)
     assert code == EXIT_NO_OUTCOME, output
-    assert "error:" in output
+    assert "mcp-tasks: " in output
+    assert "see mcp-tasks call --help" in output
 
 
 async def test_exits_3_when_the_server_refuses_or_is_unreachable(
@@ -235,11 +267,33 @@ async def test_exits_3_when_the_server_refuses_or_is_unreachable(
     assert "cannot connect" in unreachable[1]
 
 
+# ------------------------------------------------------------------ stdin
+
+
+@pytest.mark.parametrize("wire", ["2025-11-25", "2026-07-28"])
+async def test_questions_are_answered_from_piped_stdin(
+    server_files: ServerFilesFactory, wire: str
+) -> None:
+    files = server_files(f"call-stdin-{wire}")
+    command = [*files.argv(), "--tools", str(ASK_TOOL)]
+    question = '{"question": "Ship it?", "choices": ["yes", "no"]}'
+    with anyio.fail_after(2 * TIMEOUT):
+        done = await anyio.run_process(
+            [*CALL, "--wire", wire, "--stdio", shlex.join(command), "ask", question],
+            input=b"a\nyes\n",
+            check=False,
+        )
+    output = done.stdout.decode()
+    assert done.returncode == EXIT_COMPLETED, output + done.stderr.decode()
+    assert "The task asks: Ship it?" in output
+    assert output.endswith("[completed]\nyes\n")
+
+
 # ----------------------------------------------------------------- terminal
 
 
 class Pty:
-    """The example client on a pseudo-terminal: what a person would see."""
+    """``mcp-tasks call`` on a pseudo-terminal: what a person would see."""
 
     def __init__(self, argv: Sequence[str]) -> None:
         self.master, slave = os.openpty()
@@ -291,8 +345,7 @@ async def test_a_question_at_a_terminal_is_asked_on_lines_of_its_own(
     command = [*files.argv(), "--tools", str(ASK_TOOL)]
     terminal = Pty(
         [
-            sys.executable,
-            str(EXAMPLE),
+            *CALL,
             "--stdio",
             shlex.join(command),
             "ask",
