@@ -14,6 +14,10 @@ variable is set; ``OTEL_SDK_DISABLED=true`` keeps it off. Exporters:
 - ``file``: one JSON object per finished span, appended to a file as each
   span ends (for debugging and for tests: a ``kill -9`` loses no ended span).
 
+While tracing is on, log lines of task transitions carry the trace id of
+the span they are written in (`mcp_tasks._logs.set_trace_id_provider`): the
+task's own trace, on whichever process.
+
 The SDK is an optional extra (``pip install 'mcp-tasks[otel]'``); asking for
 tracing without it is a configuration error naming the extra.
 """
@@ -27,8 +31,11 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import IO, Any, Final
 
+from opentelemetry import trace as trace_api
+
 from mcp_tasks._config import TracingSettings
 from mcp_tasks._exceptions import ConfigurationError
+from mcp_tasks._logs import set_trace_id_provider
 
 #: Variables that turn OTLP tracing on without a ``[tracing]`` table.
 OTLP_ENDPOINT_VARIABLES: Final = (
@@ -110,12 +117,20 @@ def start_tracing(
     )
     provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
+    set_trace_id_provider(current_trace_id)
     try:
         yield True
     finally:
+        set_trace_id_provider(None)
         provider.shutdown()
         if handle is not None:
             handle.close()
+
+
+def current_trace_id() -> str | None:
+    """The current span's trace id as 32 hex digits (for log lines), if any."""
+    context = trace_api.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
 
 
 def _resource(settings: TracingSettings) -> dict[str, Any]:

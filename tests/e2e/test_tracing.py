@@ -134,3 +134,11 @@ async def test_a_task_finished_on_another_process_is_one_trace_with_its_call(
     assert run["resource"]["attributes"]["service.instance.id"].endswith(
         f"/{second.pid}"
     )
+    # The log lines of the task's transitions carry its trace id, on both.
+    assert f"accepted trace_id={CLIENT_TRACE_ID}" in first.log_text()
+    completed = [
+        line for line in second.log_text().splitlines() if f"task {task_id}" in line
+    ]
+    assert any(
+        "completed attempt=2" in line and CLIENT_TRACE_ID in line for line in completed
+    ), completed

@@ -11,6 +11,7 @@ from opentelemetry import trace
 
 from mcp_tasks._config import Settings, TracingSettings
 from mcp_tasks._exceptions import ConfigurationError
+from mcp_tasks._logs import current_trace_id
 from mcp_tasks._telemetry import chosen_exporter, start_tracing
 from mcp_tasks.engine._tracing import tracing_on
 
@@ -96,13 +97,15 @@ def test_spans_go_to_the_file_and_the_provider_is_shut_down(tmp_path: Path) -> N
             assert on
             assert tracing_on()
             with trace.get_tracer("test").start_as_current_span("hello"):
-                pass
+                logged_trace_id = current_trace_id()
             # Written as the span ends, not batched: a kill -9 loses nothing ended.
             (line,) = path.read_text().splitlines()
     finally:
         reset_tracing_globals()
     span = json.loads(line)
     assert span["name"] == "hello"
+    assert logged_trace_id == span["context"]["trace_id"].removeprefix("0x")
+    assert current_trace_id() is None  # tracing off: log lines carry none
     assert span["resource"]["attributes"]["service.name"] == "tasks-test"
     assert not tracing_on()
 
