@@ -62,7 +62,14 @@ from mcp_tasks.engine._runner import Runner
 from mcp_tasks.engine._runs import Runs, StopReason
 from mcp_tasks.engine._timers import Timers
 from mcp_tasks.engine._tracing import TRACE_META_KEY, creating
-from mcp_tasks.journal import ClientLoad, Journal, NewTask, open_journal
+from mcp_tasks.journal import (
+    ClientLoad,
+    Journal,
+    NewTask,
+    by_client,
+    by_operator,
+    open_journal,
+)
 
 #: How long a synchronous (non-task) call's journal row is kept after it ends.
 SYNC_CALL_RETENTION_SECONDS: Final = 60.0
@@ -84,6 +91,16 @@ class Requester:
     owner_id: OwnerId
     scoped: bool = True
     limits: ClientLimits | None = None
+    #: Set for an operator acting on any client's task (the command line):
+    #: their name, recorded as who cancelled or answered.
+    operator: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """Who this requestor is in a task's history (the audit trail)."""
+        if self.operator is not None:
+            return by_operator(self.operator)
+        return by_client(self.owner_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,7 +521,7 @@ class TaskRuntime:
         if task.is_terminal:
             raise TaskTerminalError(task_id, task.status.value)
         cancelled = await self._parts.engine.cancel(
-            task.task_id, "cancelled by request"
+            task.task_id, "cancelled by request", requester.actor
         )
         if cancelled is None:
             # Lost the race: the task finished on its own just now.
@@ -551,6 +568,8 @@ class TaskRuntime:
             valid[key] = dict(response)
         if not valid:
             return AnswerReceipt([], ignored, resumed=False)
-        accepted, resumed = await self._parts.engine.answer(task.task_id, valid)
+        accepted, resumed = await self._parts.engine.answer(
+            task.task_id, valid, requester.actor
+        )
         ignored = ignored + [key for key in valid if key not in accepted]
         return AnswerReceipt(accepted, ignored, resumed=resumed is not None)
