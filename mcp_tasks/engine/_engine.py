@@ -261,19 +261,19 @@ class Engine:
 
     # --------------------------------------------------------- other writes
 
-    async def cancel(self, task_id: TaskId, reason: str) -> Task | None:
-        """Record the task ``cancelled``; None if it had already ended."""
+    async def cancel(self, task_id: TaskId, reason: str, by: str) -> Task | None:
+        """Record the task ``cancelled`` by ``by``; None if it had already ended."""
         task = await self.journal.cancel(
-            task_id, "The task was cancelled by request.", reason, self.clock()
+            task_id, "The task was cancelled by request.", reason, self.clock(), by=by
         )
         if task is not None:
-            _transition_line(task, task_id, "cancelled", why=reason)
+            _transition_line(task, task_id, "cancelled", why=f"{reason}, by {by}")
             for observer in self.observers:
                 observer.task_ended(task.owner_id, task.tool_name, "cancelled", None)
         return task
 
     async def retry(
-        self, task_id: TaskId, reason: str, *, forget_steps: bool
+        self, task_id: TaskId, reason: str, by: str, *, forget_steps: bool
     ) -> Task | None:
         """Queue a failed task again as a new attempt; None if it was not failed."""
         task = await self.journal.retry(
@@ -282,18 +282,25 @@ class Engine:
             reason,
             self.clock(),
             forget_steps=forget_steps,
+            by=by,
         )
         if task is not None:
-            _transition_line(task, task_id, "working (retried)", why=reason)
+            _transition_line(
+                task, task_id, "working (retried)", why=f"{reason}, by {by}"
+            )
         return task
 
     async def answer(
-        self, task_id: TaskId, answers: Mapping[str, dict[str, Any]]
+        self, task_id: TaskId, answers: Mapping[str, dict[str, Any]], by: str
     ) -> tuple[list[str], Task | None]:
-        """Record answers; return the keys accepted and the task if it resumed."""
-        accepted, resumed = await self.journal.answer(task_id, answers, self.clock())
+        """Record answers given by ``by``; return the keys accepted and the task if it resumed."""
+        accepted, resumed = await self.journal.answer(
+            task_id, answers, self.clock(), by=by
+        )
         if resumed is not None:
-            _transition_line(resumed, task_id, "working (input received)")
+            _transition_line(
+                resumed, task_id, "working (input received)", why=f"by {by}"
+            )
         return accepted, resumed
 
     async def fire_due(self) -> int:

@@ -69,7 +69,14 @@ from mcp_tasks.engine._runner import Runner
 from mcp_tasks.engine._runs import Runs, StopReason
 from mcp_tasks.engine._timers import Timers
 from mcp_tasks.engine._tracing import TRACE_META_KEY, creating
-from mcp_tasks.journal import ClientLoad, Journal, NewTask, open_journal
+from mcp_tasks.journal import (
+    ClientLoad,
+    Journal,
+    NewTask,
+    by_client,
+    by_operator,
+    open_journal,
+)
 
 #: How long a synchronous (non-task) call's journal row is kept after it ends.
 SYNC_CALL_RETENTION_SECONDS: Final = 60.0
@@ -91,6 +98,16 @@ class Requester:
     owner_id: OwnerId
     scoped: bool = True
     limits: ClientLimits | None = None
+    #: Set for an operator acting on any client's task (the command line):
+    #: their name, recorded as who cancelled or answered.
+    operator: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """Who this requestor is in a task's history (the audit trail)."""
+        if self.operator is not None:
+            return by_operator(self.operator)
+        return by_client(self.owner_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,7 +538,9 @@ class TaskRuntime:
         task = await self.get(requester, task_id)
         if task.is_terminal:
             raise TaskTerminalError(task_id, task.status.value)
-        cancelled = await self._parts.engine.cancel(task.task_id, reason)
+        cancelled = await self._parts.engine.cancel(
+            task.task_id, reason, requester.actor
+        )
         if cancelled is None:
             # Lost the race: the task finished on its own just now.
             current = await self.get(requester, task_id)
@@ -567,7 +586,9 @@ class TaskRuntime:
             valid[key] = dict(response)
         if not valid:
             return AnswerReceipt([], ignored, resumed=False)
-        accepted, resumed = await self._parts.engine.answer(task.task_id, valid)
+        accepted, resumed = await self._parts.engine.answer(
+            task.task_id, valid, requester.actor
+        )
         ignored = ignored + [key for key in valid if key not in accepted]
         return AnswerReceipt(accepted, ignored, resumed=resumed is not None)
 
@@ -599,7 +620,10 @@ class TaskRuntime:
                 '(recovery="fail")',
             )
         retried = await self._parts.engine.retry(
-            task.task_id, reason, forget_steps=spec.recovery == "restart"
+            task.task_id,
+            reason,
+            requester.actor,
+            forget_steps=spec.recovery == "restart",
         )
         if retried is None:
             # Lost a race: another operator retried it first.

@@ -9,6 +9,8 @@ from __future__ import annotations
 from mcp_tasks.journal._base import TERMINAL_GRACE_SECONDS, Journal, Settled
 from mcp_tasks.journal._open import open_journal
 from mcp_tasks.journal._records import (
+    BY,
+    BY_SERVER,
     Change,
     ChangeKind,
     Claimed,
@@ -22,9 +24,13 @@ from mcp_tasks.journal._records import (
     Report,
     TaskEvent,
     TaskRow,
+    by_client,
+    by_operator,
 )
 
 __all__ = [
+    "BY",
+    "BY_SERVER",
     "TERMINAL_GRACE_SECONDS",
     "Change",
     "ChangeKind",
@@ -41,5 +47,7 @@ __all__ = [
     "Settled",
     "TaskEvent",
     "TaskRow",
+    "by_client",
+    "by_operator",
     "open_journal",
 ]

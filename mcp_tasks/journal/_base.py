@@ -274,9 +274,9 @@ class Journal(Protocol):
     # -------------------------------------------------------- other writes
 
     async def cancel(
-        self, task_id: TaskId, message: str, reason: str, at: float
+        self, task_id: TaskId, message: str, reason: str, at: float, *, by: str
     ) -> Task | None:
-        """Move an unfinished task to ``cancelled``.
+        """Move an unfinished task to ``cancelled``, recording who did it (``by``).
 
         A queued or waiting task is done at once. A running task keeps its
         lease (and its client's slot) until its run reports `stopped`; every
@@ -293,21 +293,28 @@ class Journal(Protocol):
         at: float,
         *,
         forget_steps: bool = False,
+        by: str,
     ) -> Task | None:
         """Queue a ``failed`` task again: ``failed -> working`` (queued), a new attempt.
 
         Its outcome, tool error and progress are cleared; its recorded steps
         and answered questions are kept (the new attempt replays them) unless
         ``forget_steps``. The client's backlog bound is not checked (this is
-        an operator's decision). The change is in the feed with ``reason``.
+        an operator's decision). The change is in the feed with ``reason``
+        and who asked for it (``by``).
         None (changing nothing) if the task is not ``failed`` or unknown.
         """
         ...
 
     async def answer(
-        self, task_id: TaskId, answers: Mapping[str, dict[str, Any]], at: float
+        self,
+        task_id: TaskId,
+        answers: Mapping[str, dict[str, Any]],
+        at: float,
+        *,
+        by: str,
     ) -> tuple[list[str], Task | None]:
-        """Record answers to open questions, each at most once.
+        """Record answers to open questions, each at most once, and who gave them.
 
         Returns the keys accepted and, if this answered the task's last open
         question, the task moved ``input_required -> working`` (queued).
@@ -317,7 +324,7 @@ class Journal(Protocol):
     async def expire_questions(
         self, now: float, response: Mapping[str, Any]
     ) -> list[TaskId]:
-        """Answer every open question past its deadline with ``response``.
+        """Answer every open question past its deadline with ``response`` (by the server).
 
         Returns the tasks this resumed (all their questions now answered).
         """
@@ -341,7 +348,7 @@ class Journal(Protocol):
         """Take a task from a worker that is gone: run it again, restart it or fail it.
 
         A task that was cancelled while that worker ran it just stops (its slot
-        is freed), whatever the policy.
+        is freed), whatever the policy. The change is recorded as the server's.
 
         Applies only while ``held.lease`` is still the task's current lease, so
         of several processes recovering the same task exactly one succeeds.

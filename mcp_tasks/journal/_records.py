@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from mcp_tasks._model import OwnerId, Task, TaskId, TaskStatus
 
@@ -100,6 +100,24 @@ class Recovery(StrEnum):
     FAIL = "fail"  #: end it failed
 
 
+#: The key of a change's ``data`` that names who made it: the audit trail of
+#: cancels, answers, recoveries and question deadlines. Values are `by_client`,
+#: `by_operator` or `BY_SERVER`.
+BY: Final = "by"
+#: The server itself (recovering a lost run, timing out a question).
+BY_SERVER: Final = "server"
+
+
+def by_client(owner_id: str) -> str:
+    """Who acted: a task's owner, through MCP."""
+    return f"client:{owner_id}"
+
+
+def by_operator(name: str) -> str:
+    """Who acted: an operator (the command line, the dashboard)."""
+    return f"operator:{name}"
+
+
 class ChangeKind(StrEnum):
     """What a change-feed entry records. Persisted: a value, once shipped, is forever."""
 
@@ -154,6 +172,12 @@ class TaskEvent:
     reason: str
     at: float
     data: dict[str, Any] | None = None
+
+    @property
+    def by(self) -> str | None:
+        """Who made this change, when the journal records it (see `BY`)."""
+        value = (self.data or {}).get(BY)
+        return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)

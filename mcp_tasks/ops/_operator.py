@@ -6,12 +6,16 @@ cancel, an answer or a retry is exactly the operation a client's request
 makes (the same checks, the same journal writes, the same change-feed entry),
 so the process running the task reacts to it as it would to a client. The
 operator is an unscoped requester: it may act on every client's tasks. Its
-cancels and retries say so in the task's history (``reason``).
+cancels, answers and retries name it in the task's history
+(``operator:user@host``, the audit trail).
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import socket
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -26,8 +30,21 @@ from mcp_tasks.engine import Requester, TaskRuntime
 from mcp_tasks.journal import ClientLoad, TaskEvent, TaskRow, open_journal
 from mcp_tasks.journal._open import SQLITE_PREFIX, is_url
 
-#: Who acts when an operator command does: every client's tasks are in reach.
-OPERATOR: Final = Requester(OwnerId("operator"), scoped=False)
+
+def _operator_name() -> str:
+    # Who ran the command, for the task's history (the audit trail).
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+#: Who acts when an operator command does: every client's tasks are in reach,
+#: and the task's history names the operator (``operator:user@host``).
+OPERATOR: Final = Requester(
+    OwnerId("operator"), scoped=False, operator=_operator_name()
+)
 CANCEL_REASON: Final = "cancelled by operator"
 RETRY_REASON: Final = "retried by operator"
 
@@ -110,6 +127,7 @@ def event_json(event: TaskEvent) -> dict[str, Any]:
         "status": event.status.value,
         "reason": event.reason,
         "statusMessage": event.status_message,
+        "by": event.by,  # who cancelled, answered or retried; None otherwise
     }
     if event.data:
         data["data"] = event.data

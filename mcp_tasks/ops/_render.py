@@ -101,12 +101,13 @@ def task_detail(data: Mapping[str, Any]) -> RenderableType:
             e["kind"],
             e["status"],
             e["reason"],
+            str(e.get("by") or ""),
             str(e.get("statusMessage") or ""),
         )
         for e in data.get("events", [])
     ]
     parts.append(
-        _table("history", ("at", "kind", "status", "reason", "message"), events)
+        _table("history", ("at", "kind", "status", "reason", "by", "message"), events)
     )
     asked: list[Mapping[str, Any]] = data.get("questions") or []
     questions = [

@@ -178,6 +178,14 @@ async def test_a_cancel_counts_as_finished_cancelled_where_it_was_asked(
     await alice.cancel_task(str(task["taskId"]))
     after = value(await scrape(pair[0]), "mcp_tasks_finished_total", **labels)
     assert after == before + 1
+    # The task's history says the client cancelled it (the audit trail).
+    shown = await cli_json(pair[1].files.db, "tasks", "show", str(task["taskId"]))
+    (cancel,) = [
+        e
+        for e in shown["events"]
+        if (e["kind"], e["status"]) == ("status", "cancelled")
+    ]
+    assert cancel["by"] == "client:alice"
 
 
 # ------------------------------------------------------------------- health
@@ -297,7 +305,13 @@ async def test_tasks_cancel_stops_the_run_on_whichever_process_runs_it(
     got = await alice.get_task(task_id)
     assert got["status"] == "cancelled"
     shown = await cli_json(pair[0].files.db, "tasks", "show", task_id)
-    assert "cancelled by operator" in [e["reason"] for e in shown["events"]]
+    (cancel,) = [
+        e
+        for e in shown["events"]
+        if (e["kind"], e["status"]) == ("status", "cancelled")
+    ]
+    assert cancel["reason"] == "cancelled by operator"
+    assert cancel["by"].startswith("operator:")  # user@host of the command
     again = await cli(pair[0].files.db, "tasks", "cancel", task_id)
     assert again.returncode == 1
     assert "terminal status 'cancelled'" in again.stderr.decode()
@@ -337,6 +351,9 @@ async def test_tasks_show_and_answer_resume_a_waiting_task(
     assert finished["status"] == "completed"
     result = await alice.task_result(task_id)
     assert "yes" in text_of(result)
+    shown = await cli_json(db, "tasks", "show", task_id)
+    (answered,) = [e for e in shown["events"] if e["kind"] == "answer"]
+    assert answered["by"].startswith("operator:")
 
 
 async def test_tasks_retry_runs_a_failed_task_again_as_a_new_attempt(
@@ -360,7 +377,8 @@ async def test_tasks_retry_runs_a_failed_task_again_as_a_new_attempt(
                 break
             await alice.poll_task(task_id)
     shown = await cli_json(db, "tasks", "show", task_id)
-    assert "retried by operator" in [e["reason"] for e in shown["events"]]
+    (retried,) = [e for e in shown["events"] if e["reason"] == "retried by operator"]
+    assert retried["by"].startswith("operator:")
     completed = await start_task(alice, "echo", {"text": "fine"})
     with anyio.fail_after(TIMEOUT):
         await alice.poll_task(str(completed["taskId"]))

@@ -30,6 +30,8 @@ from mcp_tasks._exceptions import CapacityError, JournalError
 from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
 from mcp_tasks.journal._base import TERMINAL_GRACE_SECONDS, Settled
 from mcp_tasks.journal._records import (
+    BY,
+    BY_SERVER,
     ChangeKind,
     Claimed,
     ClientLoad,
@@ -604,7 +606,7 @@ class SqliteJournal:
     # ---------------------------------------------------------- other writes
 
     async def cancel(
-        self, task_id: TaskId, message: str, reason: str, at: float
+        self, task_id: TaskId, message: str, reason: str, at: float, *, by: str
     ) -> Task | None:
         params = (message, at, *_retention_params(at), task_id)
 
@@ -615,7 +617,7 @@ class SqliteJournal:
             task = _rows.task_from_row(rows[0])
             _change(
                 db, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
-                message, reason, at,
+                message, reason, at, {BY: by},
             )  # fmt: skip
             return task
 
@@ -630,6 +632,7 @@ class SqliteJournal:
         at: float,
         *,
         forget_steps: bool = False,
+        by: str,
     ) -> Task | None:
         def apply(db: sqlite3.Connection) -> Task | None:
             rows = db.execute(_SQL["retry"], (message, at, task_id)).fetchall()
@@ -640,7 +643,7 @@ class SqliteJournal:
                 db.execute(_SQL["forget_steps"], (task_id,))
             _change(
                 db, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
-                message, reason, at,
+                message, reason, at, {BY: by},
             )  # fmt: skip
             return task
 
@@ -648,12 +651,17 @@ class SqliteJournal:
         return retried
 
     async def answer(
-        self, task_id: TaskId, answers: Mapping[str, dict[str, Any]], at: float
+        self,
+        task_id: TaskId,
+        answers: Mapping[str, dict[str, Any]],
+        at: float,
+        *,
+        by: str,
     ) -> tuple[list[str], Task | None]:
         encoded = [(key, _rows.dumps(response)) for key, response in answers.items()]
 
         def apply(db: sqlite3.Connection) -> tuple[list[str], Task | None]:
-            return _record_answers(db, task_id, encoded, at, "input received")
+            return _record_answers(db, task_id, encoded, at, "input received", by)
 
         result: tuple[list[str], Task | None] = await self._write(apply)
         return result
@@ -669,7 +677,9 @@ class SqliteJournal:
                 due.setdefault(task_id, []).append((key, encoded))
             resumed: list[TaskId] = []
             for task_id, pairs in due.items():
-                _, done = _record_answers(db, task_id, pairs, now, "question timed out")
+                _, done = _record_answers(
+                    db, task_id, pairs, now, "question timed out", BY_SERVER
+                )
                 if done is not None:
                     resumed.append(TaskId(task_id))
             return resumed
@@ -717,7 +727,7 @@ class SqliteJournal:
             if db.execute(_SQL["stopped"], fence).fetchall():
                 _change(
                     db, task_id, held.owner_id, ChangeKind.PHASE,
-                    TaskStatus.CANCELLED, None, reason, at,
+                    TaskStatus.CANCELLED, None, reason, at, {BY: BY_SERVER},
                 )  # fmt: skip
                 return True
             if policy is Recovery.FAIL:
@@ -734,7 +744,9 @@ class SqliteJournal:
             if policy is Recovery.RESTART:
                 db.execute(_SQL["forget_steps"], (task_id,))
             owner = rows[0][1] if policy is Recovery.FAIL else rows[0][0]
-            _change(db, task_id, owner, kind, status, message, reason, at)
+            _change(
+                db, task_id, owner, kind, status, message, reason, at, {BY: BY_SERVER}
+            )
             return True
 
         recovered: bool = await self._write(apply)
@@ -890,6 +902,7 @@ def _record_answers(
     encoded: Sequence[tuple[str, str]],
     at: float,
     reason: str,
+    by: str,
 ) -> tuple[list[str], Task | None]:
     """Record answers (each once); resume the task if none is left open."""
     owners = db.execute(_SQL["owner_of"], (task_id,)).fetchall()
@@ -904,7 +917,7 @@ def _record_answers(
             accepted.append(key)
             _change(
                 db, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
-                None, reason, at, {"key": key},
+                None, reason, at, {"key": key, BY: by},
             )  # fmt: skip
     if not accepted:
         return accepted, None
@@ -916,6 +929,7 @@ def _record_answers(
     if not rows:
         return accepted, None
     _change(
-        db, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at
-    )
+        db, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
+        {BY: by},
+    )  # fmt: skip
     return accepted, _rows.task_from_row(rows[0])

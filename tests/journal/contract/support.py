@@ -6,12 +6,14 @@ import itertools
 from typing import Any
 
 from mcp_tasks._model import Outcome, OwnerId, Task, TaskId, TaskStatus
-from mcp_tasks.journal import Claimed, Journal, NewTask
+from mcp_tasks.journal import Claimed, Journal, NewTask, by_client
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 ALICE = OwnerId("alice")
 BOB = OwnerId("bob")
 CAROL = OwnerId("carol")
+#: Who cancels or answers in tests that do not look at the audit trail.
+ACTOR = by_client(ALICE)
 HOLDER = "machine/1/aaaa"
 OTHER_HOLDER = "machine/2/bbbb"
 LEASE = 30.0

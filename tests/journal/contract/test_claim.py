@@ -15,6 +15,7 @@ from mcp_tasks._model import OwnerId, TaskId
 from mcp_tasks.journal import Claimed, Journal
 
 from .support import (
+    ACTOR,
     ALICE,
     BOB,
     CAROL,
@@ -70,7 +71,7 @@ async def test_nothing_to_claim_is_an_empty_list(journal: Journal) -> None:
 async def test_cancelled_tasks_are_never_claimed(journal: Journal) -> None:
     new = new_task()
     await journal.submit(new)
-    await journal.cancel(new.task_id, "stop", "test", T0)
+    await journal.cancel(new.task_id, "stop", "test", T0, by=ACTOR)
     assert not await journal.claimable()
     assert await claim_one(journal) is None
 

@@ -17,7 +17,7 @@ from mcp_tasks._exceptions import CapacityError
 from mcp_tasks._model import InputRequest, OwnerId, TaskId, TaskStatus
 from mcp_tasks.journal import Claimed, Journal, Recovery
 
-from .support import LEASE, T0, complete, new_task
+from .support import ACTOR, LEASE, T0, complete, new_task
 
 OWNERS = [OwnerId("a"), OwnerId("b"), OwnerId("c")]
 CAPS = {"a": 1, "b": 2, "c": 3}
@@ -63,7 +63,9 @@ async def apply(world: World, operation: str, pick: int, via: int) -> None:
             f"h/{via}/x", now + LEASE, 1 + pick % 3, now
         )
     elif operation == "cancel" and world.tasks:
-        await journal.cancel(world.tasks[pick % len(world.tasks)], "stop", "t", now)
+        await journal.cancel(
+            world.tasks[pick % len(world.tasks)], "stop", "t", now, by=ACTOR
+        )
     elif operation == "wake":
         world.now += 5  # time passes: parked tasks come due
         await journal.wake_due(world.now)
@@ -73,7 +75,9 @@ async def apply(world: World, operation: str, pick: int, via: int) -> None:
     elif operation == "answer" and world.asked:
         task_id = world.asked[pick % len(world.asked)]
         keys = [r.key for r in await journal.input_requests(task_id) if r.is_open]
-        await journal.answer(task_id, {key: {"action": "decline"} for key in keys}, now)
+        await journal.answer(
+            task_id, {key: {"action": "decline"} for key in keys}, now, by=ACTOR
+        )
     elif world.running:
         claimed = world.running.pop(pick % len(world.running))
         await run_write(world, journal, operation, claimed, now, pick)
@@ -158,7 +162,7 @@ async def test_counts_always_match_the_tasks(
     # of owners by cancelling whatever an earlier example left unfinished.
     for load in await journal.load():
         for _, task in await journal.list_owned(load.owner_id, 0, 1000):
-            await journal.cancel(task.task_id, "reset", "t", T0)
+            await journal.cancel(task.task_id, "reset", "t", T0, by=ACTOR)
     for held in await journal.held_leases():  # their runs are gone: they stop
         await journal.recover(held, Recovery.RESUME, "reset", "t", T0)
     world = World([journal, other])

@@ -10,7 +10,7 @@ from mcp_tasks._exceptions import JournalError
 from mcp_tasks._model import InputRequest, TaskStatus
 from mcp_tasks.journal import ChangeKind, Journal, Report
 
-from .support import ALICE, T0, complete, new_task, submit_and_claim
+from .support import ACTOR, ALICE, T0, complete, new_task, submit_and_claim
 
 
 async def test_the_feed_starts_empty_and_grows_in_order(journal: Journal) -> None:
@@ -69,7 +69,7 @@ async def test_each_operation_appears_in_the_feed_with_its_kind(
     await journal.log(claimed.lease, "info", "hello", T0 + 2)
     question = InputRequest("q", "roots/list", {}, expires_at=T0 + 60)
     await journal.ask(claimed.lease, [question], "roots?", T0 + 3)
-    await journal.answer(claimed.task_id, {"q": {"roots": []}}, T0 + 4)
+    await journal.answer(claimed.task_id, {"q": {"roots": []}}, T0 + 4, by=ACTOR)
     (again,) = await journal.claim("h/1/x", T0 + 40, 1, T0 + 5)
     await journal.park(again.lease, T0 + 9, "later", "retry", T0 + 6, retry=True)
     await journal.wake_due(T0 + 9)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mcp_tasks._model import Outcome, TaskId, TaskStatus
-from mcp_tasks.journal import ChangeKind, Journal
+from mcp_tasks.journal import ChangeKind, Journal, by_operator
 
 from .support import (
     ALICE,
@@ -16,6 +16,9 @@ from .support import (
     new_task,
     submit_and_claim,
 )
+
+#: Who retries in these tests.
+OPERATOR = by_operator("ops")
 
 
 async def fail(journal: Journal, at: float = T0 + 1) -> TaskId:
@@ -98,7 +101,9 @@ async def test_retry_queues_a_failed_task_as_a_new_attempt(
     journal: Journal, other: Journal
 ) -> None:
     task_id = await fail(journal)
-    retried = await other.retry(task_id, "Retried by an operator", "operator", T0 + 5)
+    retried = await other.retry(
+        task_id, "Retried by an operator", "operator", T0 + 5, by=OPERATOR
+    )
     assert retried is not None
     assert retried.status is TaskStatus.WORKING
     assert retried.status_message == "Retried by an operator"
@@ -122,7 +127,9 @@ async def test_retry_queues_a_failed_task_as_a_new_attempt(
 
 async def test_retry_can_forget_recorded_steps(journal: Journal) -> None:
     task_id = await fail(journal)
-    assert await journal.retry(task_id, "again", "operator", T0 + 5, forget_steps=True)
+    assert await journal.retry(
+        task_id, "again", "operator", T0 + 5, forget_steps=True, by=OPERATOR
+    )
     assert await journal.steps(task_id) == {}
 
 
@@ -131,11 +138,22 @@ async def test_retry_refuses_tasks_that_did_not_fail(journal: Journal) -> None:
     await complete(journal, done)
     queued = new_task()
     await journal.submit(queued)
-    assert await journal.retry(done.task_id, "again", "operator", T0 + 5) is None
-    assert await journal.retry(queued.task_id, "again", "operator", T0 + 5) is None
-    assert await journal.retry(queued.task_id, "x", "operator", T0 + 5) is None
+    assert (
+        await journal.retry(done.task_id, "again", "operator", T0 + 5, by=OPERATOR)
+        is None
+    )
+    assert (
+        await journal.retry(queued.task_id, "again", "operator", T0 + 5, by=OPERATOR)
+        is None
+    )
+    assert (
+        await journal.retry(queued.task_id, "x", "operator", T0 + 5, by=OPERATOR)
+        is None
+    )
     unknown = new_task().task_id
-    assert await journal.retry(unknown, "again", "operator", T0 + 5) is None
+    assert (
+        await journal.retry(unknown, "again", "operator", T0 + 5, by=OPERATOR) is None
+    )
     got = await journal.get(done.task_id)
     assert got is not None
     assert got.status is TaskStatus.COMPLETED
@@ -146,8 +164,8 @@ async def test_of_two_processes_retrying_one_task_exactly_one_succeeds(
 ) -> None:
     task_id = await fail(journal)
     results = [
-        await journal.retry(task_id, "a", "operator", T0 + 5),
-        await other.retry(task_id, "b", "operator", T0 + 5),
+        await journal.retry(task_id, "a", "operator", T0 + 5, by=OPERATOR),
+        await other.retry(task_id, "b", "operator", T0 + 5, by=OPERATOR),
     ]
     assert sum(r is not None for r in results) == 1
     (load,) = await journal.load(ALICE)
@@ -163,7 +181,7 @@ async def test_the_oldest_queued_time_is_the_first_queued_tasks_creation(
     (claimed,) = await journal.claim(HOLDER, T0 + LEASE, 1, T0 + 10)
     (load,) = await journal.load(ALICE)
     assert load.oldest_queued_at == T0 + 1
-    await journal.cancel(tasks[1].task_id, "stop", "test", T0 + 11)
+    await journal.cancel(tasks[1].task_id, "stop", "test", T0 + 11, by=OPERATOR)
     (load,) = await journal.load(ALICE)
     assert load.oldest_queued_at == T0 + 2
     assert claimed.created_at == T0

@@ -9,7 +9,7 @@ import anyio
 from mcp_tasks._model import InputRequest, TaskId, TaskStatus
 from mcp_tasks.journal import ChangeKind, Journal
 
-from .support import ALICE, BOB, HOLDER, LEASE, T0, new_task, submit_and_claim
+from .support import ACTOR, ALICE, BOB, HOLDER, LEASE, T0, new_task, submit_and_claim
 
 TIMEOUT = {"action": "timeout"}
 
@@ -49,14 +49,16 @@ async def test_answers_are_recorded_once_and_the_last_one_resumes(
     await journal.ask(claimed.lease, [question("a"), question("b")], "?", T0 + 1)
     one = {"action": "accept", "content": {"x": 1}}
     accepted, resumed = await journal.answer(
-        claimed.task_id, {"a": one, "zzz": one}, T0 + 2
+        claimed.task_id, {"a": one, "zzz": one}, T0 + 2, by=ACTOR
     )
     assert (accepted, resumed) == (["a"], None)
     accepted, resumed = await journal.answer(
-        claimed.task_id, {"a": {"action": "decline"}}, T0 + 3
+        claimed.task_id, {"a": {"action": "decline"}}, T0 + 3, by=ACTOR
     )
     assert (accepted, resumed) == ([], None)  # answered already: the first answer stays
-    accepted, resumed = await journal.answer(claimed.task_id, {"b": one}, T0 + 4)
+    accepted, resumed = await journal.answer(
+        claimed.task_id, {"b": one}, T0 + 4, by=ACTOR
+    )
     assert accepted == ["b"]
     assert resumed is not None
     assert resumed.status is TaskStatus.WORKING
@@ -67,18 +69,20 @@ async def test_answers_are_recorded_once_and_the_last_one_resumes(
     assert again.task_id == claimed.task_id
     assert again.attempt == 2
     kinds = [(e.kind, e.data) for e in await journal.events(claimed.task_id)]
-    assert (ChangeKind.ANSWER, {"key": "a"}) in kinds
-    assert (ChangeKind.ANSWER, {"key": "b"}) in kinds
+    assert (ChangeKind.ANSWER, {"key": "a", "by": ACTOR}) in kinds
+    assert (ChangeKind.ANSWER, {"key": "b", "by": ACTOR}) in kinds
 
 
 async def test_answers_for_an_unknown_or_finished_task_record_nothing(
     journal: Journal,
 ) -> None:
-    assert await journal.answer(TaskId("nope"), {"a": {}}, T0) == ([], None)
+    assert await journal.answer(TaskId("nope"), {"a": {}}, T0, by=ACTOR) == ([], None)
     claimed = await submit_and_claim(journal)
     await journal.ask(claimed.lease, [question("a")], "?", T0 + 1)
-    await journal.cancel(claimed.task_id, "stop", "test", T0 + 2)
-    _accepted, resumed = await journal.answer(claimed.task_id, {"a": TIMEOUT}, T0 + 3)
+    await journal.cancel(claimed.task_id, "stop", "test", T0 + 2, by=ACTOR)
+    _accepted, resumed = await journal.answer(
+        claimed.task_id, {"a": TIMEOUT}, T0 + 3, by=ACTOR
+    )
     assert resumed is None
     got = await journal.get(claimed.task_id)
     assert got is not None

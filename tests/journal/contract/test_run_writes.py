@@ -15,6 +15,7 @@ from mcp_tasks._model import InputRequest, Outcome, TaskStatus
 from mcp_tasks.journal import ChangeKind, Claimed, Journal, Lease, Recovery, Report
 
 from .support import (
+    ACTOR,
     ALICE,
     HOLDER,
     LEASE,
@@ -127,13 +128,18 @@ async def test_a_cancelled_task_refuses_its_runs_writes_but_keeps_its_slot(
 ) -> None:
     claimed = await submit_and_claim(journal, new_task(concurrency=1))
     await journal.submit(new_task(concurrency=1))
-    cancelled = await journal.cancel(claimed.task_id, "stop", "by request", T0 + 1)
+    cancelled = await journal.cancel(
+        claimed.task_id, "stop", "by request", T0 + 1, by=ACTOR
+    )
     assert cancelled is not None
     assert cancelled.status is TaskStatus.CANCELLED  # what every client sees now
     assert await complete(journal, claimed) is None
     assert not await journal.record_step(claimed.lease, "step:a-1", 1, T0 + 2)
     assert not await journal.report(claimed.lease, T0 + 2, [Report("late")])
-    assert await journal.cancel(claimed.task_id, "again", "by request", T0 + 3) is None
+    assert (
+        await journal.cancel(claimed.task_id, "again", "by request", T0 + 3, by=ACTOR)
+        is None
+    )
     # Until its run has stopped, the task holds the client's only slot: its
     # lease is still renewed (the run is told to stop), and nothing is claimed.
     assert await journal.renew([claimed.lease], T0 + 60) == [claimed.lease]
@@ -161,7 +167,7 @@ async def test_the_run_of_a_cancelled_task_that_is_gone_just_stops(
     journal: Journal,
 ) -> None:
     claimed = await submit_and_claim(journal)
-    await journal.cancel(claimed.task_id, "stop", "by request", T0 + 1)
+    await journal.cancel(claimed.task_id, "stop", "by request", T0 + 1, by=ACTOR)
     (held,) = await journal.held_leases(expired_before=T0 + LEASE + 1)
     assert await journal.recover(held, Recovery.RESUME, "r", "gone", T0 + 40)
     got = await journal.get(claimed.task_id)
@@ -275,7 +281,7 @@ async def test_renew_extends_live_leases_and_names_the_runs_to_stop(
     first = await submit_and_claim(journal)
     second = await submit_and_claim(journal)
     third = await submit_and_claim(journal)
-    await journal.cancel(second.task_id, "stop", "test", T0 + 1)
+    await journal.cancel(second.task_id, "stop", "test", T0 + 1, by=ACTOR)
     await complete(journal, third)
     lost = await journal.renew([first.lease, second.lease, third.lease], T0 + 500)
     assert lost == [second.lease, third.lease]

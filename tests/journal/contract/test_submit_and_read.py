@@ -15,7 +15,7 @@ from mcp_tasks._model import OwnerId, TaskId, TaskStatus
 from mcp_tasks.journal import ChangeKind, Journal
 
 from ..conftest import Backend
-from .support import ALICE, BOB, HOLDER, LEASE, T0, complete, new_task
+from .support import ACTOR, ALICE, BOB, HOLDER, LEASE, T0, complete, new_task
 
 # Arbitrary JSON values, as tool arguments and results carry them.
 JSON_VALUES = st.recursive(
@@ -121,7 +121,7 @@ async def test_list_owned_pages_through_one_owners_listed_tasks_in_order(
 async def test_list_owned_shows_the_current_state(journal: Journal) -> None:
     new = new_task()
     await journal.submit(new)
-    await journal.cancel(new.task_id, "stop", "test", T0 + 1)
+    await journal.cancel(new.task_id, "stop", "test", T0 + 1, by=ACTOR)
     ((_, listed),) = await journal.list_owned(ALICE, 0, 10)
     assert listed.status is TaskStatus.CANCELLED
 
@@ -176,7 +176,7 @@ async def test_finished_tasks_leave_the_backlog(journal: Journal) -> None:
     await journal.submit(first)
     with pytest.raises(CapacityError):
         await journal.submit(new_task(backlog=1))
-    await journal.cancel(first.task_id, "stop", "test", T0 + 1)
+    await journal.cancel(first.task_id, "stop", "test", T0 + 1, by=ACTOR)
     await journal.submit(new_task(backlog=1))
 
 
@@ -238,7 +238,7 @@ async def test_load_counts_each_clients_tasks_by_bucket(journal: Journal) -> Non
 async def test_load_lists_only_clients_with_unfinished_work(journal: Journal) -> None:
     new = new_task()
     await journal.submit(new)
-    await journal.cancel(new.task_id, "stop", "test", T0 + 1)
+    await journal.cancel(new.task_id, "stop", "test", T0 + 1, by=ACTOR)
     assert await journal.load() == []
     (alice,) = await journal.load(ALICE)
     assert alice.unfinished == 0
