@@ -101,6 +101,6 @@ __all__ = [
     "create_database",
     "drop_database",
     "fresh_database",
-    "with_database",
     "postgres_server",
+    "with_database",
 ]

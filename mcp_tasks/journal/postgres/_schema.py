@@ -32,7 +32,13 @@ def supported_version() -> int:
 
 async def schema_version(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> int:
     """The database's schema version (0: empty)."""
-    cursor = await conn.execute("SELECT to_regclass('meta') IS NOT NULL")
+    # A scan of the catalog under this statement's snapshot, not `to_regclass`:
+    # a name lookup may answer from this session's cache of "no such table"
+    # made before another process's migration committed.
+    cursor = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables "
+        "WHERE schemaname = current_schema() AND tablename = 'meta')"
+    )
     row = await cursor.fetchone()
     if row is None or not row[0]:
         return 0
