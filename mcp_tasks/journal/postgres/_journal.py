@@ -232,24 +232,37 @@ class PostgresJournal:
             return result
         raise AssertionError("unreachable")
 
+    async def _call(self, name: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run one statement as its own transaction (autocommit): one round trip."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                async with self._pool.connection() as conn:
+                    cursor = await conn.execute(_SQL[name], params)
+                    rows = await cursor.fetchall()
+            except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    raise JournalError(f"journal write failed: {exc}") from exc
+                logger.debug("journal write retried after %s", type(exc).__name__)
+                continue
+            except psycopg.Error as exc:
+                raise JournalError(f"journal write failed: {exc}") from exc
+            self._tell()
+            return rows
+        raise AssertionError("unreachable")
+
     # ---------------------------------------------------------- submit, read
 
     async def submit(self, task: NewTask, settled: Settled | None = None) -> Task:
-        async def apply(cur: Cursor) -> None:
-            ((unfinished,),) = await _run(
-                cur, "upsert_client", task.owner_id, task.concurrency, task.backlog
-            )
-            if unfinished >= task.backlog:
-                raise CapacityError(task.owner_id, task.backlog)
-            await cur.execute(_SQL["insert_task"], _rows.new_task_row(task))
-            await cur.execute(_SQL["insert_change"], _rows.new_task_change(task))
-
+        # One statement (its own transaction): one round trip per submit.
+        params = (*_rows.new_task_row(task), task.concurrency, task.backlog)
         error: BaseException | None = None
         try:
             # The insert goes ahead even if our caller is cancelled meanwhile,
             # and `settled` hears how it ended.
             with anyio.CancelScope(shield=True):
-                await self._write(apply)
+                ((stored,),) = await self._call("submit_task", *params)
+            if not stored:
+                raise CapacityError(task.owner_id, task.backlog)
         except BaseException as exc:
             error = exc
             raise
@@ -332,10 +345,7 @@ class PostgresJournal:
     async def claim(
         self, holder: str, lease_expires_at: float, limit: int, at: float
     ) -> list[Claimed]:
-        async def apply(cur: Cursor) -> list[tuple[Any, ...]]:
-            return await _run(cur, "claim", holder, lease_expires_at, limit, at)
-
-        rows = await self._write(apply)
+        rows = await self._call("claim", holder, lease_expires_at, limit, at)
         return [
             Claimed(
                 lease=Lease(TaskId(tid), holder, attempts),

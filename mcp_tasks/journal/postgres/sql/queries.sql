@@ -4,18 +4,8 @@
 -- attempt (the last three parameters), and, except `renew_lease` and
 -- `stopped`, only while the task is still `working` (not cancelled).
 
--- upsert_client --
-INSERT INTO clients (owner_id, concurrency, backlog) VALUES (%s, %s, %s)
-ON CONFLICT (owner_id) DO UPDATE SET
-    concurrency = excluded.concurrency, backlog = excluded.backlog
-RETURNING queued + running + parked + waiting
-
--- insert_task --
-INSERT INTO tasks (
-    task_id, owner_id, tool_name, arguments, status, status_message,
-    created_at, updated_at, ttl_seconds, expires_at, poll_interval_seconds,
-    listed, request_meta, phase
-) VALUES (%s, %s, %s, %s, 'working', %s, %s, %s, %s, %s, %s, %s, %s, 'queued')
+-- submit_task --
+SELECT submit_task(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 
 -- insert_change --
 SELECT add_change(%s, %s, %s, %s, %s, %s, %s, %s)

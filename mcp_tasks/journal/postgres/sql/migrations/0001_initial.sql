@@ -222,6 +222,42 @@ BEGIN
 END
 $$;
 
+-- Submit one task: the client's row (created, or its limits refreshed) is
+-- locked by the upsert, so the backlog check and the insert are exact across
+-- processes. Returns false, storing nothing, when the backlog is full.
+CREATE FUNCTION submit_task(
+    p_task_id text, p_owner_id text, p_tool_name text, p_arguments text,
+    p_message text, p_created_at double precision, p_updated_at double precision,
+    p_ttl double precision,
+    p_expires_at double precision, p_poll double precision, p_listed integer,
+    p_request_meta text, p_concurrency integer, p_backlog integer
+) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    unfinished integer;
+BEGIN
+    INSERT INTO clients AS c (owner_id, concurrency, backlog)
+    VALUES (p_owner_id, p_concurrency, p_backlog)
+    ON CONFLICT (owner_id) DO UPDATE SET
+        concurrency = excluded.concurrency, backlog = excluded.backlog
+    RETURNING c.queued + c.running + c.parked + c.waiting INTO unfinished;
+    IF unfinished >= p_backlog THEN
+        RETURN false;
+    END IF;
+    INSERT INTO tasks (
+        task_id, owner_id, tool_name, arguments, status, status_message,
+        created_at, updated_at, ttl_seconds, expires_at, poll_interval_seconds,
+        listed, request_meta, phase
+    ) VALUES (
+        p_task_id, p_owner_id, p_tool_name, p_arguments, 'working', p_message,
+        p_created_at, p_updated_at, p_ttl, p_expires_at, p_poll, p_listed,
+        p_request_meta, 'queued'
+    );
+    PERFORM add_change(p_task_id, p_owner_id, 'status', 'working', p_message,
+                       'submitted', p_created_at, NULL);
+    RETURN true;
+END
+$$;
+
 -- Shared rate-limit budgets: one token bucket per budget and dimension.
 CREATE TABLE budgets (
     name text NOT NULL,
