@@ -260,8 +260,8 @@ class PostgresJournal:
             # The insert goes ahead even if our caller is cancelled meanwhile,
             # and `settled` hears how it ended.
             with anyio.CancelScope(shield=True):
-                ((stored,),) = await self._call("submit_task", *params)
-            if not stored:
+                rows = await self._call("submit_task", *params)
+            if not rows[0][0]:
                 raise CapacityError(task.owner_id, task.backlog)
         except BaseException as exc:
             error = exc
