@@ -261,8 +261,8 @@ class PostgresJournal:
             # and `settled` hears how it ended.
             with anyio.CancelScope(shield=True):
                 rows = await self._call("submit_task", *params)
-            if not rows[0][0]:
-                raise CapacityError(task.owner_id, task.backlog)
+                if not rows[0][0]:
+                    raise CapacityError(task.owner_id, task.backlog)
         except BaseException as exc:
             error = exc
             raise
