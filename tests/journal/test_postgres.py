@@ -10,14 +10,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.lowlevel
 import psycopg
 import pytest
 
+from benchmarks._pg_pooler import find_pgbouncer, pgbouncer
 from mcp_tasks._exceptions import JournalError, JournalSchemaError
 from mcp_tasks._model import OwnerId, TaskStatus
 from mcp_tasks.engine._feed import Feed
@@ -312,3 +314,74 @@ async def test_fenced_writes_refuse_a_lease_taken_over_by_another_replica(
             await first.finish(old.lease, TaskStatus.COMPLETED, "late", T0 + 32) is None
         )
         assert await complete(second, new, at=T0 + 33) is not None
+
+
+# ------------------------------------------------------- behind PgBouncer
+
+
+@pytest.fixture
+def pooled_url(postgres_db_url: str) -> Iterator[str]:
+    """The test database through PgBouncer in transaction mode (2 server connections)."""
+    binary = find_pgbouncer(install=False)
+    if binary is None:
+        pytest.fail("pgbouncer is missing: apt-get install pgbouncer", pytrace=False)
+    parts = urlsplit(postgres_db_url)
+    assert parts.port is not None
+    dbname = parts.path.lstrip("/")
+    with pgbouncer(binary, parts.port, dbname) as port:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+async def test_through_pgbouncer_in_transaction_mode_claims_caps_and_feed_hold(
+    postgres_db_url: str, pooled_url: str
+) -> None:
+    cap = 2
+    owners = [OwnerId(f"client-{n}") for n in range(2)]
+    async with AsyncExitStack() as stack:
+        opened: list[Journal] = [
+            await stack.enter_async_context(
+                PostgresJournal.open(
+                    pooled_url,
+                    pool_size=3,
+                    listen_url=postgres_db_url,
+                    prepared_statements=False,
+                )
+            )
+            for _ in range(4)
+        ]
+        woken = anyio.Event()
+        opened[3].on_commit(woken.set)
+        start = await opened[3].feed_head()
+        submitted = [new_task(owners[n % 2], concurrency=cap) for n in range(40)]
+        for n, new in enumerate(submitted):
+            await opened[n % 3].submit(new)
+        with anyio.fail_after(5):
+            await woken.wait()  # LISTEN on the direct connection heard them
+        claimed: list[str] = []
+
+        async def worker(index: int) -> None:
+            journal = opened[index]
+            while batch := await journal.claim(f"h/{index}", T0 + LEASE, 2, T0):
+                for one in batch:
+                    claimed.append(one.task_id)
+                    assert await complete(journal, one) is not None
+
+        async with anyio.create_task_group() as tg:
+            for index in range(4):
+                tg.start_soon(worker, index)
+        seen: list[str] = []
+        cursor = start
+        while (page := await opened[3].changes(cursor, 7)).changes:
+            seen += [f"{c.task_id} {c.reason}" for c in page.changes]
+            cursor = page.cursor
+    assert sorted(claimed) == sorted(new.task_id for new in submitted)
+    assert len(seen) == len(set(seen)) == 3 * len(submitted)
+    rows = _sql(
+        postgres_db_url,
+        "SELECT owner_id, reason FROM task_changes "
+        "WHERE reason IN ('claimed', 'test') ORDER BY position",
+    )
+    running: Counter[object] = Counter()
+    for owner, reason in rows:
+        running[owner] += 1 if reason == "claimed" else -1
+        assert 0 <= running[owner] <= cap
