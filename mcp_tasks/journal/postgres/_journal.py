@@ -46,7 +46,7 @@ from mcp_tasks.journal._records import (
     TaskEvent,
 )
 from mcp_tasks.journal._sql import queries
-from mcp_tasks.journal.postgres._listener import Listener
+from mcp_tasks.journal.postgres._listener import CHANNEL, Listener
 from mcp_tasks.journal.postgres._schema import PACKAGE, migrate, redacted
 from mcp_tasks.journal.sqlite import _rows
 
@@ -111,6 +111,9 @@ class PostgresJournal:
         self._location = redacted(url)
         self._pool = pool
         self._committed: list[Callable[[], None]] = []
+        self._notify_wanted = anyio.Event()
+        #: Our NOTIFY payload, so our own listener can ignore our own wake-ups.
+        self._id = secrets.token_hex(8)
 
     @classmethod
     @asynccontextmanager
@@ -178,8 +181,11 @@ class PostgresJournal:
         journal = cls(url, pool)
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(journal._notifier)
                 if listen:
-                    listener = Listener(listen_url or url, kwargs, journal._tell)
+                    listener = Listener(
+                        listen_url or url, kwargs, journal._tell_callbacks, journal._id
+                    )
                     await tg.start(listener.run)
                 try:
                     yield journal
@@ -200,8 +206,32 @@ class PostgresJournal:
         self._committed.append(callback)
 
     def _tell(self) -> None:
+        """This process committed: tell its callbacks, and the others by NOTIFY."""
+        self._tell_callbacks()
+        self._notify_wanted.set()
+
+    def _tell_callbacks(self) -> None:
         for callback in self._committed:
             callback()
+
+    async def _notifier(self) -> None:
+        """Wake other processes after our commits: at most one NOTIFY in flight.
+
+        Sent after the commit, in a transaction of its own, rather than from the
+        write transaction: PostgreSQL holds a global lock from a notifying
+        transaction's pre-commit through its commit, which would serialise every
+        journal write of every process. Commits made while one NOTIFY is sent
+        are covered by the next one. A lost NOTIFY costs only latency: every
+        process polls.
+        """
+        while True:
+            await self._notify_wanted.wait()
+            self._notify_wanted = anyio.Event()
+            try:
+                async with self._pool.connection() as conn:
+                    await conn.execute(_SQL["notify"], (CHANNEL, self._id))
+            except psycopg.Error as exc:
+                logger.debug("NOTIFY failed (%s); other processes will poll", exc)
 
     async def check(self) -> None:
         await self._read("claimable")

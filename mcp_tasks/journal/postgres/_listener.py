@@ -21,21 +21,26 @@ from mcp_tasks.journal.postgres._schema import redacted
 
 logger = logging.getLogger("mcp_tasks.journal")
 
-#: The channel every change's transaction notifies (see `add_change`).
+#: The channel a process notifies after it committed changes.
 CHANNEL: Final = "mcp_tasks_feed"
 #: Pause before connecting again after the LISTEN connection failed.
 RECONNECT_SECONDS: Final = 1.0
 
 
 class Listener:
-    """Calls ``notify`` whenever another transaction committed changes."""
+    """Calls ``notify`` whenever another process says it committed changes."""
 
     def __init__(
-        self, url: str, kwargs: Mapping[str, Any], notify: Callable[[], None]
+        self,
+        url: str,
+        kwargs: Mapping[str, Any],
+        notify: Callable[[], None],
+        own_payload: str,
     ) -> None:
         self._url = url
         self._kwargs = dict(kwargs)
         self._notify = notify
+        self._own_payload = own_payload
 
     async def run(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -50,8 +55,10 @@ class Listener:
                     if not started:
                         started = True
                         task_status.started()
-                    async for _ in conn.notifies():
-                        self._notify()
+                    async for notification in conn.notifies():
+                        # Our own commits have told our callbacks already.
+                        if notification.payload != self._own_payload:
+                            self._notify()
                 finally:
                     with anyio.CancelScope(shield=True):
                         await conn.close()

@@ -271,6 +271,9 @@ INSERT INTO budgets (name, dimension, level, updated_at) VALUES (%s, %s, %s, %s)
 ON CONFLICT (name, dimension) DO UPDATE SET
     level = excluded.level, updated_at = excluded.updated_at
 
+-- notify --
+SELECT pg_notify(%s, %s)
+
 -- lock_budget --
 SELECT pg_advisory_xact_lock(hashtextextended('mcp_tasks budget ' || %s, 0))
 
