@@ -78,7 +78,7 @@ def _postgres_backend() -> ModuleType:
     except ImportError as exc:
         raise ConfigurationError(
             "--db",
-            f"the PostgreSQL journal needs the psycopg driver ({exc.name} is "
-            "missing): pip install 'mcp-tasks[postgres]'",
+            "the PostgreSQL journal needs the psycopg driver, which is not "
+            f"installed ({exc}): pip install 'mcp-tasks[postgres]'",
         ) from exc
     return postgres

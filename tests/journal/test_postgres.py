@@ -285,6 +285,22 @@ def test_the_cli_exits_3_on_a_newer_schema_and_names_no_password(
     assert _tables(postgres_db_url) == [("meta",)]
 
 
+def test_without_the_driver_the_cli_says_which_extra_to_install() -> None:
+    # Hide psycopg as an installation without the extra would lack it.
+    program = (
+        "import sys; sys.modules['psycopg'] = None; "
+        "from mcp_tasks._cli import main; "
+        "sys.exit(main(['serve', '--db', 'postgresql://app@127.0.0.1:1/tasks']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, timeout=60, check=False
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert "pip install 'mcp-tasks[postgres]'" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
 def test_a_password_never_appears_in_the_location() -> None:
     assert redacted("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
     assert redacted("postgresql://u@h/db?password=pw&sslmode=require") == (

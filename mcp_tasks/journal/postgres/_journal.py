@@ -156,12 +156,14 @@ class PostgresJournal:
         try:
             conn = await psycopg.AsyncConnection.connect(url, **kwargs)
         except psycopg.Error as exc:
-            raise JournalError(f"{location}: cannot open the journal: {exc}") from exc
+            raise JournalError(
+                f"{location}: cannot open the journal: {_one_line(exc)}"
+            ) from exc
         try:
             await migrate(conn, location)
         except psycopg.Error as exc:
             raise JournalError(
-                f"{location}: cannot create the journal's schema: {exc}"
+                f"{location}: cannot create the journal's schema: {_one_line(exc)}"
             ) from exc
         finally:
             await conn.close()
@@ -177,7 +179,9 @@ class PostgresJournal:
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
         except psycopg.Error as exc:
             await pool.close()
-            raise JournalError(f"{location}: cannot open the journal: {exc}") from exc
+            raise JournalError(
+                f"{location}: cannot open the journal: {_one_line(exc)}"
+            ) from exc
         journal = cls(url, pool)
         try:
             async with anyio.create_task_group() as tg:
@@ -787,6 +791,11 @@ class PostgresJournal:
         return FeedPage(
             [_rows.change_from_row(r[:9]) for r in found], f"{cursor[0]}:{cursor[1]}"
         )
+
+
+def _one_line(error: Exception) -> str:
+    """A driver message on one line (libpq adds hints on lines of their own)."""
+    return " ".join(str(error).split())
 
 
 def _cursor_of(cursor: str) -> tuple[int, int]:
