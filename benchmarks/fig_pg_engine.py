@@ -8,8 +8,8 @@ the figure is tasks/s from the first submit until every task is completed.
 engine: the same pool size, 64 submitter coroutines calling ``submit_task``,
 and a dispatcher that claims up to its free workers' worth with ``claim``
 (the engine's batching: claims are counted in both runs and reported), each
-claimed task finished by the journal's ``finish`` statement and its change
-in one transaction. No asyncio task per run beyond what that needs, no feed
+claimed task finished by the journal's ``finish`` statement (``finish_task``,
+which also records the change). No asyncio task per run beyond what that needs, no feed
 follower, no heartbeat, no engine book-keeping.
 
 Both run on fresh databases of one server, alternately, ``trials`` times; the
@@ -174,18 +174,13 @@ class RawLoop:
             async with self.pool.connection() as conn:
                 await conn.execute(_SQL["submit_task"], params)
 
-    async def finish(self, tid: str, owner: str, attempt: int) -> None:
+    async def finish(self, tid: str, attempt: int) -> None:
         now = time.time()
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn:
             await conn.execute(
                 _SQL["finish"],
-                ("completed", None, now, self.OUTCOME, None, now + 60, now + 60,
-                 tid, self.HOLDER, attempt),
-            )  # fmt: skip
-            await conn.execute(
-                _SQL["insert_change"],
-                (tid, owner, "status", TaskStatus.COMPLETED.value, None,
-                 "completed", now, None),
+                (TaskStatus.COMPLETED.value, None, now, self.OUTCOME, None, now + 60,
+                 tid, self.HOLDER, attempt, "completed"),
             )  # fmt: skip
         self.free.release()
         self.done += 1
@@ -218,8 +213,8 @@ class RawLoop:
                     continue
                 self.counter.calls += 1
                 self.counter.tasks += len(rows)
-                for tid, owner, *_, attempt, _retries in rows:
-                    runs.start_soon(self.finish, tid, owner, attempt)
+                for tid, *_, attempt, _retries in rows:
+                    runs.start_soon(self.finish, tid, attempt)
             runs.cancel_scope.cancel()
 
 

@@ -419,23 +419,13 @@ class PostgresJournal:
             raise ValueError(f"finish ends a run completed or failed, not {status!r}")
         tool_error = _rows.tool_error_text(outcome)
         encoded = _rows.outcome_json(outcome)
-        params = (
-            status.value, message, at, encoded, tool_error,
-            *_retention_params(at), *_fence(lease),
+        keep_until, _ = _retention_params(at)
+        rows = await self._call(
+            "finish",
+            status.value, message, at, encoded, tool_error, keep_until,
+            *_fence(lease), reason,
         )  # fmt: skip
-
-        async def apply(cur: Cursor) -> Task | None:
-            rows = await _run(cur, "finish", *params)
-            if not rows:
-                return None
-            task = _rows.task_from_row(rows[0])
-            await _change(
-                cur, lease.task_id, task.owner_id, ChangeKind.STATUS, status,
-                message, reason, at,
-            )  # fmt: skip
-            return task
-
-        return await self._write(apply)
+        return _rows.task_from_row(rows[0]) if rows else None
 
     async def park(
         self,

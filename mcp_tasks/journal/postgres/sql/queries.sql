@@ -88,18 +88,10 @@ WHERE task_id = %s AND phase = 'running' AND lease_holder = %s AND attempts = %s
 RETURNING owner_id
 
 -- finish --
-UPDATE tasks SET status = %s, status_message = %s, updated_at = %s, phase = 'done',
-       outcome = %s, tool_error = %s, lease_holder = NULL, lease_expires_at = NULL,
-       not_before = NULL,
-       ttl_seconds = CASE WHEN ttl_seconds IS NULL THEN NULL
-                          ELSE greatest(ttl_seconds, %s - created_at) END,
-       expires_at = CASE WHEN ttl_seconds IS NULL THEN NULL
-                         ELSE created_at + greatest(ttl_seconds, %s - created_at) END
-WHERE task_id = %s AND phase = 'running' AND lease_holder = %s AND attempts = %s
-  AND status = 'working'
-RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
-          updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
-          progress, progress_total, NULL
+SELECT task_id, owner_id, tool_name, status, status_message, created_at,
+       updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
+       progress, progress_total, NULL
+FROM finish_task(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 
 -- cancel --
 UPDATE tasks SET status = 'cancelled', status_message = %s, updated_at = %s,

@@ -259,6 +259,37 @@ BEGIN
 END
 $$;
 
+-- End a running task completed or failed under its lease, and record the
+-- change: one statement for the engine's most frequent write. No row (and
+-- nothing changed) when the lease is not current.
+CREATE FUNCTION finish_task(
+    p_status text, p_message text, p_at double precision, p_outcome text,
+    p_tool_error text, p_keep_until double precision, p_task_id text,
+    p_holder text, p_attempt integer, p_reason text
+) RETURNS SETOF tasks LANGUAGE plpgsql AS $$
+DECLARE
+    ended tasks%ROWTYPE;
+BEGIN
+    UPDATE tasks SET status = p_status, status_message = p_message,
+           updated_at = p_at, phase = 'done', outcome = p_outcome,
+           tool_error = p_tool_error, lease_holder = NULL,
+           lease_expires_at = NULL, not_before = NULL,
+           ttl_seconds = CASE WHEN ttl_seconds IS NULL THEN NULL
+                              ELSE greatest(ttl_seconds, p_keep_until - created_at) END,
+           expires_at = CASE WHEN ttl_seconds IS NULL THEN NULL
+                             ELSE created_at + greatest(ttl_seconds, p_keep_until - created_at) END
+    WHERE task_id = p_task_id AND phase = 'running' AND lease_holder = p_holder
+      AND attempts = p_attempt AND status = 'working'
+    RETURNING * INTO ended;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM add_change(p_task_id, ended.owner_id, 'status', p_status, p_message,
+                       p_reason, p_at, NULL);
+    RETURN NEXT ended;
+END
+$$;
+
 -- Shared rate-limit budgets: one token bucket per budget and dimension.
 CREATE TABLE budgets (
     name text NOT NULL,
