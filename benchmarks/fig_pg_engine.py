@@ -109,8 +109,17 @@ def _settings() -> Settings:
     )
 
 
-async def engine_run(url: str, per_submitter: int) -> tuple[float, float]:
-    """(tasks/s, mean claim batch) of the engine on a fresh database at ``url``."""
+@dataclass(frozen=True)
+class RunFigures:
+    """One run: tasks/s, mean claim batch, and this process's CPU ms per task."""
+
+    rate: float
+    batch: float
+    cpu_ms: float
+
+
+async def engine_run(url: str, per_submitter: int) -> RunFigures:
+    """The engine on a fresh database at ``url``."""
     counter = ClaimCounter()
     total = SUBMITTERS * per_submitter
     async with open_journal(url) as inner:
@@ -129,6 +138,7 @@ async def engine_run(url: str, per_submitter: int) -> tuple[float, float]:
                     await runtime.submit(requester, "noop", {})
 
             start = time.perf_counter()
+            cpu = time.process_time()
             async with anyio.create_task_group() as tg:
                 for index in range(SUBMITTERS):
                     tg.start_soon(submitter, index)
@@ -136,7 +146,8 @@ async def engine_run(url: str, per_submitter: int) -> tuple[float, float]:
                 while any(load.unfinished for load in await runtime.load()):  # noqa: ASYNC110
                     await anyio.sleep(0.005)  # a bounded poll of the journal's counts
             elapsed = time.perf_counter() - start
-    return total / elapsed, counter.mean_batch
+            cpu = time.process_time() - cpu
+    return RunFigures(total / elapsed, counter.mean_batch, cpu * 1000 / total)
 
 
 def _new_task(index: int) -> NewTask:
@@ -218,8 +229,8 @@ class RawLoop:
             runs.cancel_scope.cancel()
 
 
-async def raw_run(url: str, per_submitter: int) -> tuple[float, float]:
-    """(tasks/s, mean claim batch) of the journal's statements from a plain loop."""
+async def raw_run(url: str, per_submitter: int) -> RunFigures:
+    """The journal's statements from a plain loop on a fresh database at ``url``."""
     async with open_journal(url):
         pass  # the schema, by the journal's own migrations
     async with AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]](
@@ -229,6 +240,7 @@ async def raw_run(url: str, per_submitter: int) -> tuple[float, float]:
         await pool.wait()
         loop = RawLoop(pool, SUBMITTERS * per_submitter)
         start = time.perf_counter()
+        cpu = time.process_time()
         async with anyio.create_task_group() as tg:
             tg.start_soon(loop.dispatcher)
             for index in range(SUBMITTERS):
@@ -236,7 +248,10 @@ async def raw_run(url: str, per_submitter: int) -> tuple[float, float]:
             with anyio.fail_after(DRAIN_TIMEOUT):
                 await loop.finished.wait()
         elapsed = time.perf_counter() - start
-    return loop.total / elapsed, loop.counter.mean_batch
+        cpu = time.process_time() - cpu
+    return RunFigures(
+        loop.total / elapsed, loop.counter.mean_batch, cpu * 1000 / loop.total
+    )
 
 
 @contextmanager
@@ -258,25 +273,27 @@ def fresh_database(server: str) -> Generator[str]:
 
 async def measure(server: str, sizes: Sizes) -> str:
     """Engine and raw runs, alternately, on fresh databases; a Markdown table."""
-    rows: list[tuple[float, float, float, float]] = []
+    runs: list[tuple[RunFigures, RunFigures]] = []
     for trial in range(sizes.trials):
         print(f"trial {trial + 1}/{sizes.trials}", file=sys.stderr)
         with fresh_database(server) as url:
-            engine, engine_batch = await engine_run(url, sizes.per_submitter)
+            engine = await engine_run(url, sizes.per_submitter)
         with fresh_database(server) as url:
-            raw, raw_batch = await raw_run(url, sizes.per_submitter)
-        rows.append((engine, raw, engine_batch, raw_batch))
-    ratio = statistics.median(e / r for e, r, _, _ in rows)
+            raw = await raw_run(url, sizes.per_submitter)
+        runs.append((engine, raw))
+    ratio = statistics.median(e.rate / r.rate for e, r in runs)
     lines = [
         f"{SUBMITTERS} submitters x {sizes.per_submitter} no-op tasks, "
         f"{WORKERS} workers, pool {DEFAULT_POOL_SIZE}",
         "",
-        "| trial | engine tasks/s | raw tasks/s | engine ÷ raw | claim batch (engine / raw) |",
-        "|---|---|---|---|---|",
+        "| trial | engine tasks/s | raw tasks/s | engine ÷ raw "
+        "| claim batch (engine / raw) | client CPU ms/task (engine / raw) |",
+        "|---|---|---|---|---|---|",
     ]
-    for n, (engine, raw, eb, rb) in enumerate(rows, 1):
+    for n, (e, r) in enumerate(runs, 1):
         lines.append(
-            f"| {n} | {engine:,.0f} | {raw:,.0f} | {engine / raw:.2f} | {eb:.2f} / {rb:.2f} |"
+            f"| {n} | {e.rate:,.0f} | {r.rate:,.0f} | {e.rate / r.rate:.2f} "
+            f"| {e.batch:.2f} / {r.batch:.2f} | {e.cpu_ms:.2f} / {r.cpu_ms:.2f} |"
         )
     lines += ["", f"median engine ÷ raw: {ratio:.2f} (target ≥ 0.5)"]
     return "\n".join(lines)

@@ -1,17 +1,21 @@
 """`PostgresJournal`: the journal on a PostgreSQL server, shared by replicas.
 
 Every operation is one transaction on a connection of a `psycopg_pool` pool
-(autocommit connections; a write opens its own transaction, a read is one
-statement). The SQL is in ``sql/queries.sql`` and the migrations; the claim is
-one server-side function. Nothing is kept on a connection between
-transactions (no session settings, no session advisory locks), so a pooler in
-transaction mode (PgBouncer) may sit between the journal and the server; only
-the LISTEN connection, a wake-up hint, needs a direct one (``listen_url``).
+of autocommit connections: a read is one statement; submit, claim and finish
+are one statement each (server-side functions, one round trip); other writes
+are a few statements between BEGIN and COMMIT. The SQL is in
+``sql/queries.sql`` and the migrations. Nothing is kept on a connection
+between transactions (no session settings, no session advisory locks), so a
+pooler in transaction mode (PgBouncer) may sit between the journal and the
+server; only the LISTEN connection, a wake-up hint, needs a direct one
+(``listen_url``).
 
-The pool's own errors (no connection in time, pool closed) are
-`psycopg.OperationalError` too. Writes that lose a deadlock or a serialization check (possible when two
-transactions touch several clients' rows in different orders) are retried;
-driver errors are wrapped in `JournalError` here and nowhere else.
+Writes that lose a deadlock or a serialization check (possible when two
+transactions touch several clients' rows in different orders) are retried.
+Driver errors, the pool's included (no connection in time, pool closed: also
+`psycopg.OperationalError`), are wrapped in `JournalError` here and nowhere
+else. The row conversions are the SQLite journal's (`sqlite._rows`: pure
+functions over tuples of the same columns).
 """
 
 from __future__ import annotations
@@ -107,7 +111,6 @@ class PostgresJournal:
     """The PostgreSQL journal. Open it with `PostgresJournal.open`."""
 
     def __init__(self, url: str, pool: AsyncConnectionPool[Connection]) -> None:
-        self._url = url
         self._location = redacted(url)
         self._pool = pool
         self._committed: list[Callable[[], None]] = []
