@@ -115,6 +115,8 @@ class PostgresJournal:
         self._pool = pool
         self._committed: list[Callable[[], None]] = []
         self._notify_wanted = anyio.Event()
+        self._notify_idle = anyio.Event()
+        self._notify_idle.set()
         #: Our NOTIFY payload, so our own listener can ignore our own wake-ups.
         self._id = secrets.token_hex(8)
 
@@ -224,8 +226,8 @@ class PostgresJournal:
     async def _notifier(self) -> None:
         """Wake other processes after our commits: at most one NOTIFY in flight.
 
-        Sent after the commit, in a transaction of its own, rather than from the
-        write transaction: PostgreSQL holds a global lock from a notifying
+        Sent after the commit, in a transaction of its own (`changes` waits for
+        it: see there), rather than from the write transaction: PostgreSQL holds a global lock from a notifying
         transaction's pre-commit through its commit, which would serialise every
         journal write of every process. Commits made while one NOTIFY is sent
         are covered by the next one. A lost NOTIFY costs only latency: every
@@ -234,11 +236,14 @@ class PostgresJournal:
         while True:
             await self._notify_wanted.wait()
             self._notify_wanted = anyio.Event()
+            self._notify_idle = idle = anyio.Event()
             try:
                 async with self._pool.connection() as conn:
                     await conn.execute(_SQL["notify"], (CHANNEL, self._id))
             except psycopg.Error as exc:
                 logger.debug("NOTIFY failed (%s); other processes will poll", exc)
+            finally:
+                idle.set()
 
     async def check(self) -> None:
         await self._read("claimable")
@@ -772,6 +777,11 @@ class PostgresJournal:
 
     async def changes(self, after: str, limit: int) -> FeedPage:
         key, position = _cursor_of(after)
+        # A NOTIFY is a transaction with an id of its own: while ours is being
+        # committed it holds the horizon below the changes we committed just
+        # after it started. Let it finish, so a read right after our own
+        # commits sees them.
+        await self._notify_idle.wait()
         rows = await self._read("changes_after", str(key), position, limit)
         horizon = int(rows[0][-1])
         found = [r for r in rows if r[0] is not None]
