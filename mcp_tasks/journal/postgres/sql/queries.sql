@@ -1,8 +1,11 @@
--- Named queries of the PostgreSQL journal (psycopg placeholders). Each block is `-- name --` followed by
--- one statement. Statements that a run makes are fenced by its lease: they
--- match the row only while `phase = 'running'` under the same holder and
--- attempt (the last three parameters), and, except `renew_lease` and
--- `stopped`, only while the task is still `working` (not cancelled).
+-- Named queries of the PostgreSQL journal (psycopg placeholders), mostly the
+-- SQLite journal's. Each block is `-- name --` followed by one statement.
+-- Statements that a run makes are fenced by its lease: they match the row
+-- only while `phase = 'running'` under the same holder and attempt, and,
+-- except `renew_lease` and `stopped`, only while the task is still `working`
+-- (not cancelled). The functions they call (`submit_task`, `claim`,
+-- `finish_task`, `add_change`) are defined by the migrations, with the
+-- argument for why they are race-free.
 
 -- submit_task --
 SELECT submit_task(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
