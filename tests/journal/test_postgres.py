@@ -21,13 +21,14 @@ import pytest
 
 from benchmarks._pg_pooler import find_pgbouncer, pgbouncer
 from mcp_tasks._exceptions import JournalError, JournalSchemaError
-from mcp_tasks._model import OwnerId, TaskStatus
+from mcp_tasks._model import InputRequest, OwnerId, TaskId, TaskStatus
 from mcp_tasks.engine._feed import Feed
 from mcp_tasks.journal import Change, Journal, Lease, Recovery, open_journal
 from mcp_tasks.journal.postgres import PostgresJournal
+from mcp_tasks.journal.postgres._journal import PURGE_BATCH
 from mcp_tasks.journal.postgres._schema import redacted, supported_version
 
-from .contract.support import LEASE, T0, complete, new_task
+from .contract.support import LEASE, T0, complete, new_task, submit_and_claim
 
 CLAIMERS = 8
 
@@ -401,3 +402,50 @@ async def test_through_pgbouncer_in_transaction_mode_claims_caps_and_feed_hold(
     for owner, reason in rows:
         running[owner] += 1 if reason == "claimed" else -1
         assert 0 <= running[owner] <= cap
+
+
+async def test_answers_to_one_task_through_two_journals_at_once_resume_it_once(
+    postgres_db_url: str,
+) -> None:
+    async with journals(postgres_db_url, 2) as (first, second):
+        asked: list[str] = []
+        for _ in range(20):
+            claimed = await submit_and_claim(first)
+            questions = [InputRequest(k, "elicitation/create", {}) for k in ("a", "b")]
+            assert await first.ask(claimed.lease, questions, "two?", T0)
+            asked.append(claimed.task_id)
+        resumed: list[str] = []
+
+        async def answer(journal: Journal, task_id: str, key: str) -> None:
+            accepted, task = await journal.answer(
+                TaskId(task_id), {key: {"action": "accept"}}, T0 + 1
+            )
+            assert accepted == [key]
+            if task is not None:
+                resumed.append(task_id)
+
+        async with anyio.create_task_group() as tg:
+            for task_id in asked:
+                tg.start_soon(answer, first, task_id, "a")
+                tg.start_soon(answer, second, task_id, "b")
+        # Each task's last answer resumed it, whichever journal gave it.
+        assert sorted(resumed) == sorted(asked)
+        for task_id in asked:
+            task = await second.get(TaskId(task_id))
+            assert task is not None
+            assert task.status is TaskStatus.WORKING
+
+
+async def test_purging_more_than_one_batch_purges_everything_due(
+    postgres_db_url: str,
+) -> None:
+    count = PURGE_BATCH * 2 + 17
+    async with journals(postgres_db_url, 1) as (journal,):
+        for _ in range(count):
+            new = new_task(ttl_seconds=10.0)
+            await journal.submit(new)
+            assert await journal.cancel(new.task_id, "no", "test", T0) is not None
+        purged = await journal.purge_expired(T0 + 10_000, T0)
+        assert len(purged) == len(set(purged)) == count
+        assert _sql(postgres_db_url, "SELECT count(*) FROM tasks") == [(0,)]
+        assert _sql(postgres_db_url, "SELECT count(*) FROM task_changes") == [(0,)]
