@@ -98,7 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_host_port,
         help="serve Streamable HTTP at http://HOST:PORT/mcp (default: stdio); port 0 picks a free one",
     )
-    serve.add_argument("--db", type=Path, default=Path(DEFAULT_DB), help="journal file")
+    serve.add_argument(
+        "--db",
+        help=(
+            f"journal: a file path (SQLite; default {DEFAULT_DB}, or [journal] db "
+            "in the config) or postgresql://USER@HOST:PORT/DB"
+        ),
+    )
     serve.add_argument("--config", type=Path, help="TOML config file (limits, tools)")
     serve.add_argument("--tokens", type=Path, help="TOML bearer-token file (HTTP only)")
     serve.add_argument(
@@ -154,9 +160,11 @@ async def _serve(
     transport = Transport.HTTP if args.http else Transport.STDIO
     # The journal opens before any task group, so a start-up error (bad file,
     # newer schema, lock held) surfaces as itself and maps to its exit code.
-    async with TaskRuntime.open(args.db, settings, tools) as runtime:
+    async with TaskRuntime.open(
+        _journal_location(args, settings), settings, tools
+    ) as runtime:
         server = McpTasksServer(runtime, transport)
-        _announce(args, tools, sockets)
+        _announce(args, tools, sockets, runtime.journal.location)
         if args.http:
             # Before the server sizes its connection limit to the open-files
             # limit (and after the first line, which names the port).
@@ -170,10 +178,18 @@ async def _serve(
             tg.cancel_scope.cancel()
 
 
+def _journal_location(args: argparse.Namespace, settings: Settings) -> str:
+    """``--db``, else the config's ``[journal] db``, else the default file."""
+    if args.db is not None:
+        return str(args.db)
+    return settings.db or DEFAULT_DB
+
+
 def _announce(
     args: argparse.Namespace,
     tools: dict[str, ToolSpec],
     sockets: list[socket.socket] | None,
+    runtime_location: str,
 ) -> None:
     # The first line: where (with the real port when --http asked for 0),
     # what, and which journal.
@@ -186,8 +202,8 @@ def _announce(
         len(tools),
         ", ".join(sorted(tools)),
         where,
-        args.db,
-        extra={"url": where, "tools": sorted(tools), "journal": str(args.db)},
+        runtime_location,
+        extra={"url": where, "tools": sorted(tools), "journal": runtime_location},
     )
     if not tools:
         logger.warning(

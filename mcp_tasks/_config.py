@@ -29,8 +29,12 @@ Config file shape (every key optional)::
     tokens_per_minute = 200000
 
     [journal]
+    db = "mcp-tasks.db"             # path (SQLite) or postgresql://USER@HOST:PORT/DB; --db wins
     synchronous = "FULL"            # or "NORMAL": survives app crashes, not power loss
     feed_poll_seconds = 0.05        # how often other processes' changes are read
+    pool_size = 8                   # PostgreSQL: most connections per process (+1 LISTEN)
+    listen_url = "postgresql://…"   # PostgreSQL: direct server URL for LISTEN (behind a pooler)
+    prepared_statements = true      # PostgreSQL: false behind PgBouncer < 1.21 in transaction mode
 
     [http]                          # only with --http
     max_connections = 1000          # open connections; more evict idle ones or are refused
@@ -80,7 +84,7 @@ import ipaddress
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -180,6 +184,10 @@ class Settings:
     request_delay_seconds: float = 1.0
     synchronous: str = "FULL"
     feed_poll_seconds: float = 0.05
+    db: str | None = None
+    pool_size: int | None = None
+    listen_url: str | None = None
+    prepared_statements: bool = True
     http: HttpSettings = field(default_factory=HttpSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     budgets: Mapping[str, BudgetLimits] = field(
@@ -385,22 +393,6 @@ def _apply_config(settings: Settings, data: dict[str, Any]) -> Settings:
     return replace(settings, tool_config=tools, budgets=budgets, oauth=oauth)
 
 
-def _journal(raw: Mapping[str, Any]) -> dict[str, Any]:
-    changes: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == "feed_poll_seconds":
-            changes[key] = _positive_number(f"journal.{key}", value)
-            continue
-        if key != "synchronous":
-            raise ConfigurationError(f"journal.{key}", "unknown setting")
-        if value not in ("FULL", "NORMAL"):
-            raise ConfigurationError(
-                "journal.synchronous", f'must be "FULL" or "NORMAL", got {value!r}'
-            )
-        changes["synchronous"] = value
-    return changes
-
-
 def _clients(settings: Settings, tables: Mapping[str, Any]) -> Settings:
     """``settings`` with the ``[clients.ID]`` overrides applied."""
     overrides = dict(settings.client_overrides)
@@ -413,6 +405,45 @@ def _clients(settings: Settings, tables: Mapping[str, Any]) -> Settings:
                 f"clients.{client_id}", table, settings, client_id
             )
     return replace(settings, client_overrides=overrides, request_overrides=requests)
+
+
+def _text(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(key, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _flag(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _synchronous(key: str, value: object) -> str:
+    if value not in ("FULL", "NORMAL"):
+        raise ConfigurationError(key, f'must be "FULL" or "NORMAL", got {value!r}')
+    return str(value)
+
+
+_JOURNAL_KEYS: dict[str, Callable[[str, Any], object]] = {
+    "feed_poll_seconds": _positive_number,
+    "synchronous": _synchronous,
+    "db": _text,
+    "listen_url": _text,
+    "pool_size": _positive_int,
+    "prepared_statements": _flag,
+}
+
+
+def _journal(journal: dict[str, Any]) -> dict[str, Any]:
+    """The ``[journal]`` table's settings, validated."""
+    changes: dict[str, Any] = {}
+    for key, value in journal.items():
+        check = _JOURNAL_KEYS.get(key)
+        if check is None:
+            raise ConfigurationError(f"journal.{key}", "unknown setting")
+        changes[key] = check(f"journal.{key}", value)
+    return changes
 
 
 def _http(raw: Mapping[str, Any]) -> HttpSettings:

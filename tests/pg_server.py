@@ -102,4 +102,5 @@ __all__ = [
     "drop_database",
     "fresh_database",
     "postgres_server",
+    "with_database",
 ]

@@ -218,7 +218,13 @@ class TaskRuntime:
             JournalError: the journal cannot be opened.
         """
         check_tool_config(tools, settings.tool_config)
-        async with open_journal(db, synchronous=settings.synchronous) as journal:
+        async with open_journal(
+            db,
+            synchronous=settings.synchronous,
+            pool_size=settings.pool_size,
+            listen_url=settings.listen_url,
+            prepared_statements=settings.prepared_statements,
+        ) as journal:
             secret = await journal.secret("cursor")
             runtime = cls(journal, settings, tools, clock=clock, cursor_secret=secret)
             async with runtime.running():

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from mcp_tasks._exceptions import ConfigurationError
 from mcp_tasks.journal._base import Journal
@@ -25,9 +27,17 @@ def is_url(value: str) -> bool:
 
 @asynccontextmanager
 async def open_journal(
-    location: str | Path, *, synchronous: str = "FULL"
+    location: str | Path,
+    *,
+    synchronous: str = "FULL",
+    pool_size: int | None = None,
+    listen_url: str | None = None,
+    prepared_statements: bool = True,
 ) -> AsyncGenerator[Journal]:
     """Open the journal at ``location`` (a path or a URL) for as long as the block runs.
+
+    ``synchronous`` applies to SQLite; ``pool_size``, ``listen_url`` and
+    ``prepared_statements`` to PostgreSQL (see `PostgresJournal.open`).
 
     Raises:
         ConfigurationError: the URL names no backend this build knows.
@@ -40,9 +50,15 @@ async def open_journal(
     elif text.startswith(SQLITE_PREFIX):
         path = Path(text[len(SQLITE_PREFIX) - 1 :])
     elif text.startswith(POSTGRES_SCHEMES):
-        raise ConfigurationError(
-            "--db", "the PostgreSQL journal is not available in this build"
-        )
+        postgres = _postgres_backend()
+        options: dict[str, Any] = {"prepared_statements": prepared_statements}
+        if pool_size is not None:
+            options["pool_size"] = pool_size
+        async with postgres.PostgresJournal.open(
+            text, listen_url=listen_url, **options
+        ) as journal:
+            yield journal
+        return
     else:
         scheme = text.split("://", 1)[0]
         raise ConfigurationError(
@@ -53,3 +69,16 @@ async def open_journal(
 
     async with SqliteJournal.open(path, synchronous=synchronous) as journal:
         yield journal
+
+
+def _postgres_backend() -> ModuleType:
+    """The PostgreSQL backend, or one clear error if its driver is not installed."""
+    try:
+        from mcp_tasks.journal import postgres
+    except ImportError as exc:
+        raise ConfigurationError(
+            "--db",
+            "the PostgreSQL journal needs the psycopg driver, which is not "
+            f"installed ({exc}): pip install 'mcp-tasks[postgres]'",
+        ) from exc
+    return postgres

@@ -12,10 +12,9 @@ acknowledged task ends (completed or cancelled); none is lost.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 import anyio
@@ -39,6 +38,7 @@ from mcp_tasks import (
 )
 from mcp_tasks._exceptions import JournalError
 from mcp_tasks.journal import Journal, open_journal
+from tests.pg_server import create_database, drop_database, with_database
 
 CAPS = {"a": 1, "b": 2}
 OWNERS = [Requester(OwnerId(name)) for name in CAPS]
@@ -123,7 +123,7 @@ class Engine:
 class Cluster:
     """Engines on one journal file, started and crashed at will."""
 
-    def __init__(self, db: Path, group: TaskGroup) -> None:
+    def __init__(self, db: str, group: TaskGroup) -> None:
         self._db = db
         self._group = group
         self.engines: list[Engine] = []
@@ -176,13 +176,35 @@ def _with_caps(config: Settings) -> Settings:
 
 
 @asynccontextmanager
-async def cluster(db: Path, size: int) -> AsyncGenerator[Cluster]:
+async def cluster(db: str, size: int) -> AsyncGenerator[Cluster]:
     async with anyio.create_task_group() as group:
         engines = Cluster(db, group)
         for _ in range(size):
             await engines.start()
         yield engines
         group.cancel_scope.cancel()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def new_journal(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], str]]:
+    """Makes a fresh journal location each call: a SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        yield lambda: str(tmp_path_factory.mktemp("many") / "journal.db")
+        return
+    server: str = request.getfixturevalue("postgres_url")
+    made: list[str] = []
+
+    def new_database() -> str:
+        made.append(create_database(server))
+        return with_database(server, made[-1])
+
+    try:
+        yield new_database
+    finally:
+        for name in made:
+            drop_database(server, name)
 
 
 Step = tuple[str, int, int]
@@ -253,7 +275,7 @@ async def finish_all(
                 assert task_id in TRACKER.completed
 
 
-async def run_steps(db: Path, size: int, steps: list[Step]) -> None:
+async def run_steps(db: str, size: int, steps: list[Step]) -> None:
     TRACKER.__init__()  # type: ignore[misc]  # a fresh tracker per example
     accepted: list[tuple[Requester, TaskId]] = []
     async with cluster(db, size) as engines:
@@ -273,15 +295,16 @@ async def run_steps(db: Path, size: int, steps: list[Step]) -> None:
 )
 @given(size=st.integers(2, 4), steps=STEPS)
 async def test_random_interleavings_keep_caps_and_lose_nothing(
-    tmp_path_factory: pytest.TempPathFactory, size: int, steps: list[Step]
+    new_journal: Callable[[], str], size: int, steps: list[Step]
 ) -> None:
-    db = tmp_path_factory.mktemp("many") / "journal.db"
-    await run_steps(db, size, steps)
+    await run_steps(new_journal(), size, steps)
 
 
-async def test_caps_hold_across_four_engines_under_a_burst(tmp_path: Path) -> None:
+async def test_caps_hold_across_four_engines_under_a_burst(
+    new_journal: Callable[[], str],
+) -> None:
     """Deterministic companion: a burst through four engines, caps filled exactly."""
     steps: list[Step] = [("submit", n, n) for n in range(24)]
     steps += [("release", n, n) for n in range(24)]
-    await run_steps(tmp_path / "journal.db", 4, steps)
+    await run_steps(new_journal(), 4, steps)
     assert TRACKER.peak == CAPS

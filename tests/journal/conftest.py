@@ -10,7 +10,7 @@ exclusivity, cap exactness, fencing and the change feed across processes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from mcp_tasks.journal import Journal, open_journal
+from tests.pg_server import create_database, drop_database, with_database
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,27 @@ class Backend:
         return open_journal(location)
 
 
-@pytest.fixture(params=["sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """Each journal backend in turn."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each journal backend in turn (PostgreSQL: fresh databases on the test server)."""
     counter = itertools.count()
     if request.param == "sqlite":
-        return Backend("sqlite", lambda: str(tmp_path / f"journal-{next(counter)}.db"))
+        yield Backend("sqlite", lambda: str(tmp_path / f"journal-{next(counter)}.db"))
+        return
+    if request.param == "postgres":
+        server: str = request.getfixturevalue("postgres_url")
+        made: list[str] = []
+
+        def new_database() -> str:
+            made.append(create_database(server))
+            return with_database(server, made[-1])
+
+        try:
+            yield Backend("postgres", new_database)
+        finally:
+            for name in made:
+                drop_database(server, name)
+        return
     raise AssertionError(request.param)
 
 

@@ -119,6 +119,39 @@ def test_the_feed_poll_interval_is_read_and_checked(config_file: WriteFile) -> N
     assert key == "journal.feed_poll_seconds"
 
 
+def test_the_postgresql_settings_are_read(config_file: WriteFile) -> None:
+    settings = Settings.load(
+        config_file(
+            "[journal]\n"
+            'db = "postgresql://app@db.internal:5432/tasks"\n'
+            'listen_url = "postgresql://app@db-direct.internal:5432/tasks"\n'
+            "pool_size = 16\n"
+            "prepared_statements = false\n"
+        )
+    )
+    assert settings.db == "postgresql://app@db.internal:5432/tasks"
+    assert settings.listen_url == "postgresql://app@db-direct.internal:5432/tasks"
+    assert settings.pool_size == 16
+    assert settings.prepared_statements is False
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('db = ""', "journal.db"),
+        ("db = 3", "journal.db"),
+        ("listen_url = true", "journal.listen_url"),
+        ("pool_size = 0", "journal.pool_size"),
+        ("pool_size = 2.5", "journal.pool_size"),
+        ('prepared_statements = "no"', "journal.prepared_statements"),
+    ],
+)
+def test_bad_postgresql_settings_are_refused_naming_the_key(
+    config_file: WriteFile, line: str, key: str
+) -> None:
+    assert load_error(config_file(f"[journal]\n{line}\n")) == key
+
+
 INT_KEYS = [
     "workers",
     "client_concurrency",

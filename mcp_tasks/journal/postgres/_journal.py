@@ -1,0 +1,862 @@
+"""`PostgresJournal`: the journal on a PostgreSQL server, shared by replicas.
+
+Every operation is one transaction on a connection of a `psycopg_pool` pool
+of autocommit connections: a read is one statement; submit, claim and finish
+are one statement each (server-side functions, one round trip); other writes
+are a few statements between BEGIN and COMMIT. The SQL is in
+``sql/queries.sql`` and the migrations. Nothing is kept on a connection
+between transactions (no session settings, no session advisory locks), so a
+pooler in transaction mode (PgBouncer) may sit between the journal and the
+server; only the LISTEN connection, a wake-up hint, needs a direct one
+(``listen_url``).
+
+Writes that lose a deadlock or a serialization check (possible when two
+transactions touch several clients' rows in different orders) are retried.
+Driver errors, the pool's included (no connection in time, pool closed: also
+`psycopg.OperationalError`), are wrapped in `JournalError` here and nowhere
+else. The row conversions are the SQLite journal's (`sqlite._rows`: pure
+functions over tuples of the same columns).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypeVar, final
+
+import anyio
+import psycopg
+from psycopg import errors
+from psycopg_pool import AsyncConnectionPool
+
+from mcp_tasks import _budgets
+from mcp_tasks._budgets import Bucket, BudgetLimits
+from mcp_tasks._exceptions import CapacityError, JournalError
+from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
+from mcp_tasks.journal._base import TERMINAL_GRACE_SECONDS, Settled
+from mcp_tasks.journal._records import (
+    ChangeKind,
+    Claimed,
+    ClientLoad,
+    FeedPage,
+    HeldLease,
+    Lease,
+    NewTask,
+    Recovery,
+    Report,
+    TaskEvent,
+)
+from mcp_tasks.journal._sql import queries
+from mcp_tasks.journal.postgres._listener import CHANNEL, Listener
+from mcp_tasks.journal.postgres._schema import PACKAGE, migrate, redacted
+from mcp_tasks.journal.sqlite import _rows
+
+logger = logging.getLogger("mcp_tasks.journal")
+
+_SQL = queries(PACKAGE)
+
+#: Connections in the pool unless configured otherwise.
+DEFAULT_POOL_SIZE: Final = 8
+#: How many times a write that lost a deadlock or serialization check is retried.
+WRITE_ATTEMPTS: Final = 8
+#: Rows a purge deletes per transaction (short transactions, vacuum-friendly).
+PURGE_BATCH: Final = 500
+#: Bound on connecting to the server, in seconds.
+CONNECT_TIMEOUT_SECONDS: Final = 10
+
+T = TypeVar("T")
+Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
+Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+def _fence(lease: Lease) -> tuple[str, str, int]:
+    return (lease.task_id, lease.holder, lease.attempt)
+
+
+def _retention_params(at: float) -> tuple[float, float]:
+    keep_until = at + TERMINAL_GRACE_SECONDS
+    return keep_until, keep_until
+
+
+async def _run(cur: Cursor, name: str, *params: Any) -> list[tuple[Any, ...]]:
+    await cur.execute(_SQL[name], params)
+    return await cur.fetchall() if cur.description is not None else []
+
+
+async def _change(
+    cur: Cursor,
+    task_id: str,
+    owner: str,
+    kind: ChangeKind,
+    status: TaskStatus | str,
+    message: str | None,
+    reason: str,
+    at: float,
+    data: Mapping[str, Any] | None = None,
+) -> None:
+    await cur.execute(
+        _SQL["insert_change"],
+        (
+            task_id, owner, kind.value, str(status), message, reason, at,
+            None if data is None else _rows.dumps(data),
+        ),
+    )  # fmt: skip
+
+
+@final
+class PostgresJournal:
+    """The PostgreSQL journal. Open it with `PostgresJournal.open`."""
+
+    def __init__(self, url: str, pool: AsyncConnectionPool[Connection]) -> None:
+        self._location = redacted(url)
+        self._pool = pool
+        self._committed: list[Callable[[], None]] = []
+        self._notify_wanted = anyio.Event()
+        self._notify_idle = anyio.Event()
+        self._notify_idle.set()
+        #: Our NOTIFY payload, so our own listener can ignore our own wake-ups.
+        self._id = secrets.token_hex(8)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        url: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        listen_url: str | None = None,
+        listen: bool = True,
+        prepared_statements: bool = True,
+    ) -> AsyncGenerator[PostgresJournal]:
+        """Open (creating or migrating the schema of) the database at ``url``.
+
+        Args:
+            url: A libpq URL (``postgresql://user@host:port/db``); a password
+                may be in it or in the libpq environment (``PGPASSWORD``,
+                ``~/.pgpass``).
+            pool_size: The most connections this process opens for journal
+                operations (the LISTEN connection is one more).
+            listen_url: Where to LISTEN for other processes' changes when
+                ``url`` goes through a pooler in transaction mode (default: ``url``).
+            listen: Whether to LISTEN at all (without it, other processes'
+                changes are found by polling alone).
+            prepared_statements: False behind a pooler that cannot keep
+                server-side prepared statements (PgBouncer in transaction
+                mode before 1.21).
+
+        Raises:
+            JournalSchemaError: the database was written by a newer mcp-tasks.
+            JournalError: the server cannot be reached or the schema created.
+        """
+        location = redacted(url)
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        }
+        if not prepared_statements:
+            kwargs["prepare_threshold"] = None
+        try:
+            conn = await psycopg.AsyncConnection.connect(url, **kwargs)
+        except psycopg.Error as exc:
+            raise JournalError(
+                f"{location}: cannot open the journal: {_one_line(exc)}"
+            ) from exc
+        try:
+            await migrate(conn, location)
+        except psycopg.Error as exc:
+            raise JournalError(
+                f"{location}: cannot create the journal's schema: {_one_line(exc)}"
+            ) from exc
+        finally:
+            await conn.close()
+        pool = AsyncConnectionPool[Connection](
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs=kwargs,
+            open=False,
+            name="mcp-tasks journal",
+        )
+        try:
+            await pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+        except psycopg.Error as exc:
+            await pool.close()
+            raise JournalError(
+                f"{location}: cannot open the journal: {_one_line(exc)}"
+            ) from exc
+        journal = cls(url, pool)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(journal._notifier)
+                if listen:
+                    listener = Listener(
+                        listen_url or url, kwargs, journal._tell_callbacks, journal._id
+                    )
+                    await tg.start(listener.run)
+                try:
+                    yield journal
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each commit of this process (and on NOTIFY)."""
+        self._committed.append(callback)
+
+    def _tell(self) -> None:
+        """This process committed: tell its callbacks, and the others by NOTIFY."""
+        self._tell_callbacks()
+        self._notify_wanted.set()
+
+    def _tell_callbacks(self) -> None:
+        for callback in self._committed:
+            callback()
+
+    async def _notifier(self) -> None:
+        """Wake other processes after our commits: at most one NOTIFY in flight.
+
+        Sent after the commit, in a transaction of its own (`changes` waits for
+        it: see there), rather than from the write transaction: PostgreSQL holds a global lock from a notifying
+        transaction's pre-commit through its commit, which would serialise every
+        journal write of every process. Commits made while one NOTIFY is sent
+        are covered by the next one. A lost NOTIFY costs only latency: every
+        process polls.
+        """
+        while True:
+            await self._notify_wanted.wait()
+            self._notify_wanted = anyio.Event()
+            self._notify_idle = idle = anyio.Event()
+            try:
+                async with self._pool.connection() as conn:
+                    await conn.execute(_SQL["notify"], (CHANNEL, self._id))
+            except psycopg.Error as exc:
+                logger.debug("NOTIFY failed (%s); other processes will poll", exc)
+            finally:
+                idle.set()
+
+    async def check(self) -> None:
+        await self._read("claimable")
+
+    async def _read(self, name: str, *params: Any) -> list[tuple[Any, ...]]:
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(_SQL[name], params)
+                return await cursor.fetchall()
+        except psycopg.Error as exc:
+            raise JournalError(f"journal read failed: {exc}") from exc
+
+    async def _write(self, fn: Callable[[Cursor], Awaitable[T]]) -> T:
+        """Run ``fn`` in one transaction, retrying lost deadlocks; then tell listeners."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                async with self._pool.connection() as conn:
+                    async with conn.transaction(), conn.cursor() as cur:
+                        result = await fn(cur)
+            except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    raise JournalError(f"journal write failed: {exc}") from exc
+                logger.debug("journal write retried after %s", type(exc).__name__)
+                continue
+            except psycopg.Error as exc:
+                raise JournalError(f"journal write failed: {exc}") from exc
+            self._tell()
+            return result
+        raise AssertionError("unreachable")
+
+    async def _call(self, name: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run one statement as its own transaction (autocommit): one round trip."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                async with self._pool.connection() as conn:
+                    cursor = await conn.execute(_SQL[name], params)
+                    rows = await cursor.fetchall()
+            except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    raise JournalError(f"journal write failed: {exc}") from exc
+                logger.debug("journal write retried after %s", type(exc).__name__)
+                continue
+            except psycopg.Error as exc:
+                raise JournalError(f"journal write failed: {exc}") from exc
+            self._tell()
+            return rows
+        raise AssertionError("unreachable")
+
+    # ---------------------------------------------------------- submit, read
+
+    async def submit(self, task: NewTask, settled: Settled | None = None) -> Task:
+        # One statement (its own transaction): one round trip per submit.
+        params = (*_rows.new_task_row(task), task.concurrency, task.backlog)
+        error: BaseException | None = None
+        try:
+            # The insert goes ahead even if our caller is cancelled meanwhile,
+            # and `settled` hears how it ended.
+            with anyio.CancelScope(shield=True):
+                rows = await self._call("submit_task", *params)
+                if not rows[0][0]:
+                    raise CapacityError(task.owner_id, task.backlog)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if settled is not None:
+                settled(error)
+        return _rows.submitted_task(task)
+
+    async def get(self, task_id: TaskId, *, outcome: bool = False) -> Task | None:
+        rows = await self._read("get_task", outcome, task_id)
+        if not rows:
+            return None
+        row = rows[0]
+        text: str | None = row[_rows.TASK_COLUMNS]
+        client_limit: int | None = row[_rows.TASK_COLUMNS + 1]
+        loaded = None
+        if text is not None:
+            if len(text) > _rows.LARGE_JSON_CHARS:
+                data = await anyio.to_thread.run_sync(json.loads, text)
+            else:
+                data = json.loads(text)
+            loaded = _rows.outcome_from(data)
+        return _rows.task_from_row(row, loaded, client_limit)
+
+    async def list_owned(
+        self, owner_id: OwnerId, after_seq: int, limit: int
+    ) -> list[tuple[int, Task]]:
+        rows = await self._read("list_owned", owner_id, after_seq, limit)
+        queued = [row[0] for row in rows if row[-1]]
+        ahead = 0
+        client_limit: int | None = None
+        if queued:
+            ((ahead,),) = await self._read("queued_ahead", owner_id, queued[0])
+            full = await self._read("client_limit_if_full", owner_id)
+            client_limit = full[0][0] if full else None
+        listed: list[tuple[int, Task]] = []
+        for row in rows:
+            position = None
+            if row[-1]:
+                position, ahead = ahead, ahead + 1
+            task = _rows.task_from_row(
+                (*row[1:-1], position), None, client_limit if row[-1] else None
+            )
+            listed.append((row[0], task))
+        return listed
+
+    async def request_meta(self, task_id: TaskId) -> dict[str, Any]:
+        rows = await self._read("request_meta_of", task_id)
+        return json.loads(rows[0][0]) if rows else {}
+
+    async def events(self, task_id: TaskId) -> list[TaskEvent]:
+        return [
+            _rows.event_from_row(r) for r in await self._read("changes_of", task_id)
+        ]
+
+    async def steps(self, task_id: TaskId) -> dict[str, Any]:
+        rows = await self._read("steps_of", task_id)
+        return {key: json.loads(result) for key, result in rows}
+
+    async def input_requests(self, task_id: TaskId) -> list[InputRequest]:
+        rows = await self._read("input_requests_of", task_id)
+        return [_rows.input_request_from_row(r) for r in rows]
+
+    async def awaiting_input(self, owner_id: OwnerId, limit: int) -> list[TaskId]:
+        rows = await self._read("awaiting_input", owner_id, limit)
+        return [TaskId(r[0]) for r in rows]
+
+    async def load(self, owner_id: OwnerId | None = None) -> list[ClientLoad]:
+        if owner_id is None:
+            rows = await self._read("load_all")
+        else:
+            rows = await self._read("load_one", owner_id)
+        return [_rows.load_from_row(r) for r in rows]
+
+    # -------------------------------------------------------------- claiming
+
+    async def claimable(self) -> bool:
+        return bool(await self._read("claimable"))
+
+    async def claim(
+        self, holder: str, lease_expires_at: float, limit: int, at: float
+    ) -> list[Claimed]:
+        rows = await self._call("claim", holder, lease_expires_at, limit, at)
+        return [
+            Claimed(
+                lease=Lease(TaskId(tid), holder, attempts),
+                owner_id=OwnerId(owner),
+                tool_name=tool,
+                arguments=json.loads(args),
+                request_meta=json.loads(meta),
+                retries=retries,
+            )
+            for tid, owner, tool, args, meta, attempts, retries in rows
+        ]
+
+    # ------------------------------------------------------ fenced run writes
+
+    async def renew(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
+        async def apply(cur: Cursor) -> list[Lease]:
+            stop: list[Lease] = []
+            for lease in leases:
+                rows = await _run(cur, "renew_lease", expires_at, *_fence(lease))
+                if not rows or rows[0][0] != TaskStatus.WORKING.value:
+                    stop.append(lease)
+            return stop
+
+        return await self._write(apply)
+
+    async def finish(
+        self,
+        lease: Lease,
+        status: TaskStatus,
+        reason: str,
+        at: float,
+        *,
+        message: str | None = None,
+        outcome: Outcome | None = None,
+    ) -> Task | None:
+        if not status.is_terminal or status is TaskStatus.CANCELLED:
+            raise ValueError(f"finish ends a run completed or failed, not {status!r}")
+        tool_error = _rows.tool_error_text(outcome)
+        encoded = _rows.outcome_json(outcome)
+        keep_until, _ = _retention_params(at)
+        rows = await self._call(
+            "finish",
+            status.value, message, at, encoded, tool_error, keep_until,
+            *_fence(lease), reason,
+        )  # fmt: skip
+        return _rows.task_from_row(rows[0]) if rows else None
+
+    async def park(
+        self,
+        lease: Lease,
+        not_before: float,
+        message: str,
+        reason: str,
+        at: float,
+        *,
+        retry: bool = False,
+    ) -> bool:
+        params = (not_before, message, at, int(retry), *_fence(lease))
+
+        async def apply(cur: Cursor) -> bool:
+            rows = await _run(cur, "park", *params)
+            if not rows:
+                return False
+            ((owner,),) = rows
+            await _change(
+                cur, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                message, reason, at, {"not_before": not_before},
+            )  # fmt: skip
+            return True
+
+        return await self._write(apply)
+
+    async def ask(
+        self, lease: Lease, requests: Sequence[InputRequest], message: str, at: float
+    ) -> Task | None:
+        rows_to_add = [
+            (lease.task_id, r.key, r.method, _rows.dumps(r.params), at, r.expires_at)
+            for r in requests
+        ]
+        deadlines = [r.expires_at for r in requests if r.expires_at is not None]
+
+        async def apply(cur: Cursor) -> Task | None:
+            rows = await _run(cur, "ask", message, at, *_fence(lease))
+            if not rows:
+                return None
+            task = _rows.task_from_row(rows[0])
+            if rows_to_add:
+                await cur.executemany(_SQL["add_input_request"], rows_to_add)
+            data: dict[str, Any] = {"keys": [r.key for r in requests]}
+            if deadlines:
+                data["deadline"] = min(deadlines)
+            await _change(
+                cur, lease.task_id, task.owner_id, ChangeKind.STATUS,
+                TaskStatus.INPUT_REQUIRED, message, "input requested", at, data,
+            )  # fmt: skip
+            return task
+
+        return await self._write(apply)
+
+    async def record_step(self, lease: Lease, key: str, result: Any, at: float) -> bool:
+        encoded = _rows.dumps(result)
+
+        async def apply(cur: Cursor) -> bool:
+            # The row lock keeps the lease current until this commits.
+            if not await _run(cur, "lease_owner", *_fence(lease)):
+                return False
+            await cur.execute(_SQL["record_step"], (lease.task_id, key, encoded, at))
+            return True
+
+        return await self._write(apply)
+
+    async def report(self, lease: Lease, at: float, reports: Sequence[Report]) -> bool:
+        class _Refused(Exception):
+            pass
+
+        async def apply(cur: Cursor) -> bool:
+            for report in reports:
+                params = (report.message, report.progress, report.total, at)
+                rows = await _run(cur, "report", *params, *_fence(lease))
+                if not rows:
+                    # Record nothing: roll back the reports written before.
+                    raise _Refused
+                ((owner, current),) = rows
+                data = {
+                    key: value
+                    for key, value in (
+                        ("progress", report.progress),
+                        ("total", report.total),
+                    )
+                    if value is not None
+                }
+                await _change(
+                    cur, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
+                    current, "progress", at, data or None,
+                )  # fmt: skip
+            return True
+
+        try:
+            return await self._write(apply)
+        except _Refused:
+            return False
+
+    async def log(self, lease: Lease, level: str, message: str, at: float) -> bool:
+        async def apply(cur: Cursor) -> bool:
+            rows = await _run(cur, "lease_owner", *_fence(lease))
+            if not rows:
+                return False
+            ((owner,),) = rows
+            await _change(
+                cur, lease.task_id, owner, ChangeKind.LOG, TaskStatus.WORKING,
+                None, "log", at, {"level": level, "message": message},
+            )  # fmt: skip
+            return True
+
+        return await self._write(apply)
+
+    async def stopped(self, lease: Lease, at: float) -> bool:
+        async def apply(cur: Cursor) -> bool:
+            rows = await _run(cur, "stopped", *_fence(lease))
+            if not rows:
+                return False
+            ((owner,),) = rows
+            await _change(
+                cur, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.CANCELLED,
+                None, "run stopped", at,
+            )  # fmt: skip
+            return True
+
+        return await self._write(apply)
+
+    async def release(self, lease: Lease, message: str, reason: str, at: float) -> bool:
+        async def apply(cur: Cursor) -> bool:
+            rows = await _run(cur, "requeue_running", message, at, *_fence(lease))
+            if not rows:
+                return False
+            ((owner,),) = rows
+            await _change(
+                cur, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                message, reason, at,
+            )  # fmt: skip
+            return True
+
+        return await self._write(apply)
+
+    # ---------------------------------------------------------- other writes
+
+    async def cancel(
+        self, task_id: TaskId, message: str, reason: str, at: float
+    ) -> Task | None:
+        params = (message, at, *_retention_params(at), task_id)
+
+        async def apply(cur: Cursor) -> Task | None:
+            rows = await _run(cur, "cancel", *params)
+            if not rows:
+                return None
+            task = _rows.task_from_row(rows[0])
+            await _change(
+                cur, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
+                message, reason, at,
+            )  # fmt: skip
+            return task
+
+        return await self._write(apply)
+
+    async def answer(
+        self, task_id: TaskId, answers: Mapping[str, dict[str, Any]], at: float
+    ) -> tuple[list[str], Task | None]:
+        encoded = [(key, _rows.dumps(response)) for key, response in answers.items()]
+
+        async def apply(cur: Cursor) -> tuple[list[str], Task | None]:
+            return await _record_answers(cur, task_id, encoded, at, "input received")
+
+        return await self._write(apply)
+
+    async def expire_questions(
+        self, now: float, response: Mapping[str, Any]
+    ) -> list[TaskId]:
+        encoded = _rows.dumps(dict(response))
+
+        async def apply(cur: Cursor) -> list[TaskId]:
+            due: dict[str, list[tuple[str, str]]] = {}
+            for task_id, key in await _run(cur, "due_questions", now):
+                due.setdefault(task_id, []).append((key, encoded))
+            resumed: list[TaskId] = []
+            # Task by task in id order: two processes expiring at once lock
+            # the same rows in the same order.
+            for task_id, pairs in sorted(due.items()):
+                _, done = await _record_answers(
+                    cur, task_id, pairs, now, "question timed out"
+                )
+                if done is not None:
+                    resumed.append(TaskId(task_id))
+            return resumed
+
+        return await self._write(apply)
+
+    async def wake_due(self, now: float) -> int:
+        async def apply(cur: Cursor) -> int:
+            rows = await _run(cur, "wake_due", now, now)
+            for task_id, owner, message in rows:
+                await _change(
+                    cur, task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                    message, "wait over", now,
+                )  # fmt: skip
+            return len(rows)
+
+        return await self._write(apply)
+
+    async def next_due(self) -> float | None:
+        wakes = await self._read("next_wake")
+        deadlines = await self._read("next_question_deadline")
+        found = [v for v in (wakes[0][0], deadlines[0][0]) if v is not None]
+        return min(found) if found else None
+
+    async def held_leases(self, expired_before: float | None = None) -> list[HeldLease]:
+        if expired_before is None:
+            rows = await self._read("held_leases")
+        else:
+            rows = await self._read("expired_leases", expired_before)
+        return [_rows.held_from_row(r) for r in rows]
+
+    async def recover(
+        self, held: HeldLease, policy: Recovery, message: str, reason: str, at: float
+    ) -> bool:
+        fence = _fence(held.lease)
+        task_id = held.lease.task_id
+        error = {"code": -32603, "message": message}
+        failed_outcome = _rows.outcome_json(Outcome(error=error))
+
+        async def apply(cur: Cursor) -> bool:
+            if await _run(cur, "stopped", *fence):
+                await _change(
+                    cur, task_id, held.owner_id, ChangeKind.PHASE,
+                    TaskStatus.CANCELLED, None, reason, at,
+                )  # fmt: skip
+                return True
+            if policy is Recovery.FAIL:
+                params = (message, at, failed_outcome, *_retention_params(at), *fence)
+                rows = await _run(cur, "fail_orphan", *params)
+                status, kind = TaskStatus.FAILED, ChangeKind.STATUS
+            else:
+                rows = await _run(cur, "requeue_running", message, at, *fence)
+                status, kind = TaskStatus.WORKING, ChangeKind.PHASE
+            if not rows:
+                return False
+            if policy is Recovery.RESTART:
+                await cur.execute(_SQL["forget_steps"], (task_id,))
+            owner = rows[0][1] if policy is Recovery.FAIL else rows[0][0]
+            await _change(cur, task_id, owner, kind, status, message, reason, at)
+            return True
+
+        return await self._write(apply)
+
+    async def purge_expired(self, now: float, feed_before: float) -> list[TaskId]:
+        # Bounded batches, each its own short transaction: no long lock, and
+        # vacuum can reclaim what one batch freed while the next runs.
+        async def purge_batch(cur: Cursor) -> list[TaskId]:
+            ids = [r[0] for r in await _run(cur, "purge_expired", now, PURGE_BATCH)]
+            if ids:
+                for name in ("purge_changes_of", "purge_steps_of", "purge_inputs_of"):
+                    await cur.execute(_SQL[name], (ids,))
+            return [TaskId(i) for i in ids]
+
+        async def prune_batch(cur: Cursor) -> int:
+            await cur.execute(_SQL["prune_feed"], (feed_before, PURGE_BATCH))
+            return cur.rowcount
+
+        purged: list[TaskId] = []
+        while True:
+            batch = await self._write(purge_batch)
+            purged += batch
+            if len(batch) < PURGE_BATCH:
+                break
+        while await self._write(prune_batch) >= PURGE_BATCH:
+            pass
+        return purged
+
+    async def sync_limits(
+        self, concurrency: int, backlog: int, overrides: Mapping[str, tuple[int, int]]
+    ) -> None:
+        specific = [(c, b, owner) for owner, (c, b) in overrides.items()]
+
+        async def apply(cur: Cursor) -> None:
+            await cur.execute(_SQL["sync_default_limits"], (concurrency, backlog))
+            if specific:
+                await cur.executemany(_SQL["sync_client_limits"], specific)
+
+        await self._write(apply)
+
+    async def secret(self, name: str) -> bytes:
+        key = f"secret:{name}"
+
+        async def apply(cur: Cursor) -> str:
+            # Of two processes creating it at once, the first insert wins and
+            # both read that one.
+            await cur.execute(_SQL["put_meta"], (key, secrets.token_hex(32)))
+            ((value,),) = await _run(cur, "get_meta", key)
+            return str(value)
+
+        value = await self._write(apply)
+        return bytes.fromhex(value)
+
+    # --------------------------------------------------------------- budgets
+
+    async def take_budget(
+        self, name: str, limits: BudgetLimits, requests: float, tokens: float, at: float
+    ) -> float:
+        wanted = {_budgets.REQUESTS: requests, _budgets.TOKENS: tokens}
+
+        async def apply(cur: Cursor) -> float:
+            # One budget's takers queue on a transaction-scoped lock (its
+            # bucket rows may not exist yet, so a row lock cannot do it).
+            await cur.execute(_SQL["lock_budget"], (name,))
+            buckets = await _read_buckets(cur, name, limits)
+            wait, after = _budgets.take(buckets, limits, wanted, at, commit=True)
+            for dimension, bucket in after.items():
+                await cur.execute(
+                    _SQL["put_bucket"],
+                    (name, dimension, bucket.level, bucket.updated_at),
+                )
+            return wait
+
+        return await self._write(apply)
+
+    async def budget_wait(
+        self, name: str, limits: BudgetLimits, requests: float, tokens: float, at: float
+    ) -> float:
+        buckets: dict[str, Bucket] = {}
+        for dimension in limits.rates():
+            rows = await self._read("get_bucket", name, dimension)
+            if rows:
+                buckets[dimension] = Bucket(rows[0][0], rows[0][1])
+        wanted = {_budgets.REQUESTS: requests, _budgets.TOKENS: tokens}
+        wait, _ = _budgets.take(buckets, limits, wanted, at, commit=False)
+        return wait
+
+    # ------------------------------------------------------------------ feed
+
+    # A cursor is "KEY:POSITION": every change at or before (KEY, POSITION) in
+    # (feed_key, position) order has been read. Changes are read only below
+    # the horizon (the oldest running transaction id), where no change can
+    # appear any more; see `add_change` in the first migration.
+
+    async def feed_head(self) -> str:
+        ((horizon,),) = await self._read("feed_head")
+        return f"{horizon}:0"
+
+    async def changes(self, after: str, limit: int) -> FeedPage:
+        key, position = _cursor_of(after)
+        # A NOTIFY is a transaction with an id of its own: while ours is being
+        # committed it holds the horizon below the changes we committed just
+        # after it started. Let it finish, so a read right after our own
+        # commits sees them.
+        await self._notify_idle.wait()
+        rows = await self._read("changes_after", str(key), position, limit)
+        horizon = int(rows[0][-1])
+        found = [r for r in rows if r[0] is not None]
+        if len(found) == limit and found:
+            last = found[-1]
+            cursor = (int(last[-2]), int(last[0]))
+        else:
+            # Everything below the horizon has been read.
+            cursor = max((key, position), (horizon, 0))
+        return FeedPage(
+            [_rows.change_from_row(r[:9]) for r in found], f"{cursor[0]}:{cursor[1]}"
+        )
+
+
+def _one_line(error: Exception) -> str:
+    """A driver message on one line (libpq adds hints on lines of their own)."""
+    return " ".join(str(error).split())
+
+
+def _cursor_of(cursor: str) -> tuple[int, int]:
+    key, sep, position = cursor.partition(":")
+    if (
+        not sep
+        or not (key.isascii() and key.isdigit())
+        or not (position.isascii() and position.isdigit())
+    ):
+        raise JournalError(f"not a change feed cursor of this journal: {cursor!r}")
+    return int(key), int(position)
+
+
+async def _read_buckets(
+    cur: Cursor, name: str, limits: BudgetLimits
+) -> dict[str, Bucket]:
+    buckets: dict[str, Bucket] = {}
+    for dimension in limits.rates():
+        rows = await _run(cur, "get_bucket", name, dimension)
+        if rows:
+            buckets[dimension] = Bucket(rows[0][0], rows[0][1])
+    return buckets
+
+
+async def _record_answers(
+    cur: Cursor,
+    task_id: str,
+    encoded: Sequence[tuple[str, str]],
+    at: float,
+    reason: str,
+) -> tuple[list[str], Task | None]:
+    """Record answers (each once); resume the task if none is left open.
+
+    The task row is locked first, so two answers to one task take turns and
+    the second sees the first's when it counts the questions left open.
+    """
+    owners = await _run(cur, "owner_of", task_id)
+    if not owners:
+        return [], None
+    ((owner,),) = owners
+    accepted: list[str] = []
+    for key, response in encoded:
+        if await _run(cur, "answer_input_request", response, at, task_id, key):
+            accepted.append(key)
+            await _change(
+                cur, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
+                None, reason, at, {"key": key},
+            )  # fmt: skip
+    if not accepted:
+        return accepted, None
+    ((still_open,),) = await _run(cur, "open_input_count", task_id)
+    if still_open:
+        return accepted, None
+    message = "Input received; resuming"
+    rows = await _run(cur, "resume", message, at, task_id)
+    if not rows:
+        return accepted, None
+    await _change(
+        cur, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at
+    )
+    return accepted, _rows.task_from_row(rows[0])

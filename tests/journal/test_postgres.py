@@ -1,0 +1,451 @@
+"""What only a PostgreSQL server can show: concurrent claimers, exact caps
+across connections, a feed that never skips a late commit, LISTEN as a hint
+with polling behind it, migrations racing, and a newer schema left alone.
+
+Every journal here is its own pool of connections, as a replica would be.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.lowlevel
+import psycopg
+import pytest
+
+from benchmarks._pg_pooler import find_pgbouncer, pgbouncer
+from mcp_tasks._exceptions import JournalError, JournalSchemaError
+from mcp_tasks._model import InputRequest, OwnerId, TaskId, TaskStatus
+from mcp_tasks.engine._feed import Feed
+from mcp_tasks.journal import Change, Journal, Lease, Recovery, open_journal
+from mcp_tasks.journal.postgres import PostgresJournal
+from mcp_tasks.journal.postgres._journal import PURGE_BATCH
+from mcp_tasks.journal.postgres._schema import redacted, supported_version
+
+from .contract.support import LEASE, T0, complete, new_task, submit_and_claim
+
+CLAIMERS = 8
+
+
+@asynccontextmanager
+async def journals(
+    url: str, count: int, *, prepared_statements: bool = True
+) -> AsyncGenerator[list[Journal]]:
+    async with AsyncExitStack() as stack:
+        opened: list[Journal] = [
+            await stack.enter_async_context(
+                PostgresJournal.open(
+                    url, pool_size=2, prepared_statements=prepared_statements
+                )
+            )
+            for _ in range(count)
+        ]
+        yield opened
+
+
+def _sql(url: str, statement: str, *params: object) -> list[tuple[object, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description is not None else []
+
+
+async def test_eight_claimers_never_claim_one_task_twice(postgres_db_url: str) -> None:
+    owners = [OwnerId(f"client-{n}") for n in range(5)]
+    async with journals(postgres_db_url, CLAIMERS) as opened:
+        for n in range(200):
+            await opened[0].submit(new_task(owners[n % 5], concurrency=1000))
+        claimed: list[str] = []
+
+        async def claimer(index: int) -> None:
+            journal = opened[index]
+            while True:
+                batch = await journal.claim(f"h/{index}", T0 + LEASE, 3, T0)
+                if not batch:
+                    return
+                claimed.extend(c.task_id for c in batch)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(CLAIMERS):
+                tg.start_soon(claimer, index)
+    assert len(claimed) == 200
+    assert not [t for t, n in Counter(claimed).items() if n > 1]
+
+
+async def test_caps_are_exact_under_concurrent_claims_across_journals(
+    postgres_db_url: str,
+) -> None:
+    cap = 2
+    owners = [OwnerId(f"client-{n}") for n in range(3)]
+    tasks_each = 40
+    async with journals(postgres_db_url, CLAIMERS) as opened:
+        for n in range(tasks_each * len(owners)):
+            await opened[n % CLAIMERS].submit(new_task(owners[n % 3], concurrency=cap))
+
+        async def worker(index: int) -> None:
+            journal = opened[index]
+            while True:
+                batch = await journal.claim(f"h/{index}", T0 + LEASE, 2, T0)
+                if not batch:
+                    if not await journal.claimable() and not any(
+                        load.queued or load.running for load in await journal.load()
+                    ):
+                        return
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                for claimed in batch:
+                    await anyio.lowlevel.checkpoint()
+                    assert await complete(journal, claimed) is not None
+
+        async with anyio.create_task_group() as tg:
+            for index in range(CLAIMERS):
+                tg.start_soon(worker, index)
+    # Every running interval, read back from the journal's history. One
+    # client's claims and ends each hold that client's row lock when they take
+    # their feed position (the claim locks it; an end's count trigger does),
+    # so by position they are in the order they committed.
+    rows = _sql(
+        postgres_db_url,
+        "SELECT owner_id, task_id, reason FROM task_changes "
+        "WHERE reason IN ('claimed', 'test') ORDER BY position",
+    )
+    peak: Counter[object] = Counter()
+    running: Counter[object] = Counter()
+    for owner, _task, reason in rows:
+        running[owner] += 1 if reason == "claimed" else -1
+        assert 0 <= running[owner] <= cap, (owner, running[owner])
+        peak[owner] = max(peak[owner], running[owner])
+    assert sum(1 for _o, _t, r in rows if r == "claimed") == tasks_each * len(owners)
+    assert all(running[o] == 0 for o in owners)
+    assert set(peak.values()) == {cap}, peak  # the cap was reached, never passed
+
+
+async def test_the_feed_never_skips_a_change_that_commits_late(
+    postgres_db_url: str,
+) -> None:
+    async with journals(postgres_db_url, 1) as (journal,):
+        early = new_task()
+        await journal.submit(early)
+        start = await journal.feed_head()
+        # A transaction takes the lower feed position and commits last.
+        slow = await psycopg.AsyncConnection.connect(postgres_db_url)
+        try:
+            await slow.execute(
+                "SELECT add_change(%s, %s, 'log', 'working', NULL, 'late', %s, NULL)",
+                (early.task_id, early.owner_id, T0),
+            )
+            late = new_task()
+            await journal.submit(late)
+            ((late_pos, late_key), (slow_pos, slow_key)) = [
+                *_sql(
+                    postgres_db_url,
+                    "SELECT position, feed_key::text FROM task_changes WHERE task_id = %s",
+                    late.task_id,
+                ),
+                *(
+                    await (
+                        await slow.execute(
+                            "SELECT position, feed_key::text FROM task_changes "
+                            "WHERE reason = 'late'"
+                        )
+                    ).fetchall()
+                ),
+            ]
+            assert isinstance(slow_pos, int)
+            assert isinstance(late_pos, int)
+            assert slow_pos < late_pos  # the order this test needs, checked
+            assert int(str(slow_key)) < int(str(late_key))
+            first = await journal.changes(start, 100)
+            # The late commit's change is not visible yet: what is below it
+            # must wait rather than be passed by the cursor.
+            assert [c.reason for c in first.changes] == []
+            await slow.commit()
+        finally:
+            await slow.close()
+        second = await journal.changes(first.cursor, 100)
+        assert [(c.task_id, c.reason) for c in second.changes] == [
+            (early.task_id, "late"),
+            (late.task_id, "submitted"),
+        ]
+        assert (await journal.changes(second.cursor, 100)).changes == []
+
+
+async def test_a_notification_wakes_another_journal_at_once(
+    postgres_db_url: str,
+) -> None:
+    async with journals(postgres_db_url, 2) as (writer, reader):
+        woken = anyio.Event()
+        reader.on_commit(woken.set)
+        await writer.submit(new_task())
+        with anyio.fail_after(5):
+            await woken.wait()
+
+
+class _Seen:
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+        self.arrived = anyio.Event()
+
+    def task_changed(self, change: Change) -> None:
+        self.changes.append(change)
+        self.arrived.set()
+
+
+async def test_a_replica_that_misses_notifications_still_sees_changes_by_polling(
+    postgres_db_url: str,
+) -> None:
+    async with (
+        PostgresJournal.open(postgres_db_url) as writer,
+        PostgresJournal.open(postgres_db_url, listen=False) as deaf,
+    ):
+        notified: list[None] = []
+        deaf.on_commit(lambda: notified.append(None))
+        feed = Feed(deaf, poll_seconds=0.2)
+        seen = _Seen()
+        feed.subscribe(seen)
+        new = new_task()
+        async with anyio.create_task_group() as tg:
+            await tg.start(feed.run)
+            await writer.submit(new)
+            with anyio.fail_after(10):
+                await seen.arrived.wait()
+            tg.cancel_scope.cancel()
+    assert [c.task_id for c in seen.changes] == [new.task_id]
+    assert notified == []  # no notification reached it: the poll found the change
+
+
+async def test_migrations_racing_from_many_connections_apply_once(
+    postgres_db_url: str,
+) -> None:
+    opened: list[str] = []
+
+    async def one() -> None:
+        async with open_journal(postgres_db_url) as journal:
+            opened.append(await journal.feed_head())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(6):
+            tg.start_soon(one)
+    assert len(opened) == 6
+    ((version,),) = _sql(
+        postgres_db_url, "SELECT value FROM meta WHERE key = 'schema_version'"
+    )
+    assert version == str(supported_version())
+
+
+def _tables(url: str) -> list[tuple[object, ...]]:
+    return _sql(
+        url,
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = 'public' ORDER BY table_name",
+    )
+
+
+async def test_a_newer_schema_is_refused_and_left_untouched(
+    postgres_db_url: str,
+) -> None:
+    _sql(
+        postgres_db_url, "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)"
+    )
+    _sql(postgres_db_url, "INSERT INTO meta VALUES ('schema_version', '99')")
+    before = _tables(postgres_db_url)
+    with pytest.raises(JournalSchemaError, match="schema version 99"):
+        async with open_journal(postgres_db_url):
+            pass
+    assert _tables(postgres_db_url) == before
+    assert _sql(postgres_db_url, "SELECT key, value FROM meta") == [
+        ("schema_version", "99")
+    ]
+
+
+def test_the_cli_exits_3_on_a_newer_schema_and_names_no_password(
+    postgres_db_url: str,
+) -> None:
+    _sql(
+        postgres_db_url, "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)"
+    )
+    _sql(postgres_db_url, "INSERT INTO meta VALUES ('schema_version', '99')")
+    with_password = postgres_db_url.replace("postgres@", "postgres:s3cret-pw@", 1)
+    assert with_password != postgres_db_url
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_tasks", "serve", "--db", with_password],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode == 3, stderr
+    assert "schema version 99" in stderr
+    assert "s3cret-pw" not in stderr
+    assert "Traceback" not in stderr
+    assert _tables(postgres_db_url) == [("meta",)]
+
+
+def test_without_the_driver_the_cli_says_which_extra_to_install() -> None:
+    # Hide psycopg as an installation without the extra would lack it.
+    program = (
+        "import sys; sys.modules['psycopg'] = None; "
+        "from mcp_tasks._cli import main; "
+        "sys.exit(main(['serve', '--db', 'postgresql://app@127.0.0.1:1/tasks']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, timeout=60, check=False
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert "pip install 'mcp-tasks[postgres]'" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_a_password_never_appears_in_the_location() -> None:
+    assert redacted("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redacted("postgresql://u@h/db?password=pw&sslmode=require") == (
+        "postgresql://u@h/db?password=***&sslmode=require"
+    )
+
+
+async def test_an_unreachable_server_is_a_clear_journal_error() -> None:
+    with pytest.raises(JournalError, match="cannot open the journal"):
+        async with open_journal("postgresql://nobody@127.0.0.1:1/none"):
+            pass
+
+
+async def test_fenced_writes_refuse_a_lease_taken_over_by_another_replica(
+    postgres_db_url: str,
+) -> None:
+    async with journals(postgres_db_url, 2) as (first, second):
+        await first.submit(new_task())
+        (old,) = await first.claim("h/1", T0 + LEASE, 1, T0)
+        (held,) = await second.held_leases(expired_before=T0 + LEASE + 1)
+        assert await second.recover(
+            held, Recovery.RESUME, "gone", "lease expired", T0 + 31
+        )
+        (new,) = await second.claim("h/2", T0 + 100, 1, T0 + 31)
+        assert new.lease == Lease(old.task_id, "h/2", 2)
+        assert (
+            await first.finish(old.lease, TaskStatus.COMPLETED, "late", T0 + 32) is None
+        )
+        assert await complete(second, new, at=T0 + 33) is not None
+
+
+# ------------------------------------------------------- behind PgBouncer
+
+
+@pytest.fixture
+def pooled_url(postgres_db_url: str) -> Iterator[str]:
+    """The test database through PgBouncer in transaction mode (2 server connections)."""
+    binary = find_pgbouncer(install=False)
+    if binary is None:
+        pytest.fail("pgbouncer is missing: apt-get install pgbouncer", pytrace=False)
+    parts = urlsplit(postgres_db_url)
+    assert parts.port is not None
+    dbname = parts.path.lstrip("/")
+    with pgbouncer(binary, parts.port, dbname) as port:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+async def test_through_pgbouncer_in_transaction_mode_claims_caps_and_feed_hold(
+    postgres_db_url: str, pooled_url: str
+) -> None:
+    cap = 2
+    owners = [OwnerId(f"client-{n}") for n in range(2)]
+    async with AsyncExitStack() as stack:
+        opened: list[Journal] = [
+            await stack.enter_async_context(
+                PostgresJournal.open(
+                    pooled_url,
+                    pool_size=3,
+                    listen_url=postgres_db_url,
+                    prepared_statements=False,
+                )
+            )
+            for _ in range(4)
+        ]
+        woken = anyio.Event()
+        opened[3].on_commit(woken.set)
+        start = await opened[3].feed_head()
+        submitted = [new_task(owners[n % 2], concurrency=cap) for n in range(40)]
+        for n, new in enumerate(submitted):
+            await opened[n % 3].submit(new)
+        with anyio.fail_after(5):
+            await woken.wait()  # LISTEN on the direct connection heard them
+        claimed: list[str] = []
+
+        async def worker(index: int) -> None:
+            journal = opened[index]
+            while batch := await journal.claim(f"h/{index}", T0 + LEASE, 2, T0):
+                for one in batch:
+                    claimed.append(one.task_id)
+                    assert await complete(journal, one) is not None
+
+        async with anyio.create_task_group() as tg:
+            for index in range(4):
+                tg.start_soon(worker, index)
+        seen: list[str] = []
+        cursor = start
+        while (page := await opened[3].changes(cursor, 7)).changes:
+            seen += [f"{c.task_id} {c.reason}" for c in page.changes]
+            cursor = page.cursor
+    assert sorted(claimed) == sorted(new.task_id for new in submitted)
+    assert len(seen) == len(set(seen)) == 3 * len(submitted)
+    rows = _sql(
+        postgres_db_url,
+        "SELECT owner_id, reason FROM task_changes "
+        "WHERE reason IN ('claimed', 'test') ORDER BY position",
+    )
+    running: Counter[object] = Counter()
+    for owner, reason in rows:
+        running[owner] += 1 if reason == "claimed" else -1
+        assert 0 <= running[owner] <= cap
+
+
+async def test_answers_to_one_task_through_two_journals_at_once_resume_it_once(
+    postgres_db_url: str,
+) -> None:
+    async with journals(postgres_db_url, 2) as (first, second):
+        asked: list[str] = []
+        for _ in range(20):
+            claimed = await submit_and_claim(first)
+            questions = [InputRequest(k, "elicitation/create", {}) for k in ("a", "b")]
+            assert await first.ask(claimed.lease, questions, "two?", T0)
+            asked.append(claimed.task_id)
+        resumed: list[str] = []
+
+        async def answer(journal: Journal, task_id: str, key: str) -> None:
+            accepted, task = await journal.answer(
+                TaskId(task_id), {key: {"action": "accept"}}, T0 + 1
+            )
+            assert accepted == [key]
+            if task is not None:
+                resumed.append(task_id)
+
+        async with anyio.create_task_group() as tg:
+            for task_id in asked:
+                tg.start_soon(answer, first, task_id, "a")
+                tg.start_soon(answer, second, task_id, "b")
+        # Each task's last answer resumed it, whichever journal gave it.
+        assert sorted(resumed) == sorted(asked)
+        for task_id in asked:
+            task = await second.get(TaskId(task_id))
+            assert task is not None
+            assert task.status is TaskStatus.WORKING
+
+
+async def test_purging_more_than_one_batch_purges_everything_due(
+    postgres_db_url: str,
+) -> None:
+    count = PURGE_BATCH * 2 + 17
+    async with journals(postgres_db_url, 1) as (journal,):
+        for _ in range(count):
+            new = new_task(ttl_seconds=10.0)
+            await journal.submit(new)
+            assert await journal.cancel(new.task_id, "no", "test", T0) is not None
+        purged = await journal.purge_expired(T0 + 10_000, T0)
+        assert len(purged) == len(set(purged)) == count
+        assert _sql(postgres_db_url, "SELECT count(*) FROM tasks") == [(0,)]
+        assert _sql(postgres_db_url, "SELECT count(*) FROM task_changes") == [(0,)]
