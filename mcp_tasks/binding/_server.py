@@ -62,6 +62,7 @@ from mcp_tasks.binding._http import (
 from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
 from mcp_tasks.binding._listen import TaskNotifications
 from mcp_tasks.binding._mrtr import client_capabilities
+from mcp_tasks.binding._response_mode import install as answer_per_request
 from mcp_tasks.binding._streams import StandaloneStreams
 from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime
 
@@ -523,6 +524,8 @@ class McpTasksServer:
             auth=auth,
             token_verifier=token_verifier,
         )
+        # 2025-11-25 POSTs: JSON unless something must go out before the answer.
+        answer_per_request(self.server.session_manager)
         if self.streams is not None:
             app = self.streams.wrap(app)
         guard = connection_guard(settings.http)
