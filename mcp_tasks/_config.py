@@ -35,6 +35,8 @@ Config file shape (every key optional)::
     allowed_hosts = ["mcp.example.com"]   # Host values accepted besides loopback; "*": any
     allowed_origins = ["https://app.example.com"]  # browser Origin values accepted
     trusted_proxies = ["10.0.0.0/8"]      # peers whose X-Forwarded-For is believed
+    event_loop = "auto"             # "uvloop" when installed (default), or "asyncio"
+    parser = "auto"                 # "httptools" when installed (default), or "h11"
 
     [clients.alice]                 # per-client overrides, keyed by client id
     concurrency = 8
@@ -54,6 +56,7 @@ Token file shape::
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import math
 import re
@@ -97,6 +100,10 @@ class HttpSettings:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[IpNetwork, ...] = ()
+    #: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``.
+    event_loop: str = "auto"
+    #: ``auto`` (httptools when installed), ``httptools`` or ``h11``.
+    parser: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +306,30 @@ def _http(raw: Mapping[str, Any]) -> HttpSettings:
             _network("http.trusted_proxies", v)
             for v in _strings("http.trusted_proxies", raw.get("trusted_proxies", []))
         ),
+        event_loop=_choice(
+            "http.event_loop",
+            raw.get("event_loop", "auto"),
+            ("auto", "uvloop", "asyncio"),
+        ),
+        parser=_choice(
+            "http.parser", raw.get("parser", "auto"), ("auto", "httptools", "h11")
+        ),
     )
+
+
+def _choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        named = ", ".join(f'"{a}"' for a in allowed)
+        raise ConfigurationError(key, f"must be one of {named}, got {value!r}")
+    if value != "auto" and value != allowed[-1] and not _installed(str(value)):
+        raise ConfigurationError(
+            key, f'{value} is not installed (pip install {value}), or use "auto"'
+        )
+    return cast("str", value)
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _strings(key: str, value: object) -> list[str]:
