@@ -45,6 +45,7 @@ from typing import Any, Final
 
 import anyio
 import pydantic_core
+from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp.server.streamable_http import (
     MCP_SESSION_ID_HEADER,
     REQUEST_STREAM_BUFFER_SIZE,
@@ -188,18 +189,18 @@ class PerRequestTransport(StreamableHTTPServerTransport):
             await self._clean_up_memory_streams(request_id)
             await self._create_json_response(first.message)(scope, receive, send)
             return
-        await self._stream(request_id, first, scope, receive, send)
+        await self._stream(request_id, reader, first, scope, receive, send)
 
     async def _stream(
         self,
         request_id: str,
+        reader: MemoryObjectReceiveStream[EventMessage],
         first: EventMessage | None,
         scope: Scope,
         receive: Receive,
         send: Send,
     ) -> None:
         """Answer as the SDK's SSE stream, ``first`` (already received) leading."""
-        reader = self._request_streams[request_id][1]
         sse_writer, sse_reader = anyio.create_memory_object_stream[SSEEvent](0)
         self._sse_stream_writers[request_id] = sse_writer
 
