@@ -42,6 +42,7 @@ _BUCKETS: tuple[tuple[str, str], ...] = (
     ("/uvicorn/", "uvicorn"),
     ("/h11/", "h11 (HTTP parsing)"),
     ("/httptools/", "httptools"),
+    ("/uvloop/", "uvloop"),
     ("/anyio/", "anyio"),
     ("/asyncio/", "asyncio"),
     ("/json/", "json"),

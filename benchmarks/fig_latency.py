@@ -8,6 +8,13 @@ three kinds are interleaved so drift and noise hit them alike. A trial is
 ``latency_calls`` rounds after ``latency_warmup`` rounds; the ratios are of
 the trial's percentiles.
 
+Server CPU per request (read from /proc over ``latency_calls`` sequential
+requests of each kind, ``trials`` times) is set against the HTTP floor: a bare
+uvicorn + Starlette endpoint (`benchmarks.http_floor`) answering the same
+JSON-RPC ``tasks/get`` with a small JSON result, measured in the same run,
+interleaved with the server's trials. A task-augmented call's CPU (submit and
+running the no-op) is set against a plain call's (also journaled).
+
 Wires: on 2025-11-25 the task call carries ``params.task``; on 2026-07-28 the
 plain call declares no client capabilities (so the server answers at once) and
 the task call declares the tasks extension (so the server makes it a task).
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 from mcp_types import CLIENT_CAPABILITIES_META_KEY
 
 from mcp_tasks.client import TaskClient
@@ -29,18 +37,27 @@ from mcp_tasks.client import TaskClient
 from ._harness import (
     BASE_LIMITS,
     LEGACY,
+    LOOPBACK,
     MODERN,
+    REPO,
     Metric,
     OurServer,
     Report,
+    ServerProcess,
     Sizes,
     cpu_seconds,
+    free_port,
     percentile,
     submit_task,
 )
 
 FIGURE_SUBMIT = "durable submit overhead"
 FIGURE_POLL = "poll cost"
+FIGURE_FLOOR = "HTTP floor"
+#: Server CPU of a tasks/get at most this many times the bare endpoint's.
+FLOOR_TARGET = 2.5
+#: Requests per kind in a CPU trial, in rounds: /proc counts in 10 ms ticks.
+CPU_REPEAT = 3
 
 
 async def _plain(client: TaskClient) -> Any:
@@ -123,32 +140,85 @@ async def run(report: Report, sizes: Sizes, work: Path) -> None:
             async with server.stdio_client(wire, errlog) as client:
                 details[f"stdio {wire}"] = await _measure(client, sizes)
     server = OurServer(work / "latency-http", limits=BASE_LIMITS).write()
-    cpu: dict[str, dict[str, float]] = {}
-    with server.http_process() as process:
+    cpu: dict[str, list[dict[str, float]]] = {}
+    floor_port = free_port()
+    floor = ServerProcess(
+        [sys.executable, "-m", "benchmarks.http_floor", str(floor_port)],
+        work / "latency-http" / "floor.log",
+        floor_port,
+        cwd=REPO,
+        label="HTTP floor",
+    )
+    with server.http_process() as process, floor:
         for wire in (LEGACY, MODERN):
             async with TaskClient.http(process.url, wire=wire) as client:
                 details[f"http {wire}"] = await _measure(client, sizes)
-                cpu[wire] = await _cpu_costs(client, process.pid, sizes.latency_calls)
+                cpu[wire] = [
+                    await _cpu_costs(
+                        client, process.pid, floor, CPU_REPEAT * sizes.latency_calls
+                    )
+                    for _ in range(sizes.trials)
+                ]
     for label, trials in details.items():
         _record(report, label, trials)
-    for wire, costs in cpu.items():
-        report.add(
-            Metric(
-                FIGURE_SUBMIT,
-                f"http {wire} server CPU per request (context)",
-                "ms",
-                [costs["task"]],
-                note=", ".join(f"{k} {v:.2f}" for k, v in costs.items()),
-            )
-        )
+    for wire, trials in cpu.items():
+        _record_cpu(report, wire, trials)
     report.details["latency"] = {"trials": details, "server_cpu_ms": cpu}
 
 
-async def _cpu_costs(client: TaskClient, pid: int, count: int) -> dict[str, float]:
+def _ratio(over: float, under: float) -> float:
+    # /proc counts CPU in 10 ms ticks: a quick run may see none at all.
+    return over / under if under else float("nan")
+
+
+def _record_cpu(report: Report, wire: str, trials: list[dict[str, float]]) -> None:
+    def values(key: str) -> list[float]:
+        return [t[key] for t in trials]
+
+    def spread(key: str) -> str:
+        return f"{min(values(key)):.2f}-{max(values(key)):.2f}"
+
+    report.add(
+        Metric(
+            FIGURE_SUBMIT,
+            f"http {wire} server CPU per request (context)",
+            "ms",
+            values("task"),
+            note=", ".join(f"{k} {spread(k)}" for k in trials[0]),
+        )
+    )
+    report.add(
+        Metric(
+            FIGURE_FLOOR,
+            f"http {wire} tasks/get server CPU ÷ bare uvicorn + Starlette",
+            "x",
+            [_ratio(t["get"], t["floor"]) for t in trials],
+            "<=",
+            FLOOR_TARGET,
+            note=f"get {spread('get')} ms, floor {spread('floor')} ms per request",
+        )
+    )
+    report.add(
+        Metric(
+            FIGURE_FLOOR,
+            f"http {wire} task-augmented call CPU ÷ plain call CPU",
+            "x",
+            [_ratio(t["task"], t["plain"]) for t in trials],
+            "<=",
+            1.0,
+            note=f"task (submit + run) {spread('task')} ms, plain {spread('plain')} ms",
+        )
+    )
+
+
+async def _cpu_costs(
+    client: TaskClient, pid: int, floor: ServerProcess, count: int
+) -> dict[str, float]:
     """Server CPU ms per request of each kind, ``count`` sequential requests each.
 
     The task kind includes running the task (claim, body, completion), which
-    happens in the background right after its submit returns.
+    happens in the background right after its submit returns. ``floor`` is
+    the bare endpoint's CPU per ``tasks/get``-shaped request, measured last.
     """
     created = await submit_task(client, "noop")
     seen = created["taskId"]
@@ -165,7 +235,40 @@ async def _cpu_costs(client: TaskClient, pid: int, count: int) -> dict[str, floa
             await fn()
         await anyio.sleep(0.2)  # let the last background work finish
         costs[kind] = (cpu_seconds(pid) - before) / count * 1e3
+    costs["floor"] = await _floor_cpu(floor, seen, count)
     return costs
+
+
+async def _floor_cpu(floor: ServerProcess, task_id: str, count: int) -> float:
+    """The bare endpoint's CPU ms per request over ``count`` sequential requests.
+
+    Sent as an MCP client sends a 2025-11-25 ``tasks/get`` (same headers and
+    body), on one kept-alive connection.
+    """
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": LEGACY,
+        "mcp-session-id": "0123456789abcdef0123456789abcdef",
+    }
+    url = f"http://{LOOPBACK}:{floor.port}/mcp"
+    async with httpx2.AsyncClient(timeout=30.0) as http:
+
+        async def get(request_id: int) -> None:
+            body = {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "method": "tasks/get",
+                "params": {"taskId": task_id},
+            }
+            answer = await http.post(url, headers=headers, json=body)
+            answer.raise_for_status()
+
+        await get(0)
+        before = cpu_seconds(floor.pid)
+        for request_id in range(1, count + 1):
+            await get(request_id)
+        return (cpu_seconds(floor.pid) - before) / count * 1e3
 
 
 def _record(report: Report, label: str, trials: list[dict[str, float]]) -> None:

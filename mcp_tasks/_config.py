@@ -44,6 +44,8 @@ Config file shape (every key optional)::
     trusted_proxies = ["10.0.0.0/8"]      # peers whose X-Forwarded-For is believed
     open_endpoints = ["/healthz", "/readyz"]  # operator endpoints served without
                                     # an operator token when --tokens is given
+    event_loop = "auto"             # "uvloop" when installed (default), or "asyncio"
+    parser = "auto"                 # "httptools" when installed (default), or "h11"
 
     [tracing]                       # OpenTelemetry (pip install 'mcp-tasks[otel]')
     exporter = "otlp"               # OTLP/HTTP, endpoint from OTEL_EXPORTER_OTLP_*;
@@ -80,6 +82,7 @@ Token file shape::
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import math
 import re
@@ -141,6 +144,10 @@ class HttpSettings:
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[IpNetwork, ...] = ()
     open_endpoints: tuple[str, ...] = ()
+    #: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``.
+    event_loop: str = "auto"
+    #: ``auto`` (httptools when installed), ``httptools`` or ``h11``.
+    parser: str = "auto"
 
 
 #: What ``[tracing] exporter`` may name.
@@ -475,6 +482,14 @@ def _http(raw: Mapping[str, Any]) -> HttpSettings:
             _path("http.open_endpoints", v)
             for v in _strings("http.open_endpoints", raw.get("open_endpoints", []))
         ),
+        event_loop=_choice(
+            "http.event_loop",
+            raw.get("event_loop", "auto"),
+            ("auto", "uvloop", "asyncio"),
+        ),
+        parser=_choice(
+            "http.parser", raw.get("parser", "auto"), ("auto", "httptools", "h11")
+        ),
     )
 
 
@@ -525,6 +540,21 @@ def _path(key: str, value: str) -> str:
             key, f"expected an operator path such as /metrics, got {value!r}"
         )
     return value
+
+
+def _choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        named = ", ".join(f'"{a}"' for a in allowed)
+        raise ConfigurationError(key, f"must be one of {named}, got {value!r}")
+    if value != "auto" and value != allowed[-1] and not _installed(str(value)):
+        raise ConfigurationError(
+            key, f'{value} is not installed (pip install {value}), or use "auto"'
+        )
+    return cast("str", value)
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _strings(key: str, value: object) -> list[str]:

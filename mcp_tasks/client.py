@@ -42,6 +42,7 @@ import logging
 import sys
 from collections.abc import (
     AsyncGenerator,
+    AsyncIterator,
     Awaitable,
     Callable,
     Collection,
@@ -151,6 +152,11 @@ _NAME_PARAMS: Final[Mapping[str, str]] = {
 }
 # The SDK's default HTTP timeouts: 30 s, but 300 s to read a held-open SSE stream.
 _HTTP_TIMEOUT: Final = httpx2.Timeout(30.0, read=300.0)
+# How long closing a finished POST stream may read on to its end, so the
+# connection can be kept (the server ends it right after the response).
+_DRAIN_WAIT: Final = 0.05
+# At most this much of a stream is read on when it is closed early.
+_DRAIN_BYTES: Final = 64 * 1024
 # Upper bound on waiting for the standalone GET stream after the handshake.
 _GET_STREAM_WAIT: Final = 5.0
 # Upper bound on sending the courtesy notifications/cancelled for an abandoned request.
@@ -262,16 +268,59 @@ class _HttpObserver:
             self.get_answered.set()
 
 
-class _NoGetTransport(httpx2.AsyncBaseTransport):
-    """HTTP transport that refuses GETs itself: no standalone stream is opened."""
+class _DrainedStream(httpx2.AsyncByteStream):
+    """A POST's event stream that reads on to its end when closed early.
 
-    def __init__(self) -> None:
+    The SDK's HTTP client closes an SSE answer as soon as the JSON-RPC response
+    is in it, before the server's last chunk; httpx then cannot reuse the
+    connection and every such request costs a new TCP connection. The server
+    ends the stream right after the response, so reading on briefly (bounded
+    in time and bytes) lets the connection go back to the pool.
+    """
+
+    def __init__(self, inner: httpx2.AsyncByteStream) -> None:
+        self._inner = inner
+        self._chunks: AsyncIterator[bytes] | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self._chunks = aiter(self._inner)
+        async for chunk in self._chunks:
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self._chunks is not None:
+            read = 0
+            with anyio.move_on_after(_DRAIN_WAIT):
+                try:
+                    async for chunk in self._chunks:
+                        read += len(chunk)
+                        if read > _DRAIN_BYTES:
+                            break
+                except httpx2.HTTPError:
+                    pass  # the connection is closed below either way
+        await self._inner.aclose()
+
+
+class _KeepAliveTransport(httpx2.AsyncBaseTransport):
+    """httpx's transport, keeping connections across early-closed POST streams.
+
+    With ``standalone_stream=False`` it also refuses GETs itself (``405``),
+    so no standalone stream is opened.
+    """
+
+    def __init__(self, *, standalone_stream: bool = True) -> None:
         self._inner = httpx2.AsyncHTTPTransport()
+        self._standalone_stream = standalone_stream
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        if request.method == "GET":
+        if request.method == "GET" and not self._standalone_stream:
             return httpx2.Response(405, request=request)
-        return await self._inner.handle_async_request(request)
+        response = await self._inner.handle_async_request(request)
+        content_type = response.headers.get("content-type", "")
+        if request.method == "POST" and content_type.startswith("text/event-stream"):
+            stream = cast("httpx2.AsyncByteStream", response.stream)
+            response.stream = _DrainedStream(stream)
+        return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -455,7 +504,7 @@ class TaskClient:
             headers=default_headers,
             timeout=_HTTP_TIMEOUT,
             event_hooks={"response": [observer.on_response]},
-            transport=None if standalone_stream else _NoGetTransport(),
+            transport=_KeepAliveTransport(standalone_stream=standalone_stream),
         )
         async with http_client:
             transport = streamable_http_client(url, http_client=http_client)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -72,19 +72,25 @@ class OncePerInterval(logging.Filter):
 
 
 #: What uvicorn's protocol logs per connection, through `OncePerInterval`.
-_CONNECTION_LOG = logging.getLogger("mcp_tasks.http.connections")
-_CONNECTION_LOG.addFilter(OncePerInterval(ACCEPT_FAILURE_LOG_INTERVAL))
+CONNECTION_LOG = logging.getLogger("mcp_tasks.http.connections")
+CONNECTION_LOG.addFilter(OncePerInterval(ACCEPT_FAILURE_LOG_INTERVAL))
 # uvicorn logs TRACE lines per connection when its logger's own level allows.
-_CONNECTION_LOG.setLevel(logging.WARNING)
+CONNECTION_LOG.setLevel(logging.WARNING)
 
 #: The whole answer to a connection refused at the cap (sent before reading).
-_REFUSAL = (
+REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"content-type: text/plain; charset=utf-8\r\n"
     b"content-length: 38\r\n"
     b"connection: close\r\n\r\n"
     b"Too many connections; try again later\n"
 )
+
+
+class GuardedConnection(Protocol):
+    """What the guard needs of a connection: closing it (it waits for a head)."""
+
+    def close(self) -> None: ...
 
 
 class ConnectionGuard:
@@ -98,8 +104,8 @@ class ConnectionGuard:
     def __init__(self, max_connections: int, header_timeout: float) -> None:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
-        self._open: dict[GuardedProtocol, None] = {}
-        self._waiting: dict[GuardedProtocol, None] = {}
+        self._open: dict[GuardedConnection, None] = {}
+        self._waiting: dict[GuardedConnection, None] = {}
         self.flooding = False
         self.refused = 0
         self.dropped = 0
@@ -107,7 +113,7 @@ class ConnectionGuard:
         self._accept_failures = 0
         self._accept_failure_logged: float | None = None
 
-    def admit(self, connection: GuardedProtocol) -> bool:
+    def admit(self, connection: GuardedConnection) -> bool:
         """Make room for ``connection``; False if every open one is busy."""
         if len(self._open) >= self.max_connections:
             self._flood_started()
@@ -120,20 +126,20 @@ class ConnectionGuard:
         self._open[connection] = None
         return True
 
-    def waiting(self, connection: GuardedProtocol) -> None:
+    def waiting(self, connection: GuardedConnection) -> None:
         """``connection`` waits for a request head (again); it may be dropped."""
         self._waiting.setdefault(connection, None)
 
-    def busy(self, connection: GuardedProtocol) -> None:
+    def busy(self, connection: GuardedConnection) -> None:
         """``connection`` has a request in progress; it is never dropped."""
         self._waiting.pop(connection, None)
 
-    def forget(self, connection: GuardedProtocol) -> None:
+    def forget(self, connection: GuardedConnection) -> None:
         """``connection`` is closed (or closing)."""
         self._waiting.pop(connection, None)
         self._open.pop(connection, None)
 
-    def closed(self, connection: GuardedProtocol) -> None:
+    def closed(self, connection: GuardedConnection) -> None:
         """``connection`` is gone; ends a flood once half the cap is free."""
         self.forget(connection)
         self._flood_over_check()
@@ -199,7 +205,7 @@ class GuardedProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.logger = _CONNECTION_LOG
+        self.logger = CONNECTION_LOG
         self._head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(  # pyright: ignore[reportIncompatibleMethodOverride]
@@ -207,7 +213,7 @@ class GuardedProtocol(H11Protocol):
     ) -> None:
         super().connection_made(transport)
         if not self.guard.admit(self):
-            transport.write(_REFUSAL)
+            transport.write(REFUSAL)
             transport.close()
             return
         self._track()

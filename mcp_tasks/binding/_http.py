@@ -12,6 +12,7 @@ from the configured trusted proxies only.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import math
 import resource
@@ -182,13 +183,36 @@ def accept_failures_reported(guard: ConnectionGuard) -> Generator[None]:
         loop.set_exception_handler(previous)
 
 
+def fast_loop(http: HttpSettings) -> bool:
+    """Whether to serve HTTP on uvloop: configured, or ``auto`` and installed."""
+    if http.event_loop == "auto":
+        return importlib.util.find_spec("uvloop") is not None
+    return http.event_loop == "uvloop"
+
+
+def http_protocol(http: HttpSettings, guard: ConnectionGuard) -> type[Any]:
+    """uvicorn's protocol class under ``guard``: httptools if installed, else h11.
+
+    The setting is checked at start-up (`mcp_tasks._config`); ``auto`` falls
+    back to h11 where no httptools wheel is installed.
+    """
+    use_httptools = http.parser == "httptools" or (
+        http.parser == "auto" and importlib.util.find_spec("httptools") is not None
+    )
+    if use_httptools:
+        from mcp_tasks.binding._httptools_guard import guarded_httptools_protocol
+
+        return guarded_httptools_protocol(guard)
+    return guarded_protocol(guard)
+
+
 def uvicorn_config(
     app: Any, http: HttpSettings, guard: ConnectionGuard
 ) -> uvicorn.Config:
     """uvicorn settings for ``app``: ``guard``ed connections, our logging only."""
     return uvicorn.Config(
         app,
-        http=guarded_protocol(guard),
+        http=http_protocol(http, guard),
         # What asyncio accepts per tick; `EmbeddedUvicorn` restores the
         # kernel's queue (asyncio passes this to listen() as well).
         backlog=_ACCEPT_BURST,

@@ -66,6 +66,7 @@ from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capabil
 from mcp_tasks.binding._listen import TaskNotifications
 from mcp_tasks.binding._mrtr import client_capabilities
 from mcp_tasks.binding._ops import OpsRoutes, standard_routes
+from mcp_tasks.binding._response_mode import install as answer_per_request
 from mcp_tasks.binding._streams import StandaloneStreams
 from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime
 from mcp_tasks.ops import Metrics
@@ -563,6 +564,8 @@ class McpTasksServer:
             else auth.sdk_settings(url(host, bound_port(sockets))),
             token_verifier=None if auth is None else auth.verifier,
         )
+        # 2025-11-25 POSTs: JSON unless something must go out before the answer.
+        answer_per_request(self.server.session_manager)
         if self.streams is not None:
             app = self.streams.wrap(app)
         if auth is not None:

@@ -100,6 +100,16 @@ async def read_to_end(stream: anyio.abc.SocketStream) -> bytes:
         return data
 
 
+@pytest.fixture(params=["h11", "httptools"])
+def parser(request: pytest.FixtureRequest) -> str:
+    """Both of uvicorn's HTTP parsers run under the guard (``[http] parser``)."""
+    return str(request.param)
+
+
+def http_toml(parser: str, settings: str = "") -> str:
+    return f'[http]\nparser = "{parser}"\n{settings}'
+
+
 def stopped_log(server: HttpServer) -> str:
     """Stop ``server`` (SIGTERM) and return its complete log."""
     assert server.stop() == 0
@@ -107,11 +117,13 @@ def stopped_log(server: HttpServer) -> str:
 
 
 async def test_a_flood_beyond_the_connection_limit_leaves_the_server_reachable(
-    server_files: ServerFilesFactory,
+    server_files: ServerFilesFactory, parser: str
 ) -> None:
     files = server_files(
-        "flood-limit",
-        extra_toml="[http]\nmax_connections = 16\nheader_timeout_seconds = 60\n",
+        f"flood-limit-{parser}",
+        extra_toml=http_toml(
+            parser, "max_connections = 16\nheader_timeout_seconds = 60\n"
+        ),
     )
     server = HttpServer(files)
     try:
@@ -130,10 +142,13 @@ async def test_a_flood_beyond_the_connection_limit_leaves_the_server_reachable(
 
 
 async def test_when_every_connection_is_busy_a_new_one_gets_503(
-    server_files: ServerFilesFactory,
+    server_files: ServerFilesFactory, parser: str
 ) -> None:
     server = HttpServer(
-        server_files("flood-busy", extra_toml="[http]\nmax_connections = 4\n")
+        server_files(
+            f"flood-busy-{parser}",
+            extra_toml=http_toml(parser, "max_connections = 4\n"),
+        )
     )
     busy: list[anyio.abc.SocketStream] = []
     try:
@@ -155,10 +170,11 @@ async def test_when_every_connection_is_busy_a_new_one_gets_503(
 
 
 async def test_a_connection_that_never_finishes_its_request_is_closed(
-    server_files: ServerFilesFactory,
+    server_files: ServerFilesFactory, parser: str
 ) -> None:
     files = server_files(
-        "flood-timeout", extra_toml="[http]\nheader_timeout_seconds = 0.5\n"
+        f"flood-timeout-{parser}",
+        extra_toml=http_toml(parser, "header_timeout_seconds = 0.5\n"),
     )
     server = HttpServer(files)
     try:
@@ -178,9 +194,11 @@ async def test_a_connection_that_never_finishes_its_request_is_closed(
 
 
 async def test_a_flood_of_malformed_requests_is_logged_once(
-    server_files: ServerFilesFactory,
+    server_files: ServerFilesFactory, parser: str
 ) -> None:
-    server = HttpServer(server_files("flood-garbage"))
+    server = HttpServer(
+        server_files(f"flood-garbage-{parser}", extra_toml=http_toml(parser))
+    )
     try:
         server.start()
         with anyio.fail_after(TIMEOUT):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -379,6 +381,9 @@ def test_the_http_section_is_read(config_file: WriteFile) -> None:
         ('trusted_proxies = ["10.0.0.1/8"]', "http.trusted_proxies"),
         ('trusted_proxies = "10.0.0.1"', "http.trusted_proxies"),
         ("max_conections = 5", "http.max_conections"),
+        ('event_loop = "trio"', "http.event_loop"),
+        ("event_loop = 1", "http.event_loop"),
+        ('parser = "llhttp"', "http.parser"),
     ],
 )
 def test_a_bad_http_value_is_refused_naming_the_key(
@@ -392,6 +397,31 @@ def test_a_bad_http_value_says_what_is_wrong(config_file: WriteFile) -> None:
         Settings.load(config_file('[http]\ntrusted_proxies = ["10.0.0.1/8"]\n'))
     with pytest.raises(ConfigurationError, match="as in a Host header"):
         Settings.load(config_file('[http]\nallowed_hosts = ["https://x.test"]\n'))
+
+
+def test_the_event_loop_and_parser_default_to_auto_and_can_be_named(
+    config_file: WriteFile,
+) -> None:
+    assert (Settings().http.event_loop, Settings().http.parser) == ("auto", "auto")
+    http = Settings.load(
+        config_file('[http]\nevent_loop = "asyncio"\nparser = "h11"\n')
+    ).http
+    assert (http.event_loop, http.parser) == ("asyncio", "h11")
+
+
+def test_an_event_loop_that_is_not_installed_is_refused_at_start_up(
+    config_file: WriteFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def without_uvloop(name: str, package: str | None = None) -> Any:
+        return None if name == "uvloop" else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_uvloop)
+    with pytest.raises(ConfigurationError, match="uvloop is not installed"):
+        Settings.load(config_file('[http]\nevent_loop = "uvloop"\n'))
+    # "auto" falls back to asyncio instead.
+    assert Settings.load(config_file("[http]\n")).http.event_loop == "auto"
 
 
 # --------------------------------------------------------------- token file

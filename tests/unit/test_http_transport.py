@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib.util
 import logging
 import socket
 from ipaddress import ip_network
@@ -19,9 +20,15 @@ import pytest
 from mcp_tasks._config import HttpSettings
 from mcp_tasks._exceptions import ListenError
 from mcp_tasks.binding._common import Requesters, Transport
-from mcp_tasks.binding._connections import ConnectionGuard, OncePerInterval
+from mcp_tasks.binding._connections import (
+    ConnectionGuard,
+    GuardedProtocol,
+    OncePerInterval,
+)
 from mcp_tasks.binding._http import (
     accept_failures_reported,
+    fast_loop,
+    http_protocol,
     listen,
     transport_security,
     url,
@@ -232,3 +239,42 @@ def test_repeated_warnings_pass_once_per_interval_with_a_count() -> None:
         "Exception in ASGI application",
         "Invalid HTTP request received. (2 more since the last report)",
     ]
+
+
+# ------------------------------------------------------- event loop and parser
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *missing: str) -> None:
+    """Make ``missing`` modules look uninstalled (no wheel for this platform)."""
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> Any:
+        return None if name in missing else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+def test_auto_uses_uvloop_and_httptools_when_installed() -> None:
+    from mcp_tasks.binding._httptools_guard import GuardedHttpToolsProtocol
+
+    guard = ConnectionGuard(10, 1.0)
+    assert fast_loop(HttpSettings())
+    assert issubclass(http_protocol(HttpSettings(), guard), GuardedHttpToolsProtocol)
+
+
+def test_auto_falls_back_to_asyncio_and_h11_where_no_wheel_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _without(monkeypatch, "uvloop", "httptools")
+    guard = ConnectionGuard(10, 1.0)
+    assert not fast_loop(HttpSettings())
+    protocol = http_protocol(HttpSettings(), guard)
+    assert issubclass(protocol, GuardedProtocol)
+    assert protocol.guard is guard
+
+
+def test_the_configured_loop_and_parser_win_over_auto() -> None:
+    guard = ConnectionGuard(10, 1.0)
+    chosen = HttpSettings(event_loop="asyncio", parser="h11")
+    assert not fast_loop(chosen)
+    assert issubclass(http_protocol(chosen, guard), GuardedProtocol)
