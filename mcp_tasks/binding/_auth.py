@@ -139,6 +139,10 @@ class HttpAuth:
             validate_token_resource=False,
         )
 
+    async def operator_check(self, token: str) -> bool:
+        """Whether bearer ``token`` verifies and grants operator access (`is_operator`)."""
+        return is_operator(await self.verifier.verify_token(token), self.oauth)
+
     def wrap(self, app: ASGIApp) -> ASGIApp:
         """``app`` behind the OAuth layer (unchanged without OAuth)."""
         if self.oauth is None:

@@ -5,11 +5,14 @@ front of the MCP app; later operator pages (a dashboard) add theirs with
 `OpsRoutes.add`. Every route is checked by `operator_allowed`, the one rule
 for who may read operator pages:
 
-- without bearer tokens (no ``--tokens``) every route is open, as ``/mcp`` is;
-- with them, a request needs an operator token (an ``[[operator]]`` entry of
-  the token file) in ``Authorization: Bearer ...``, unless its path is one of
-  ``[http] open_endpoints`` (load balancers' health checks, typically).
-  A client's token is not an operator's: clients see only their own tasks.
+- without authentication (no ``--tokens``, no ``[auth]``) every route is
+  open, as ``/mcp`` is;
+- with it, a request needs an operator's bearer token, unless its path is one
+  of ``[http] open_endpoints`` (load balancers' health checks, typically): an
+  ``[[operator]]`` entry of the token file, or under OAuth an access token
+  carrying ``[auth] operator_scope`` (checked by `OpsRoutes`' token check,
+  the server's verifier). A client's token is not an operator's: clients
+  see only their own tasks.
 
 ``/healthz`` answers 200 while the process serves HTTP (liveness).
 ``/readyz`` answers 200 when the journal accepts writes and the server is not
@@ -77,6 +80,9 @@ class OpsRoutes:
         self.settings = settings
         self._routes: dict[str, Handler] = {}
         self._methods: dict[str, tuple[str, ...]] = {}
+        #: Whether a bearer token that is no ``[[operator]]`` entry is still an
+        #: operator's (under OAuth: verified, with the operator scope).
+        self.token_check: Callable[[str], Awaitable[bool]] | None = None
 
     def add(
         self, path: str, handler: Handler, methods: tuple[str, ...] = ("GET", "HEAD")
@@ -120,9 +126,12 @@ class OpsRoutes:
                 await app(scope, receive, send)
                 return
             request = Request(scope, receive)
-            allowed = operator_allowed(
-                self.settings, scope["path"], request.headers.get("authorization")
-            )
+            authorization = request.headers.get("authorization")
+            allowed = operator_allowed(self.settings, scope["path"], authorization)
+            if not allowed and self.token_check is not None:
+                scheme, _, token = (authorization or "").partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    allowed = await self.token_check(token.strip())
             if not allowed:
                 response = _refused()
             elif request.method not in (methods := self._methods[scope["path"]]):

@@ -572,6 +572,8 @@ class McpTasksServer:
             app = auth.wrap(app)
         if self.ops is not None:
             self.ops.check_open_endpoints()
+            if auth is not None and auth.oauth is not None:
+                self.ops.token_check = auth.operator_check
             app = self.ops.wrap(app)
         guard = connection_guard(settings.http)
         http_server = EmbeddedUvicorn(

@@ -649,3 +649,45 @@ def test_auth_on_stdio_is_refused(tmp_path: Path) -> None:
     code, line = refused(argv, tmp_path)
     assert code == 2
     assert "--http only" in line
+
+
+# ------------------------------------------------------- operator endpoints
+
+
+@pytest.fixture(scope="module")
+def oauth_only_server(
+    server_files: ServerFilesFactory, jwks: LocalHttp
+) -> Iterator[HttpServer]:
+    """OAuth and no token file: the operator endpoints must not be open."""
+    files = server_files("oauth-only", extra_toml=auth_toml(jwks.url("/jwks")))
+    server = HttpServer(files)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+async def get_metrics(server: HttpServer, token: str | None) -> httpx2.Response:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    async with httpx2.AsyncClient() as http:
+        return await http.get(f"{base_url(server)}/metrics", headers=headers)
+
+
+async def test_operator_endpoints_under_oauth_take_the_operator_scope(
+    oauth_only_server: HttpServer, issuer: Issuer
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        nobody = await get_metrics(oauth_only_server, None)
+        client = await get_metrics(oauth_only_server, issuer.token(scope="tasks"))
+        forged = await get_metrics(oauth_only_server, "not-a-jwt")
+        operator = await get_metrics(
+            oauth_only_server, issuer.token(scope="tasks tasks:operator")
+        )
+    assert (nobody.status_code, client.status_code, forged.status_code) == (
+        401,
+        401,
+        401,
+    )
+    assert operator.status_code == 200
+    assert "mcp_tasks_workers_limit" in operator.text
