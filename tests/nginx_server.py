@@ -123,10 +123,11 @@ class SessionRoute:
             for n in range(1, len(self.backends) + 1)
         ]
         lines += [f"        default {name};", "    }"]
-        # The id the replica gave, without the prefix.
+        # The id the replica gave, without the prefix (only ours).
+        known = "|".join(str(n) for n in range(1, len(self.backends) + 1))
         lines += [
             f"    map $http_mcp_session_id ${name}_session {{",
-            f'        "~^r[0-9]+\\.(?<{name}_sid>.+)$" ${name}_sid;',
+            f'        "~^r(?:{known})\\.(?<{name}_sid>.+)$" ${name}_sid;',
             "        default $http_mcp_session_id;",
             "    }",
         ]
