@@ -1,12 +1,15 @@
 """A tool for the replica tests: it records where and when each run of it ran.
 
-``placed`` appends ``start <task> <attempt> <pid> <ns>`` when its body starts
-and ``end <task> <attempt> <pid> <ns>`` when it ends (returns or is stopped)
+``placed`` appends ``start <task> <attempt> <replica> <ns>`` when its body
+starts and ``end <task> <attempt> <replica> <ns>`` when it ends (returns or is
+stopped)
 to ``[tools.placed] runs``, with the machine's monotonic clock, which every
 process on it shares. Then, like ``e2e_tools.gate``, it tells the test's
 `EventHub` (``[tools.placed] events``) it started and waits at a gate there.
 So a test reads from the bodies themselves which replica ran which task and
-how many of a client's ran at once.
+how many of a client's ran at once. ``<replica>`` is the server's
+``TEST_REPLICA_NAME`` environment variable (else its pid): a replica in a pid
+namespace of its own does not know its pid as the test sees it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ class PlacedConfig(BaseModel):
 
 
 def _record(path: str, kind: str, ctx: TaskContext) -> None:
-    line = f"{kind} {ctx.task_id} {ctx.attempt} {os.getpid()} {time.monotonic_ns()}\n"
+    replica = os.environ.get("TEST_REPLICA_NAME", str(os.getpid()))
+    line = f"{kind} {ctx.task_id} {ctx.attempt} {replica} {time.monotonic_ns()}\n"
     # One small O_APPEND write per line: lines of concurrent processes never mix.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

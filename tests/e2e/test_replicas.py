@@ -19,6 +19,7 @@ across the three, read from the bodies' own start and end times.
 from __future__ import annotations
 
 import itertools
+import re
 import sys
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,7 +75,7 @@ class Run:
 
     task_id: str
     attempt: int
-    pid: int
+    replica: str
     start: int
     end: int | None
 
@@ -85,6 +86,10 @@ class Cluster:
 
     root: Path
     url: str
+    #: Each replica in a pid namespace of its own, as if on its own machine:
+    #: no replica can see another's pid, so only a lease running out tells
+    #: them one is gone.
+    machines: bool = False
     replicas: list[Replica] = field(default_factory=list[Replica])
     balancer: NginxServer | None = None
 
@@ -131,7 +136,12 @@ runs = "{self.runs_file}"
     def start(self, stack: ExitStack) -> None:
         """Start the replicas (together), then nginx in front of them."""
         for n in range(1, REPLICAS + 1):
-            argv = [
+            # `env` execs the server (same pid); `unshare --kill-child` takes
+            # the server down with it on kill -9.
+            argv = ["env", f"TEST_REPLICA_NAME=r{n}"]
+            if self.machines:
+                argv = ["unshare", "--pid", "--fork", "--kill-child", *argv]
+            argv += [
                 sys.executable, "-m", "mcp_tasks", "serve",
                 "--http", "127.0.0.1:0", "--log-level", "INFO",
                 "--config", str(self.root / "config.toml"),
@@ -150,8 +160,8 @@ runs = "{self.runs_file}"
         for replica in self.replicas:
             replica.stop()
 
-    def by_pid(self, pid: int) -> Replica:
-        (found,) = [r for r in self.replicas if r.process and r.pid == pid]
+    def named(self, name: str) -> Replica:
+        (found,) = [r for r in self.replicas if r.name == name]
         return found
 
     def holding(self, session_id: str | None) -> Replica:
@@ -159,36 +169,37 @@ runs = "{self.runs_file}"
         assert session_id is not None
         name, dot, _ = session_id.partition(".")
         assert dot, f"the balancer did not name the replica: {session_id}"
-        (found,) = [r for r in self.replicas if r.name == name]
-        return found
+        return self.named(name)
 
     def runs(self) -> list[Run]:
         """Every run of ``placed`` so far, in start order."""
-        starts: dict[tuple[str, int], tuple[int, int]] = {}
+        starts: dict[tuple[str, int], tuple[str, int]] = {}
         ends: dict[tuple[str, int], int] = {}
         text = self.runs_file.read_text() if self.runs_file.exists() else ""
         for line in text.splitlines():
-            kind, task_id, attempt, pid, at = line.split()
+            kind, task_id, attempt, replica, at = line.split()
             key = (task_id, int(attempt))
             if kind == "start":
-                starts[key] = (int(pid), int(at))
+                starts[key] = (replica, int(at))
             else:
                 ends[key] = int(at)
         made = [
-            Run(task_id, attempt, pid, start, ends.get((task_id, attempt)))
-            for (task_id, attempt), (pid, start) in starts.items()
+            Run(task_id, attempt, replica, start, ends.get((task_id, attempt)))
+            for (task_id, attempt), (replica, start) in starts.items()
         ]
         return sorted(made, key=lambda run: run.start)
 
     def placement(self, task_ids: Sequence[str]) -> dict[str, Replica]:
         """Which replica runs (ran) the latest attempt of each task."""
         latest = {run.task_id: run for run in self.runs() if run.task_id in task_ids}
-        return {task_id: self.by_pid(run.pid) for task_id, run in latest.items()}
+        return {task_id: self.named(run.replica) for task_id, run in latest.items()}
 
 
-def _cluster(root: Path, events: Path, postgres_url: str, stack: ExitStack) -> Cluster:
+def _cluster(
+    root: Path, events: Path, postgres_url: str, stack: ExitStack, *, machines: bool
+) -> Cluster:
     url = stack.enter_context(fresh_database(postgres_url))
-    cluster = Cluster(root, url)
+    cluster = Cluster(root, url, machines)
     cluster.write_config(events)
     cluster.start(stack)
     return cluster
@@ -198,14 +209,27 @@ def _cluster(root: Path, events: Path, postgres_url: str, stack: ExitStack) -> C
 def shared(e2e_root: Path, events_path: Path, postgres_url: str) -> Iterator[Cluster]:
     """Three replicas and their balancer for the tests that stop none of them."""
     with ExitStack() as stack:
-        yield _cluster(e2e_root / "replicas", events_path, postgres_url, stack)
+        yield _cluster(
+            e2e_root / "replicas", events_path, postgres_url, stack, machines=False
+        )
 
 
 @pytest.fixture
 def fresh(tmp_path: Path, events_path: Path, postgres_url: str) -> Iterator[Cluster]:
-    """A cluster of this test's own, for tests that kill or stop a replica."""
+    """A cluster of this test's own, for tests that stop a replica."""
     with ExitStack() as stack:
-        yield _cluster(tmp_path / "own", events_path, postgres_url, stack)
+        yield _cluster(
+            tmp_path / "own", events_path, postgres_url, stack, machines=False
+        )
+
+
+@pytest.fixture
+def machines(tmp_path: Path, events_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    """A cluster of this test's own, each replica as if on a machine of its own."""
+    with ExitStack() as stack:
+        yield _cluster(
+            tmp_path / "own", events_path, postgres_url, stack, machines=True
+        )
 
 
 @asynccontextmanager
@@ -455,12 +479,13 @@ async def test_a_clients_cap_of_two_holds_across_the_replicas(
     running = list(itertools.accumulate(step for _, step in edges))
     assert max(running) == 2, f"capped at 2, ran at once: {max(running)}"
     # The replicas took the client's tasks through the balancer, round robin.
-    assert len({shared.by_pid(run.pid).name for run in runs}) >= 2
+    assert len({run.replica for run in runs}) >= 2
 
 
-async def test_a_killed_replica_s_tasks_are_finished_by_the_others(
-    fresh: Cluster, gates: Gates, hub: EventHub
+async def test_a_killed_replica_s_tasks_are_finished_by_the_others_after_its_lease(
+    machines: Cluster, gates: Gates, hub: EventHub
 ) -> None:
+    fresh = machines
     async with connect(fresh.balancer_url, MODERN) as on:
         keys = await fill(fresh, on, gates, hub)
         placed = fresh.placement(list(keys))
@@ -476,6 +501,11 @@ async def test_a_killed_replica_s_tasks_are_finished_by_the_others(
             await hub.wait("started", keys[task_id], attempt=2)
         retaken = fresh.placement(lost)
         assert victim not in retaken.values()
+        # Taken over because the lease ran out: nobody could see the pid.
+        survivors = "".join(r.log_text() for r in fresh.replicas[1:])
+        assert "is gone" not in survivors
+        for task_id in lost:
+            assert re.search(rf"task {task_id} .*the lease of \S+ ran out", survivors)
         for task_id in lost:
             gates.release(keys[task_id])
         for task_id in [*keys, *later]:
