@@ -124,10 +124,9 @@ class SessionRoute:
         ]
         lines += [f"        default {name};", "    }"]
         # The id the replica gave, without the prefix (only ours).
-        known = "|".join(str(n) for n in range(1, len(self.backends) + 1))
         lines += [
             f"    map $http_mcp_session_id ${name}_session {{",
-            f'        "~^r(?:{known})\\.(?<{name}_sid>.+)$" ${name}_sid;',
+            f'        "~^r(?:{self._known})\\.(?<{name}_sid>.+)$" ${name}_sid;',
             "        default $http_mcp_session_id;",
             "    }",
         ]
@@ -164,9 +163,26 @@ class SessionRoute:
                 '            proxy_set_header Connection "";',
                 "            proxy_buffering off;",
                 "            proxy_read_timeout 1h;",
+                f"            error_page 502 = @{name}_gone;",
+                "        }",
+                # A session whose replica is gone answers 404, as its replica
+                # would once it forgot it: the client starts a new session.
+                f"        location @{name}_gone {{",
+                "            default_type application/json;",
+                f'            if ($http_mcp_session_id ~ "^r(?:{self._known})\\.") {{',
+                '                return 404 \'{"jsonrpc": "2.0", "id": null, '
+                '"error": {"code": -32600, "message": '
+                '"Session not found: its replica is gone"}}\';',
+                "            }",
+                "            return 502;",
                 "        }",
             ]
         )
+
+    @property
+    def _known(self) -> str:
+        """The replica numbers, as a regex alternation: ``1|2|3``."""
+        return "|".join(str(n) for n in range(1, len(self.backends) + 1))
 
 
 def render_config(

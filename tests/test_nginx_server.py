@@ -163,6 +163,28 @@ def test_a_session_stays_on_the_backend_that_created_it(balancer: NginxServer) -
         assert _exchange(balancer, given)[:2] == (backend, f"sid-{backend}")
 
 
+def test_a_session_whose_backend_is_gone_answers_404(
+    backends: tuple[_Backend, _Backend], balancer: NginxServer
+) -> None:
+    backend, _, given = _exchange(balancer)
+    gone = backends["ab".index(backend)]
+    gone.shutdown()
+    gone.server_close()
+    request = urllib.request.Request(
+        balancer.base_url + "/mcp", headers={"Mcp-Session-Id": given}
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        _DIRECT.open(request, timeout=10)
+    assert caught.value.code == 404
+    error = json.loads(caught.value.read())["error"]
+    assert error == {
+        "code": -32600,
+        "message": "Session not found: its replica is gone",
+    }
+    # A new session goes to the backend still there.
+    assert _exchange(balancer)[0] != backend
+
+
 def test_an_unknown_replica_prefix_is_balanced_round_robin_unchanged(
     balancer: NginxServer,
 ) -> None:

@@ -7,8 +7,11 @@ on the replica that created it, named in the session id the client sees
 (``r<n>.<id>``). nginx runs one worker, so round robin is a strict rotation.
 
 Each replica has ``workers = 2``: six ``placed`` runs at once fill the three
-replicas, two each, and the runs record their own pid, so a test knows which
-replica runs what without asking any of them. Tasks submitted through the
+replicas, two each, and the runs record their replica's name, so a test knows
+which replica runs what without asking any of them. For the ``kill -9`` test
+each replica runs in a pid namespace of its own (``unshare``, as root), as if
+on a machine of its own: no replica can see that another's pid is gone, so
+its tasks are taken over only when their lease runs out. Tasks submitted through the
 balancer are spread over the replicas; every task method works whichever
 replica answers; a question asked by a run on one replica is pushed to a
 2025-11-25 session held by another; a replica killed with ``kill -9`` or
@@ -23,7 +26,7 @@ import re
 import sys
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from .support import (
     Gates,
     obj,
     objects,
+    rpc_error,
     text_of,
 )
 from .test_many_processes import (
@@ -65,6 +69,7 @@ CAPPED = "capped-replicas-token-0123456789"
 WORKERS = 2
 REPLICAS = 3
 SLOTS = WORKERS * REPLICAS
+INVALID_REQUEST = -32600
 #: Short leases: a killed replica's tasks are taken over within the test.
 LEASE_SECONDS = 2.0
 
@@ -494,7 +499,20 @@ async def test_a_killed_replica_s_tasks_are_finished_by_the_others_after_its_lea
         for task_id in keys.keys() - lost:
             gates.release(keys[task_id])
             await poll_until(on, task_id, {"completed"})
-        await anyio.to_thread.run_sync(victim.kill)
+        async with AsyncExitStack() as sessions:
+            # Round robin: one of three new sessions is on the victim.
+            opened = [
+                await sessions.enter_async_context(connect(fresh.balancer_url, LEGACY))
+                for _ in range(REPLICAS)
+            ]
+            (pinned,) = [s for s in opened if fresh.holding(s.session_id) is victim]
+            await anyio.to_thread.run_sync(victim.kill)
+            # Its session is gone with it: 404, so the client starts a new one.
+            gone = await rpc_error(lambda: pinned.get_task(lost[0]))
+            assert (gone.code, gone.message) == (
+                INVALID_REQUEST,
+                "Session not found: its replica is gone",
+            )
         # Acknowledged while the victim is dead: nginx passes them on.
         later = [await create(on, "echo", {"text": f"after {n}"}) for n in range(3)]
         for task_id in lost:
