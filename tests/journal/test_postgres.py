@@ -191,6 +191,24 @@ async def test_a_notification_wakes_another_journal_at_once(
             await woken.wait()
 
 
+async def test_a_journal_closed_right_after_a_write_still_wakes_the_others(
+    postgres_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An operator's `tasks cancel` writes once and exits at once: its NOTIFY
+    # must go out before the journal closes, not be cut off mid-query (which
+    # also made psycopg warn on the operator's terminal).
+    async with journals(postgres_db_url, 1) as (reader,):
+        woken = anyio.Event()
+        reader.on_commit(woken.set)
+        async with journals(postgres_db_url, 1) as (writer,):
+            await writer.submit(new_task())
+        with anyio.fail_after(5):
+            await woken.wait()
+    assert [
+        r.getMessage() for r in caplog.records if r.name.startswith("psycopg")
+    ] == []
+
+
 class _Seen:
     def __init__(self) -> None:
         self.changes: list[Change] = []
