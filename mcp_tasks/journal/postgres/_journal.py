@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar, final
 
 import anyio
+import anyio.lowlevel
 import psycopg
 from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
@@ -70,6 +71,8 @@ WRITE_ATTEMPTS: Final = 8
 PURGE_BATCH: Final = 500
 #: Bound on connecting to the server, in seconds.
 CONNECT_TIMEOUT_SECONDS: Final = 10
+#: Bound on sending the last NOTIFY when the journal closes, in seconds.
+CLOSING_NOTIFY_SECONDS: Final = 2.0
 #: ``before_seq`` when none is given: past any position a ``bigint`` can hold.
 _NO_SEQ_LIMIT: Final = 2**63 - 1
 
@@ -206,6 +209,7 @@ class PostgresJournal:
                 try:
                     yield journal
                 finally:
+                    await journal._flush_notify()
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -263,6 +267,23 @@ class PostgresJournal:
                 logger.debug("NOTIFY failed (%s); other processes will poll", exc)
             finally:
                 idle.set()
+
+    async def _flush_notify(self) -> None:
+        """Let the NOTIFY of our last commits go out before the journal closes.
+
+        A process that writes once and exits (an operator's ``tasks cancel``)
+        would otherwise cut it off mid-query: the other processes would learn
+        of the change only at their next poll, and psycopg, interrupted while
+        cancelling the query, warns. Bounded, and shielded so a closing
+        server still tells the others; a NOTIFY that cannot be sent by then
+        costs only latency.
+        """
+        deadline = anyio.current_time() + CLOSING_NOTIFY_SECONDS
+        with anyio.CancelScope(shield=True, deadline=deadline):
+            while self._notify_wanted.is_set() or not self._notify_idle.is_set():
+                # Wanted but not yet taken: the notifier runs at the checkpoint.
+                await self._notify_idle.wait()
+                await anyio.lowlevel.checkpoint()
 
     async def check(self) -> None:
         await self._read("claimable")
