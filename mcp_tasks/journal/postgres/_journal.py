@@ -29,7 +29,6 @@ from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar, final
 
 import anyio
-import anyio.lowlevel
 import psycopg
 from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
@@ -124,7 +123,9 @@ class PostgresJournal:
         self._pool = pool
         self._committed: list[Callable[[], None]] = []
         self._commit_observers: list[Callable[[float, int], None]] = []
-        self._notify_wanted = anyio.Event()
+        #: Commits not yet covered by a NOTIFY, and the notifier's wake-up.
+        self._notify_pending = False
+        self._notify_wake = anyio.Event()
         self._notify_idle = anyio.Event()
         self._notify_idle.set()
         #: Our NOTIFY payload, so our own listener can ignore our own wake-ups.
@@ -240,7 +241,8 @@ class PostgresJournal:
         for observer in self._commit_observers:
             observer(seconds, 1)
         self._tell_callbacks()
-        self._notify_wanted.set()
+        self._notify_pending = True
+        self._notify_wake.set()
 
     def _tell_callbacks(self) -> None:
         for callback in self._committed:
@@ -257,16 +259,22 @@ class PostgresJournal:
         process polls.
         """
         while True:
-            await self._notify_wanted.wait()
-            self._notify_wanted = anyio.Event()
-            self._notify_idle = idle = anyio.Event()
-            try:
-                async with self._pool.connection() as conn:
-                    await conn.execute(_SQL["notify"], (CHANNEL, self._id))
-            except psycopg.Error as exc:
-                logger.debug("NOTIFY failed (%s); other processes will poll", exc)
-            finally:
-                idle.set()
+            await self._notify_wake.wait()
+            self._notify_wake = anyio.Event()
+            if self._notify_pending:  # not already sent by `_flush_notify`
+                await self._send_notify()
+
+    async def _send_notify(self) -> None:
+        """One NOTIFY covering every commit made so far."""
+        self._notify_pending = False
+        self._notify_idle = idle = anyio.Event()
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(_SQL["notify"], (CHANNEL, self._id))
+        except psycopg.Error as exc:
+            logger.debug("NOTIFY failed (%s); other processes will poll", exc)
+        finally:
+            idle.set()
 
     async def _flush_notify(self) -> None:
         """Let the NOTIFY of our last commits go out before the journal closes.
@@ -280,10 +288,15 @@ class PostgresJournal:
         """
         deadline = anyio.current_time() + CLOSING_NOTIFY_SECONDS
         with anyio.CancelScope(shield=True, deadline=deadline):
-            while self._notify_wanted.is_set() or not self._notify_idle.is_set():
-                # Wanted but not yet taken: the notifier runs at the checkpoint.
-                await self._notify_idle.wait()
-                await anyio.lowlevel.checkpoint()
+            while True:
+                if not self._notify_idle.is_set():  # one in flight: let it end
+                    await self._notify_idle.wait()
+                elif self._notify_pending:
+                    # Sent here, not by the notifier: it may be cancelled
+                    # already (when the journal's owner was).
+                    await self._send_notify()
+                else:
+                    return
 
     async def check(self) -> None:
         await self._read("claimable")
