@@ -5,7 +5,15 @@ folder, starts ``nginx -p DIR -c nginx.conf -g 'daemon off;'`` as a child
 process on a free loopback port, waits until that port accepts connections,
 and on exit stops it and removes the folder. Each `Route` maps one nginx
 ``location`` to a set of loopback backends, either round robin or sticky by a
-request header (``hash $http_<header> consistent``, e.g. ``Mcp-Session-Id``).
+request header (``hash $http_<header> consistent``). A `SessionRoute` is the
+balancer for MCP replicas: requests without a session (every 2026-07-28
+request, a 2025-11-25 ``initialize``) go round robin, and a 2025-11-25
+session stays on the replica that created it. A plain hash of
+``Mcp-Session-Id`` cannot do that: the ``initialize`` has no session id yet,
+so the replica that creates the session is rarely the one its id hashes to,
+and the others answer 404. Open-source nginx has no ``sticky learn``, so
+the route writes the replica into the session id the client sees
+(``r2.<the replica's id>``) and takes it off again on the way in.
 
 nginx is Debian's package. When it is missing and we are root with apt-get it
 is installed; otherwise `NginxUnavailableError` says in one line what to
@@ -84,7 +92,102 @@ class Route:
         )
 
 
-def render_config(folder: Path, port: int, routes: Sequence[Route]) -> str:
+@dataclass(frozen=True, slots=True)
+class SessionRoute:
+    """Round robin, except that a session stays on the replica that made it.
+
+    The replica is named in the ``Mcp-Session-Id`` the client sees:
+    ``r<n>.<id>``, ``n`` counting `backends` from 1. Only those names are
+    recognised (a forged prefix reaches one of the same replicas, which knows
+    no such session and answers 404), and the replica gets its own id back.
+
+    Attributes:
+        location: An nginx location, e.g. ``"/mcp"``.
+        backends: Ports of the replicas on ``127.0.0.1``.
+    """
+
+    location: str
+    backends: Sequence[int]
+
+    def upstream(self, name: str) -> str:
+        """The upstreams (all replicas, and each alone) and the maps."""
+        lines = [f"    upstream {name} {{"]
+        lines += [f"        server 127.0.0.1:{port};" for port in self.backends]
+        lines.append("    }")
+        for n, port in enumerate(self.backends, 1):
+            lines.append(f"    upstream {name}_r{n} {{ server 127.0.0.1:{port}; }}")
+        # Where a request goes: the replica its session id names, else any.
+        lines.append(f"    map $http_mcp_session_id ${name}_upstream {{")
+        lines += [
+            f'        "~^r{n}\\." {name}_r{n};'
+            for n in range(1, len(self.backends) + 1)
+        ]
+        lines += [f"        default {name};", "    }"]
+        # The id the replica gave, without the prefix (only ours).
+        lines += [
+            f"    map $http_mcp_session_id ${name}_session {{",
+            f'        "~^r(?:{self._known})\\.(?<{name}_sid>.+)$" ${name}_sid;',
+            "        default $http_mcp_session_id;",
+            "    }",
+        ]
+        # Which replica answered: the last address tried (after a failed
+        # connect nginx tries the next one, and lists both).
+        lines.append(f"    map $upstream_addr ${name}_replica {{")
+        lines += [
+            f'        "~(^|, )127\\.0\\.0\\.1:{port}$" r{n};'
+            for n, port in enumerate(self.backends, 1)
+        ]
+        lines += ['        default "";', "    }"]
+        # The id the client sees, when the replica sent one.
+        lines += [
+            f"    map $upstream_http_mcp_session_id ${name}_client_session {{",
+            '        "" "";',
+            f'        default "${name}_replica.$upstream_http_mcp_session_id";',
+            "    }",
+        ]
+        return "\n".join(lines)
+
+    def block(self, name: str) -> str:
+        """The ``location`` block: routing by session, ids rewritten both ways."""
+        return "\n".join(
+            [
+                f"        location {self.location} {{",
+                f"            proxy_pass http://${name}_upstream;",
+                # The replicas check Host (DNS rebinding): the client's, not
+                # the upstream's name.
+                "            proxy_set_header Host $http_host;",
+                f"            proxy_set_header Mcp-Session-Id ${name}_session;",
+                "            proxy_hide_header Mcp-Session-Id;",
+                f"            add_header Mcp-Session-Id ${name}_client_session always;",
+                "            proxy_http_version 1.1;",
+                '            proxy_set_header Connection "";',
+                "            proxy_buffering off;",
+                "            proxy_read_timeout 1h;",
+                f"            error_page 502 = @{name}_gone;",
+                "        }",
+                # A session whose replica is gone answers 404, as its replica
+                # would once it forgot it: the client starts a new session.
+                f"        location @{name}_gone {{",
+                "            default_type application/json;",
+                f'            if ($http_mcp_session_id ~ "^r(?:{self._known})\\.") {{',
+                '                return 404 \'{"jsonrpc": "2.0", "id": null, '
+                '"error": {"code": -32600, "message": '
+                '"Session not found: its replica is gone"}}\';',
+                "            }",
+                "            return 502;",
+                "        }",
+            ]
+        )
+
+    @property
+    def _known(self) -> str:
+        """The replica numbers, as a regex alternation: ``1|2|3``."""
+        return "|".join(str(n) for n in range(1, len(self.backends) + 1))
+
+
+def render_config(
+    folder: Path, port: int, routes: Sequence[Route | SessionRoute]
+) -> str:
     """The whole ``nginx.conf``: one worker, every path inside ``folder``."""
     upstreams = [route.upstream(f"route{i}") for i, route in enumerate(routes)]
     locations = [route.block(f"route{i}") for i, route in enumerate(routes)]
@@ -142,7 +245,7 @@ class NginxServer:
 
 
 @contextlib.contextmanager
-def running_nginx(routes: Sequence[Route]) -> Generator[NginxServer]:
+def running_nginx(routes: Sequence[Route | SessionRoute]) -> Generator[NginxServer]:
     """Start nginx with ``routes``; stop it and remove its folder afterwards.
 
     Raises:
@@ -162,7 +265,7 @@ def running_nginx(routes: Sequence[Route]) -> Generator[NginxServer]:
 
 @contextlib.contextmanager
 def _started(
-    binary: Path, folder: Path, routes: Sequence[Route]
+    binary: Path, folder: Path, routes: Sequence[Route | SessionRoute]
 ) -> Generator[NginxServer]:
     for _ in range(START_ATTEMPTS):
         port = free_port()
@@ -236,6 +339,7 @@ __all__ = [
     "NginxServer",
     "NginxUnavailableError",
     "Route",
+    "SessionRoute",
     "ensure_nginx",
     "render_config",
     "running_nginx",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -18,6 +20,7 @@ from .nginx_server import (
     NginxServer,
     NginxUnavailableError,
     Route,
+    SessionRoute,
     ensure_nginx,
     render_config,
     running_nginx,
@@ -47,6 +50,9 @@ class _Handler(BaseHTTPRequestHandler):
             }
         ).encode()
         self.send_response(200)
+        if self.headers.get("Mcp-Session-Id") is None:
+            # Like an MCP server answering `initialize`: a session of its own.
+            self.send_header("Mcp-Session-Id", f"sid-{self.server.name}")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -127,6 +133,106 @@ def test_requests_without_a_session_id_are_balanced_round_robin(
     seen = [_backend_of(nginx, "/mcp") for _ in range(8)]
     assert sorted(seen) == ["a"] * 4 + ["b"] * 4
     assert all(x != y for x, y in itertools.pairwise(seen))
+
+
+@pytest.fixture
+def balancer(backends: tuple[_Backend, _Backend]) -> Generator[NginxServer]:
+    with running_nginx([SessionRoute("/mcp", [b.port for b in backends])]) as server:
+        yield server
+
+
+def _exchange(server: NginxServer, session: str | None = None) -> tuple[str, str, str]:
+    """A GET of ``/mcp``: (backend, the id the backend saw, the id the client got)."""
+    headers = {} if session is None else {"Mcp-Session-Id": session}
+    request = urllib.request.Request(server.base_url + "/mcp", headers=headers)
+    with _DIRECT.open(request, timeout=10) as response:
+        answer = json.loads(response.read())
+        given = response.headers.get("Mcp-Session-Id") or ""
+    return str(answer["backend"]), str(answer["session"]), given
+
+
+def test_a_session_stays_on_the_backend_that_created_it(balancer: NginxServer) -> None:
+    # Without a session id: round robin, and the id the backend gave comes
+    # back to the client naming the backend.
+    first, second = _exchange(balancer), _exchange(balancer)
+    assert {first[0], second[0]} == {"a", "b"}
+    for backend, _, given in (first, second):
+        assert given == f"r{'ab'.index(backend) + 1}.sid-{backend}"
+    # With it: always that backend, which sees its own id back.
+    for backend, _, given in (first, second) * 4:
+        assert _exchange(balancer, given)[:2] == (backend, f"sid-{backend}")
+
+
+def test_a_session_whose_backend_is_gone_answers_404(
+    backends: tuple[_Backend, _Backend], balancer: NginxServer
+) -> None:
+    backend, _, given = _exchange(balancer)
+    gone = backends["ab".index(backend)]
+    gone.shutdown()
+    gone.server_close()
+    request = urllib.request.Request(
+        balancer.base_url + "/mcp", headers={"Mcp-Session-Id": given}
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        _DIRECT.open(request, timeout=10)
+    assert caught.value.code == 404
+    error = json.loads(caught.value.read())["error"]
+    assert error == {
+        "code": -32600,
+        "message": "Session not found: its replica is gone",
+    }
+    # A new session goes to the backend still there.
+    assert _exchange(balancer)[0] != backend
+
+
+def test_an_unknown_replica_prefix_is_balanced_round_robin_unchanged(
+    balancer: NginxServer,
+) -> None:
+    seen = [_exchange(balancer, "r9.forged") for _ in range(4)]
+    assert sorted(backend for backend, _, _ in seen) == ["a", "a", "b", "b"]
+    assert {session for _, session, _ in seen} == {"r9.forged"}
+
+
+def _readme_balancer() -> str:
+    """The README's nginx example for replicas."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (block,) = [
+        b
+        for b in re.findall(r"```nginx\n(.*?)```", readme, re.S)
+        if "$mcp_upstream" in b
+    ]
+    return block
+
+
+def test_the_readme_balancer_is_the_one_the_tests_run() -> None:
+    # The README's replicas are 10.0.0.1N:8765, the tests' 127.0.0.1:N.
+    block = re.sub(
+        r"10(\\?)\.0\\?\.0\\?\.1(\d):8765", r"127\1.0\1.0\1.1:\2", _readme_balancer()
+    )
+    readme_lines = {line.split("#")[0].strip() for line in block.splitlines()}
+    route = SessionRoute("/mcp", [1, 2, 3])
+    rendered = route.upstream("mcp") + "\n" + route.block("mcp")
+    for line in rendered.splitlines():
+        assert line.split("#")[0].strip() in readme_lines, line
+
+
+def test_the_readme_balancer_is_a_config_nginx_accepts(tmp_path: Path) -> None:
+    block = _readme_balancer()
+    assert "listen 443 ssl;" in block
+    # No certificate here: the same server on plain HTTP.
+    block = block.replace("listen 443 ssl;", "listen 127.0.0.1:8443;")
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+        f"events {{}}\nhttp {{\naccess_log off;\n{block}}}\n"
+    )
+    argv = [str(ensure_nginx()), "-t", "-p", str(tmp_path), "-c", "nginx.conf"]
+    checked = subprocess.run(
+        [*argv, "-e", str(tmp_path / "error.log")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_nginx_is_stopped_and_its_folder_removed(

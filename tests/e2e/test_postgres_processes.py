@@ -4,14 +4,18 @@ The same promises as on one SQLite file (`test_many_processes`): a task
 accepted by one process is polled, answered and fetched through the other,
 and the task of a process killed with ``kill -9`` is finished by the other.
 One process names the database with ``--db``, the other with ``[journal] db``
-in its config file.
+in its config file. The operator commands run as processes of their own on the
+same database, as an operator runs them next to live servers.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -132,3 +136,55 @@ async def test_a_killed_process_s_task_is_finished_by_the_other(
             payload = await on_second.task_result(task_id)
     assert done["status"] == "completed"
     assert text_of(payload) == f"released {key}"
+
+
+async def operator(url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``mcp-tasks ARGS --db URL`` as its own process (an operator's shell)."""
+    with anyio.fail_after(2 * TIMEOUT):
+        return await anyio.run_process(
+            [sys.executable, "-m", "mcp_tasks", *args, "--db", url], check=False
+        )
+
+
+async def operator_json(url: str, *args: str) -> Any:
+    done = await operator(url, *args, "--json")
+    assert done.returncode == 0, done.stderr.decode()
+    return json.loads(done.stdout)
+
+
+async def test_operator_commands_list_and_cancel_a_running_task_on_postgresql(
+    pair: Pair, gates: Gates, hub: EventHub
+) -> None:
+    server = pair.replica("A", db_flag=True)
+    await anyio.to_thread.run_sync(server.start)
+    key = gates.key()
+    async with client(server, LEGACY) as on_server:
+        task_id = await create(on_server, "gate", {"key": key})
+        await hub.wait("started", key)
+        queued = await create(on_server, "echo", {"text": "later"})
+        await poll_until(on_server, queued, {"completed"})
+        rows = await operator_json(pair.url, "tasks", "list")
+        assert [(r["taskId"], r["phase"]) for r in rows] == [
+            (queued, "done"),
+            (task_id, "running"),
+        ]  # newest first
+        assert rows[1]["holder"]
+        assert rows[1]["attempts"] == 1
+        running = await operator_json(pair.url, "tasks", "list", "--status", "working")
+        assert [r["taskId"] for r in running] == [task_id]
+        done = await operator(pair.url, "tasks", "cancel", task_id)
+        assert done.returncode == 0, done.stderr.decode()
+        assert "cancelled" in done.stdout.decode()
+        await hub.wait("stopped", key)  # the server's run itself was stopped
+        cancelled = await poll_until(on_server, task_id, {"cancelled"})
+    assert cancelled["status"] == "cancelled"
+    shown = await operator_json(pair.url, "tasks", "show", task_id)
+    (event,) = [
+        e
+        for e in shown["events"]
+        if (e["kind"], e["status"]) == ("status", "cancelled")
+    ]
+    assert event["by"].startswith("operator:")
+    again = await operator(pair.url, "tasks", "cancel", task_id)
+    assert again.returncode == 1
+    assert "terminal status 'cancelled'" in again.stderr.decode()

@@ -7,11 +7,13 @@ Every journal here is its own pool of connections, as a replica would be.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -20,15 +22,18 @@ import psycopg
 import pytest
 
 from benchmarks._pg_pooler import find_pgbouncer, pgbouncer
+from mcp_tasks._budgets import IDLE_BUCKET_SECONDS, BudgetLimits
 from mcp_tasks._exceptions import JournalError, JournalSchemaError
 from mcp_tasks._model import InputRequest, OwnerId, TaskId, TaskStatus
 from mcp_tasks.engine._feed import Feed
 from mcp_tasks.journal import Change, Journal, Lease, Recovery, open_journal
+from mcp_tasks.journal._sql import migrations, queries
 from mcp_tasks.journal.postgres import PostgresJournal
 from mcp_tasks.journal.postgres._journal import PURGE_BATCH
-from mcp_tasks.journal.postgres._schema import redacted, supported_version
+from mcp_tasks.journal.postgres._schema import PACKAGE, redacted, supported_version
+from mcp_tasks.journal.sqlite import _rows
 
-from .contract.support import LEASE, T0, complete, new_task, submit_and_claim
+from .contract.support import ACTOR, LEASE, T0, complete, new_task, submit_and_claim
 
 CLAIMERS = 8
 
@@ -184,6 +189,24 @@ async def test_a_notification_wakes_another_journal_at_once(
         await writer.submit(new_task())
         with anyio.fail_after(5):
             await woken.wait()
+
+
+async def test_a_journal_closed_right_after_a_write_still_wakes_the_others(
+    postgres_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An operator's `tasks cancel` writes once and exits at once: its NOTIFY
+    # must go out before the journal closes, not be cut off mid-query (which
+    # also made psycopg warn on the operator's terminal).
+    async with journals(postgres_db_url, 1) as (reader,):
+        woken = anyio.Event()
+        reader.on_commit(woken.set)
+        async with journals(postgres_db_url, 1) as (writer,):
+            await writer.submit(new_task())
+        with anyio.fail_after(5):
+            await woken.wait()
+    assert [
+        r.getMessage() for r in caplog.records if r.name.startswith("psycopg")
+    ] == []
 
 
 class _Seen:
@@ -418,7 +441,7 @@ async def test_answers_to_one_task_through_two_journals_at_once_resume_it_once(
 
         async def answer(journal: Journal, task_id: str, key: str) -> None:
             accepted, task = await journal.answer(
-                TaskId(task_id), {key: {"action": "accept"}}, T0 + 1
+                TaskId(task_id), {key: {"action": "accept"}}, T0 + 1, by=ACTOR
             )
             assert accepted == [key]
             if task is not None:
@@ -444,8 +467,95 @@ async def test_purging_more_than_one_batch_purges_everything_due(
         for _ in range(count):
             new = new_task(ttl_seconds=10.0)
             await journal.submit(new)
-            assert await journal.cancel(new.task_id, "no", "test", T0) is not None
+            cancelled = await journal.cancel(new.task_id, "no", "test", T0, by=ACTOR)
+            assert cancelled is not None
         purged = await journal.purge_expired(T0 + 10_000, T0)
         assert len(purged) == len(set(purged)) == count
         assert _sql(postgres_db_url, "SELECT count(*) FROM tasks") == [(0,)]
         assert _sql(postgres_db_url, "SELECT count(*) FROM task_changes") == [(0,)]
+
+
+async def test_buckets_idle_for_an_hour_are_forgotten_by_the_sweep(
+    postgres_db_url: str,
+) -> None:
+    # Clients' request buckets would otherwise pile up (a session is a client
+    # without tokens); one idle for an hour is full, so nothing changes.
+    limits = BudgetLimits(requests_per_minute=60, requests_burst=2)
+    async with journals(postgres_db_url, 1) as (journal,):
+        await journal.take_budget("requests:old", limits, 1, 0, T0)
+        await journal.take_budget("requests:new", limits, 1, 0, T0 + 3000)
+        await journal.purge_expired(T0 + IDLE_BUCKET_SECONDS + 1, T0)
+        assert _sql(postgres_db_url, "SELECT name FROM budgets") == [("requests:new",)]
+        # Forgotten, the bucket reads (and gives) as full as before.
+        left = await journal.budget_left("requests:old", limits, T0 + 3700)
+        assert left == {"requests": 2.0}
+
+
+def _at_version_1(url: str) -> None:
+    """Make the database one that mcp-tasks with schema version 1 created."""
+    ((version, script), *_) = migrations(PACKAGE)
+    assert version == 1
+    with psycopg.connect(url) as conn:  # one transaction, committed on exit
+        conn.execute(script)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+
+
+async def test_a_version_1_database_is_upgraded_and_keeps_its_queue(
+    postgres_db_url: str,
+) -> None:
+    _at_version_1(postgres_db_url)
+    # Queued by the previous version, with its own `submit_task`.
+    older = new_task(created_at=T0 - 60)
+    submitted = _sql(
+        postgres_db_url,
+        queries(PACKAGE)["submit_task"],
+        *_rows.new_task_row(older),
+        older.concurrency,
+        older.backlog,
+    )
+    assert submitted == [(True,)]
+    async with journals(postgres_db_url, 1) as (journal,):
+        ((version,),) = _sql(
+            postgres_db_url, "SELECT value FROM meta WHERE key = 'schema_version'"
+        )
+        assert version == str(supported_version()) != "1"
+        (claimed,) = await journal.claim("h/1", T0 + LEASE, 1, T0)
+        assert (claimed.task_id, claimed.created_at) == (older.task_id, T0 - 60)
+        (row,) = await journal.list_tasks()
+        assert (row.phase, row.attempts, row.holder) == ("running", 1, "h/1")
+
+
+def _tasks_scans(plan: Any) -> Iterator[Any]:
+    """Every node of a JSON query plan that reads the ``tasks`` table."""
+    if plan.get("Relation Name") == "tasks":
+        yield plan
+    for child in plan.get("Plans", []):
+        yield from _tasks_scans(child)
+
+
+async def test_the_oldest_queued_time_reads_one_queued_task_not_the_queue(
+    postgres_db_url: str,
+) -> None:
+    # Metrics read it at every scrape; a client may have 100,000 tasks queued.
+    async with journals(postgres_db_url, 1) as (journal,):
+        await journal.submit(new_task(created_at=T0))
+    _sql(
+        postgres_db_url,
+        "INSERT INTO tasks (task_id, owner_id, tool_name, arguments, status, "
+        "created_at, updated_at, poll_interval_seconds, phase) "
+        "SELECT 'bulk-' || n, 'alice', 'echo', '{}', 'working', %s + n, %s + n, 1, "
+        "'queued' FROM generate_series(1, 5000) AS n",
+        T0,
+        T0,
+    )
+    _sql(postgres_db_url, "ANALYZE tasks")
+    for name, params in (("load_one", ("alice",)), ("load_all", ())):
+        ((explained,),) = _sql(
+            postgres_db_url,
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + queries(PACKAGE)[name],
+            *params,
+        )
+        plan: Any = json.loads(explained) if isinstance(explained, str) else explained
+        scans = list(_tasks_scans(plan[0]["Plan"]))
+        assert scans, plan
+        assert [node["Actual Rows"] for node in scans] == [1] * len(scans), plan
