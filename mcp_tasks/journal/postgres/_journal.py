@@ -967,8 +967,7 @@ async def _record_answers(
     reason: str,
     by: str,
 ) -> tuple[list[str], Task | None]:
-    """Record answers (each once) and who gave them; resume the task if none
-    is left open.
+    """Record answers (each once) and who gave them; resume the task if none is open.
 
     The task row is locked first, so two answers to one task take turns and
     the second sees the first's when it counts the questions left open.
