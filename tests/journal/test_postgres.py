@@ -28,7 +28,7 @@ from mcp_tasks.journal.postgres import PostgresJournal
 from mcp_tasks.journal.postgres._journal import PURGE_BATCH
 from mcp_tasks.journal.postgres._schema import redacted, supported_version
 
-from .contract.support import LEASE, T0, complete, new_task, submit_and_claim
+from .contract.support import ACTOR, LEASE, T0, complete, new_task, submit_and_claim
 
 CLAIMERS = 8
 
@@ -418,7 +418,7 @@ async def test_answers_to_one_task_through_two_journals_at_once_resume_it_once(
 
         async def answer(journal: Journal, task_id: str, key: str) -> None:
             accepted, task = await journal.answer(
-                TaskId(task_id), {key: {"action": "accept"}}, T0 + 1
+                TaskId(task_id), {key: {"action": "accept"}}, T0 + 1, by=ACTOR
             )
             assert accepted == [key]
             if task is not None:
@@ -444,7 +444,8 @@ async def test_purging_more_than_one_batch_purges_everything_due(
         for _ in range(count):
             new = new_task(ttl_seconds=10.0)
             await journal.submit(new)
-            assert await journal.cancel(new.task_id, "no", "test", T0) is not None
+            cancelled = await journal.cancel(new.task_id, "no", "test", T0, by=ACTOR)
+            assert cancelled is not None
         purged = await journal.purge_expired(T0 + 10_000, T0)
         assert len(purged) == len(set(purged)) == count
         assert _sql(postgres_db_url, "SELECT count(*) FROM tasks") == [(0,)]

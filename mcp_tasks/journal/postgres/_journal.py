@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar, final
@@ -33,11 +34,13 @@ from psycopg import errors
 from psycopg_pool import AsyncConnectionPool
 
 from mcp_tasks import _budgets
-from mcp_tasks._budgets import Bucket, BudgetLimits
+from mcp_tasks._budgets import IDLE_BUCKET_SECONDS, Bucket, BudgetLimits
 from mcp_tasks._exceptions import CapacityError, JournalError
 from mcp_tasks._model import InputRequest, Outcome, OwnerId, Task, TaskId, TaskStatus
 from mcp_tasks.journal._base import TERMINAL_GRACE_SECONDS, Settled
 from mcp_tasks.journal._records import (
+    BY,
+    BY_SERVER,
     ChangeKind,
     Claimed,
     ClientLoad,
@@ -48,6 +51,7 @@ from mcp_tasks.journal._records import (
     Recovery,
     Report,
     TaskEvent,
+    TaskRow,
 )
 from mcp_tasks.journal._sql import queries
 from mcp_tasks.journal.postgres._listener import CHANNEL, Listener
@@ -66,6 +70,8 @@ WRITE_ATTEMPTS: Final = 8
 PURGE_BATCH: Final = 500
 #: Bound on connecting to the server, in seconds.
 CONNECT_TIMEOUT_SECONDS: Final = 10
+#: ``before_seq`` when none is given: past any position a ``bigint`` can hold.
+_NO_SEQ_LIMIT: Final = 2**63 - 1
 
 T = TypeVar("T")
 Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
@@ -114,6 +120,7 @@ class PostgresJournal:
         self._location = redacted(url)
         self._pool = pool
         self._committed: list[Callable[[], None]] = []
+        self._commit_observers: list[Callable[[float, int], None]] = []
         self._notify_wanted = anyio.Event()
         self._notify_idle = anyio.Event()
         self._notify_idle.set()
@@ -214,8 +221,20 @@ class PostgresJournal:
         """Call ``callback`` after each commit of this process (and on NOTIFY)."""
         self._committed.append(callback)
 
-    def _tell(self) -> None:
-        """This process committed: tell its callbacks, and the others by NOTIFY."""
+    def observe_commits(self, observer: Callable[[float, int], None]) -> None:
+        """Call ``observer(seconds, 1)`` after each transaction this process commits.
+
+        The seconds run from asking the pool for a connection to the commit
+        (waiting for a connection, and for row locks, included), retries of a
+        lost deadlock included; each transaction is one write.
+        """
+        self._commit_observers.append(observer)
+
+    def _tell(self, started: float) -> None:
+        """This process committed: tell observers, callbacks, others (NOTIFY)."""
+        seconds = time.perf_counter() - started
+        for observer in self._commit_observers:
+            observer(seconds, 1)
         self._tell_callbacks()
         self._notify_wanted.set()
 
@@ -249,6 +268,11 @@ class PostgresJournal:
         await self._read("claimable")
 
     async def _read(self, name: str, *params: Any) -> list[tuple[Any, ...]]:
+        return await self._fetch(name, params)
+
+    async def _fetch(
+        self, name: str, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
         try:
             async with self._pool.connection() as conn:
                 cursor = await conn.execute(_SQL[name], params)
@@ -258,6 +282,7 @@ class PostgresJournal:
 
     async def _write(self, fn: Callable[[Cursor], Awaitable[T]]) -> T:
         """Run ``fn`` in one transaction, retrying lost deadlocks; then tell listeners."""
+        started = time.perf_counter()
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 async with self._pool.connection() as conn:
@@ -270,12 +295,13 @@ class PostgresJournal:
                 continue
             except psycopg.Error as exc:
                 raise JournalError(f"journal write failed: {exc}") from exc
-            self._tell()
+            self._tell(started)
             return result
         raise AssertionError("unreachable")
 
     async def _call(self, name: str, *params: Any) -> list[tuple[Any, ...]]:
         """Run one statement as its own transaction (autocommit): one round trip."""
+        started = time.perf_counter()
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 async with self._pool.connection() as conn:
@@ -288,7 +314,7 @@ class PostgresJournal:
                 continue
             except psycopg.Error as exc:
                 raise JournalError(f"journal write failed: {exc}") from exc
-            self._tell()
+            self._tell(started)
             return rows
         raise AssertionError("unreachable")
 
@@ -379,6 +405,23 @@ class PostgresJournal:
             rows = await self._read("load_one", owner_id)
         return [_rows.load_from_row(r) for r in rows]
 
+    async def list_tasks(
+        self,
+        *,
+        owner_id: OwnerId | None = None,
+        statuses: Sequence[TaskStatus] = (),
+        before_seq: int | None = None,
+        limit: int = 100,
+    ) -> list[TaskRow]:
+        params = {
+            "owner": owner_id,
+            "statuses": [TaskStatus(s).value for s in statuses],
+            "before": _NO_SEQ_LIMIT if before_seq is None else before_seq,
+            "limit": limit,
+        }
+        rows = await self._fetch("list_tasks", params)
+        return [_rows.task_row_from_row(r) for r in rows]
+
     # -------------------------------------------------------------- claiming
 
     async def claimable(self) -> bool:
@@ -396,8 +439,9 @@ class PostgresJournal:
                 arguments=json.loads(args),
                 request_meta=json.loads(meta),
                 retries=retries,
+                created_at=created,
             )
-            for tid, owner, tool, args, meta, attempts, retries in rows
+            for tid, owner, tool, args, meta, attempts, retries, created in rows
         ]
 
     # ------------------------------------------------------ fenced run writes
@@ -575,7 +619,7 @@ class PostgresJournal:
     # ---------------------------------------------------------- other writes
 
     async def cancel(
-        self, task_id: TaskId, message: str, reason: str, at: float
+        self, task_id: TaskId, message: str, reason: str, at: float, *, by: str
     ) -> Task | None:
         params = (message, at, *_retention_params(at), task_id)
 
@@ -586,19 +630,53 @@ class PostgresJournal:
             task = _rows.task_from_row(rows[0])
             await _change(
                 cur, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
-                message, reason, at,
+                message, reason, at, {BY: by},
+            )  # fmt: skip
+            return task
+
+        return await self._write(apply)
+
+    async def retry(
+        self,
+        task_id: TaskId,
+        message: str,
+        reason: str,
+        at: float,
+        *,
+        forget_steps: bool = False,
+        by: str,
+    ) -> Task | None:
+        async def apply(cur: Cursor) -> Task | None:
+            # Compare-and-set on `failed`: of two retries at once, the second
+            # re-checks the row after the first commits and finds it working.
+            rows = await _run(cur, "retry", message, at, task_id)
+            if not rows:
+                return None
+            task = _rows.task_from_row(rows[0])
+            if forget_steps:
+                await cur.execute(_SQL["forget_steps"], (task_id,))
+            await _change(
+                cur, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
+                message, reason, at, {BY: by},
             )  # fmt: skip
             return task
 
         return await self._write(apply)
 
     async def answer(
-        self, task_id: TaskId, answers: Mapping[str, dict[str, Any]], at: float
+        self,
+        task_id: TaskId,
+        answers: Mapping[str, dict[str, Any]],
+        at: float,
+        *,
+        by: str,
     ) -> tuple[list[str], Task | None]:
         encoded = [(key, _rows.dumps(response)) for key, response in answers.items()]
 
         async def apply(cur: Cursor) -> tuple[list[str], Task | None]:
-            return await _record_answers(cur, task_id, encoded, at, "input received")
+            return await _record_answers(
+                cur, task_id, encoded, at, "input received", by
+            )
 
         return await self._write(apply)
 
@@ -616,7 +694,7 @@ class PostgresJournal:
             # the same rows in the same order.
             for task_id, pairs in sorted(due.items()):
                 _, done = await _record_answers(
-                    cur, task_id, pairs, now, "question timed out"
+                    cur, task_id, pairs, now, "question timed out", BY_SERVER
                 )
                 if done is not None:
                     resumed.append(TaskId(task_id))
@@ -661,7 +739,7 @@ class PostgresJournal:
             if await _run(cur, "stopped", *fence):
                 await _change(
                     cur, task_id, held.owner_id, ChangeKind.PHASE,
-                    TaskStatus.CANCELLED, None, reason, at,
+                    TaskStatus.CANCELLED, None, reason, at, {BY: BY_SERVER},
                 )  # fmt: skip
                 return True
             if policy is Recovery.FAIL:
@@ -676,7 +754,9 @@ class PostgresJournal:
             if policy is Recovery.RESTART:
                 await cur.execute(_SQL["forget_steps"], (task_id,))
             owner = rows[0][1] if policy is Recovery.FAIL else rows[0][0]
-            await _change(cur, task_id, owner, kind, status, message, reason, at)
+            await _change(
+                cur, task_id, owner, kind, status, message, reason, at, {BY: BY_SERVER}
+            )
             return True
 
         return await self._write(apply)
@@ -703,6 +783,15 @@ class PostgresJournal:
                 break
         while await self._write(prune_batch) >= PURGE_BATCH:
             pass
+
+        # Idle for an hour, a bucket is full: forgetting it changes nothing. A
+        # take racing this delete either committed first (then its fresh
+        # `updated_at` fails the re-checked WHERE and the row stays) or writes
+        # its row again after the delete, from the full bucket it computed.
+        async def forget_buckets(cur: Cursor) -> None:
+            await cur.execute(_SQL["forget_idle_buckets"], (now - IDLE_BUCKET_SECONDS,))
+
+        await self._write(forget_buckets)
         return purged
 
     async def sync_limits(
@@ -763,6 +852,19 @@ class PostgresJournal:
         wanted = {_budgets.REQUESTS: requests, _budgets.TOKENS: tokens}
         wait, _ = _budgets.take(buckets, limits, wanted, at, commit=False)
         return wait
+
+    async def budget_left(
+        self, name: str, limits: BudgetLimits, at: float
+    ) -> dict[str, float]:
+        left: dict[str, float] = {}
+        for dimension, per_minute in limits.rates().items():
+            capacity = limits.capacity(dimension)
+            rows = await self._read("get_bucket", name, dimension)
+            bucket = (
+                Bucket(rows[0][0], rows[0][1]) if rows else Bucket.full(capacity, at)
+            )
+            left[dimension] = bucket.refilled(per_minute, capacity, at).level
+        return left
 
     # ------------------------------------------------------------------ feed
 
@@ -829,8 +931,10 @@ async def _record_answers(
     encoded: Sequence[tuple[str, str]],
     at: float,
     reason: str,
+    by: str,
 ) -> tuple[list[str], Task | None]:
-    """Record answers (each once); resume the task if none is left open.
+    """Record answers (each once) and who gave them; resume the task if none
+    is left open.
 
     The task row is locked first, so two answers to one task take turns and
     the second sees the first's when it counts the questions left open.
@@ -845,7 +949,7 @@ async def _record_answers(
             accepted.append(key)
             await _change(
                 cur, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
-                None, reason, at, {"key": key},
+                None, reason, at, {"key": key, BY: by},
             )  # fmt: skip
     if not accepted:
         return accepted, None
@@ -857,6 +961,7 @@ async def _record_answers(
     if not rows:
         return accepted, None
     await _change(
-        cur, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at
-    )
+        cur, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
+        {BY: by},
+    )  # fmt: skip
     return accepted, _rows.task_from_row(rows[0])

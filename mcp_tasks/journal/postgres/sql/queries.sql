@@ -60,20 +60,24 @@ SELECT task_id FROM tasks
 WHERE owner_id = %s AND status = 'input_required' ORDER BY seq LIMIT %s
 
 -- load_all --
+-- The oldest queued task is the first in the client's queue (seq order: tasks
+-- are numbered as they are created), one lookup in `tasks_queued` rather than
+-- a scan of every queued task: scraped metrics read this with 100,000 queued.
 SELECT c.owner_id, c.queued, c.running, c.parked, c.waiting, c.concurrency, c.backlog,
-       (SELECT min(q.created_at) FROM tasks q
-        WHERE q.owner_id = c.owner_id AND q.phase = 'queued')
+       (SELECT q.created_at FROM tasks q
+        WHERE q.owner_id = c.owner_id AND q.phase = 'queued' ORDER BY q.seq LIMIT 1)
 FROM clients c WHERE c.queued + c.running + c.parked + c.waiting > 0
 ORDER BY c.owner_id
 
 -- load_one --
 SELECT c.owner_id, c.queued, c.running, c.parked, c.waiting, c.concurrency, c.backlog,
-       (SELECT min(q.created_at) FROM tasks q
-        WHERE q.owner_id = c.owner_id AND q.phase = 'queued')
+       (SELECT q.created_at FROM tasks q
+        WHERE q.owner_id = c.owner_id AND q.phase = 'queued' ORDER BY q.seq LIMIT 1)
 FROM clients c WHERE c.owner_id = %s
 
 -- claim --
-SELECT task_id, owner_id, tool_name, arguments, request_meta, attempts, retries
+SELECT task_id, owner_id, tool_name, arguments, request_meta, attempts, retries,
+       created_at
 FROM claim(%s, %s, %s, %s)
 
 -- claimable --
@@ -245,6 +249,9 @@ WHERE ctid IN (
     WHERE kind IN ('progress', 'log') AND at < %s LIMIT %s
 )
 
+-- forget_idle_buckets --
+DELETE FROM budgets WHERE updated_at < %s
+
 -- sync_default_limits --
 UPDATE clients SET concurrency = %s, backlog = %s
 
@@ -285,3 +292,24 @@ LEFT JOIN LATERAL (
     ORDER BY feed_key, position LIMIT %s
 ) c ON true
 ORDER BY c.feed_key, c.position
+
+-- list_tasks --
+-- Newest first by seq (the primary key, read backwards); each filter is off
+-- when its parameter is NULL or an empty array.
+SELECT task_id, owner_id, tool_name, status, status_message, created_at,
+       updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
+       progress, progress_total, NULL, seq, phase, attempts, lease_holder
+FROM tasks
+WHERE (%(owner)s::text IS NULL OR owner_id = %(owner)s::text)
+  AND (cardinality(%(statuses)s::text[]) = 0 OR status = ANY(%(statuses)s::text[]))
+  AND seq < %(before)s
+ORDER BY seq DESC LIMIT %(limit)s
+
+-- retry --
+UPDATE tasks SET status = 'working', phase = 'queued', status_message = %s,
+       updated_at = %s, outcome = NULL, tool_error = NULL, not_before = NULL,
+       progress = NULL, progress_total = NULL
+WHERE task_id = %s AND status = 'failed'
+RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
+          updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
+          progress, progress_total, NULL
