@@ -75,7 +75,9 @@ async def one_trial(
         ).write()  # fmt: skip
         a = _replica_a(server, other_machine).start()
         try:
-            async with http_clients(a.url, 1, wire=MODERN, tokens=[token_for("a")]) as (c,):
+            async with http_clients(a.url, 1, wire=MODERN, tokens=[token_for("a")]) as (
+                c,
+            ):
                 ids = [
                     (await submit_task(c, "hold", {"seconds": 3600}))["taskId"]
                     for _ in range(TASKS)
@@ -138,11 +140,19 @@ async def measure(server_url: str, trials: int, lease: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure against a throwaway cluster (or ``--url``); print a table."""
-    parser = argparse.ArgumentParser(prog="benchmarks.fig_pg_failover", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="benchmarks.fig_pg_failover", description=__doc__
+    )
     parser.add_argument("--quick", action="store_true", help="one trial, lease 2 s")
-    parser.add_argument("--url", help="an existing server (default: a throwaway cluster)")
-    parser.add_argument("--lease", type=float, help="lease_seconds (default 10; quick 2)")
-    parser.add_argument("--trials", type=int, help="number of kills (default 3; quick 1)")
+    parser.add_argument(
+        "--url", help="an existing server (default: a throwaway cluster)"
+    )
+    parser.add_argument(
+        "--lease", type=float, help="lease_seconds (default 10; quick 2)"
+    )
+    parser.add_argument(
+        "--trials", type=int, help="number of kills (default 3; quick 1)"
+    )
     args = parser.parse_args(argv)
     lease = args.lease or (2.0 if args.quick else 10.0)
     trials = args.trials or (1 if args.quick else 3)

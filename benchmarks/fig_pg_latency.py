@@ -51,7 +51,9 @@ async def measure(server: str, sizes: Sizes) -> str:
                 async with TaskClient.http(process.url, wire=wire) as client:
                     trials = await _measure(client, sizes)
 
-                def cells(key: str, fmt: str, ts: list[dict[str, float]] = trials) -> str:
+                def cells(
+                    key: str, fmt: str, ts: list[dict[str, float]] = trials
+                ) -> str:
                     return ", ".join(format(t[key], fmt) for t in ts)
 
                 median = statistics.median(t["submit_p50"] for t in trials)
@@ -65,9 +67,13 @@ async def measure(server: str, sizes: Sizes) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure against a throwaway cluster (or ``--url``); print a table."""
-    parser = argparse.ArgumentParser(prog="benchmarks.fig_pg_latency", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="benchmarks.fig_pg_latency", description=__doc__
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
-    parser.add_argument("--url", help="an existing server (default: a throwaway cluster)")
+    parser.add_argument(
+        "--url", help="an existing server (default: a throwaway cluster)"
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.url:

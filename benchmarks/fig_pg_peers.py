@@ -72,7 +72,9 @@ def peer_python(name: str) -> Path | None:
     if not marker.exists():
         print(f"installing {' '.join(pins)} into {folder}", file=sys.stderr)
         try:
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--clear", str(folder)], check=True
+            )
             subprocess.run(
                 [str(python), "-m", "pip", "install", "--quiet",
                  "--disable-pip-version-check", *pins],
@@ -151,10 +153,14 @@ async def measure(server: str, sizes: Sizes) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure against a throwaway cluster (or ``--url``); print a table."""
-    parser = argparse.ArgumentParser(prog="benchmarks.fig_pg_peers", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="benchmarks.fig_pg_peers", description=__doc__
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one trial")
     parser.add_argument("--trials", type=int, help="override the number of trials")
-    parser.add_argument("--url", help="an existing server (default: a throwaway cluster)")
+    parser.add_argument(
+        "--url", help="an existing server (default: a throwaway cluster)"
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.trials:

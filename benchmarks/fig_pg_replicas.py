@@ -66,7 +66,9 @@ class Sizes:
     fairness_samples: int
 
 
-FULL = Sizes((1, 2, 3), tasks_per_trial=600, trials=3, backlog=5_000, fairness_samples=20)
+FULL = Sizes(
+    (1, 2, 3), tasks_per_trial=600, trials=3, backlog=5_000, fairness_samples=20
+)
 QUICK = Sizes((1, 2), tasks_per_trial=40, trials=1, backlog=40, fairness_samples=3)
 
 
@@ -90,7 +92,9 @@ class Trial:
     pg_cpu: float
 
 
-async def throughput(server_url: str, work: Path, count: int, sizes: Sizes) -> list[Trial]:
+async def throughput(
+    server_url: str, work: Path, count: int, sizes: Sizes
+) -> list[Trial]:
     """The e2e lane over ``count`` replicas on a fresh database."""
     trials: list[Trial] = []
     with fresh_database(server_url) as url:
@@ -106,9 +110,11 @@ async def throughput(server_url: str, work: Path, count: int, sizes: Sizes) -> l
                 for i in range(CLIENTS):
                     (client,) = await stack.enter_async_context(
                         http_clients(
-                            processes[i % count].url, 1, wire=MODERN,
+                            processes[i % count].url,
+                            1,
+                            wire=MODERN,
                             tokens=[token_for(f"c{i}")],
-                        )  # fmt: skip
+                        )
                     )
                     clients.append(client)
                 await drive(clients, CLIENTS * 4, 1, tasks=True, pids=pids)  # warm-up
@@ -206,9 +212,13 @@ async def measure(server_url: str, sizes: Sizes, parts: set[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure against a throwaway cluster (or ``--url``); print the tables."""
-    parser = argparse.ArgumentParser(prog="benchmarks.fig_pg_replicas", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="benchmarks.fig_pg_replicas", description=__doc__
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
-    parser.add_argument("--url", help="an existing server (default: a throwaway cluster)")
+    parser.add_argument(
+        "--url", help="an existing server (default: a throwaway cluster)"
+    )
     parser.add_argument(
         "--only", choices=("throughput", "fairness"), help="one part only"
     )

@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio
 import psycopg
+from psycopg import sql
 
 from mcp_tasks._model import TaskStatus
 from mcp_tasks.journal import open_journal
@@ -71,7 +72,9 @@ async def fill(url: str, count: int) -> float:
         while done < count:
             size = min(BATCH, count - done)
             # A retention of one second: the purge below finds them all expired.
-            tasks = [replace(_new_task(i % OWNERS), ttl_seconds=1.0) for i in range(size)]
+            tasks = [
+                replace(_new_task(i % OWNERS), ttl_seconds=1.0) for i in range(size)
+            ]
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.executemany(
                     _SQL["submit_task"],
@@ -103,11 +106,17 @@ def sizes(url: str) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {}
         for name, _est, heap, index, toast, live, dead, autovac in rows:
             exact = conn.execute(
-                psycopg.sql.SQL("SELECT count(*) FROM {}").format(
-                    psycopg.sql.Identifier(name)
-                )
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))
             ).fetchone()
-            out[name] = (exact[0] if exact else 0, heap, index, toast, live, dead, autovac)
+            out[name] = (
+                exact[0] if exact else 0,
+                heap,
+                index,
+                toast,
+                live,
+                dead,
+                autovac,
+            )
     return out
 
 
@@ -123,7 +132,9 @@ def _total(snapshot: dict[str, tuple[int, ...]]) -> int:
     return sum(v[1] + v[2] + v[3] for v in snapshot.values())
 
 
-def _table(title: str, snapshot: dict[str, tuple[int, ...]], per: int | None) -> list[str]:
+def _table(
+    title: str, snapshot: dict[str, tuple[int, ...]], per: int | None
+) -> list[str]:
     lines = [
         f"**{title}**",
         "",
@@ -185,9 +196,13 @@ async def measure(server: str, count: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure against a throwaway cluster (or ``--url``); print the tables."""
-    parser = argparse.ArgumentParser(prog="benchmarks.fig_pg_storage", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="benchmarks.fig_pg_storage", description=__doc__
+    )
     parser.add_argument("--quick", action="store_true", help="2,000 tasks")
-    parser.add_argument("--url", help="an existing server (default: a throwaway cluster)")
+    parser.add_argument(
+        "--url", help="an existing server (default: a throwaway cluster)"
+    )
     parser.add_argument("--tasks", type=int, help="number of tasks (default 100,000)")
     args = parser.parse_args(argv)
     count = args.tasks or (2_000 if args.quick else 100_000)

@@ -22,7 +22,9 @@ from pgqueuer.qm import QueueManager
 from pgqueuer.queries import Queries
 
 
-async def main(url: str, producers: int, per_producer: int, concurrency: int, pool: int) -> None:
+async def main(
+    url: str, producers: int, per_producer: int, concurrency: int, pool: int
+) -> None:
     total = producers * per_producer
     executed = 0
     all_executed = asyncio.Event()
@@ -40,7 +42,9 @@ async def main(url: str, producers: int, per_producer: int, concurrency: int, po
                 all_executed.set()
 
         worker = asyncio.create_task(
-            manager.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
+            manager.run(
+                batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency
+            )
         )
         await asyncio.sleep(0.5)  # the manager is listening before the clock starts
 
@@ -60,11 +64,15 @@ async def main(url: str, producers: int, per_producer: int, concurrency: int, po
         manager.shutdown.set()
         await worker
         await worker_conn.close()
-    print(json.dumps({
-        "rate": total / elapsed,
-        "executed_rate": total / (executed_at - start),
-        "cpu_ms": cpu * 1000 / total,
-    }))
+    print(
+        json.dumps(
+            {
+                "rate": total / elapsed,
+                "executed_rate": total / (executed_at - start),
+                "cpu_ms": cpu * 1000 / total,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from procrastinate import App, PsycopgConnector
 UNFINISHED = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
 
 
-async def main(url: str, producers: int, per_producer: int, concurrency: int, pool: int) -> None:
+async def main(
+    url: str, producers: int, per_producer: int, concurrency: int, pool: int
+) -> None:
     total = producers * per_producer
     app = App(connector=PsycopgConnector(conninfo=url, min_size=pool, max_size=pool))
     executed = 0
@@ -33,7 +35,9 @@ async def main(url: str, producers: int, per_producer: int, concurrency: int, po
 
     async with app.open_async():
         await app.schema_manager.apply_schema_async()
-        worker = asyncio.create_task(app.run_worker_async(concurrency=concurrency, wait=True))
+        worker = asyncio.create_task(
+            app.run_worker_async(concurrency=concurrency, wait=True)
+        )
         await asyncio.sleep(0.5)  # the worker is listening before the clock starts
 
         async def producer() -> None:
@@ -57,11 +61,15 @@ async def main(url: str, producers: int, per_producer: int, concurrency: int, po
             await worker
         except (asyncio.CancelledError, Exception):
             pass
-    print(json.dumps({
-        "rate": total / elapsed,
-        "executed_rate": total / (executed_at - start),
-        "cpu_ms": cpu * 1000 / total,
-    }))
+    print(
+        json.dumps(
+            {
+                "rate": total / elapsed,
+                "executed_rate": total / (executed_at - start),
+                "cpu_ms": cpu * 1000 / total,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
