@@ -41,8 +41,9 @@ async def measure(server: str, sizes: Sizes) -> str:
         f"{sizes.latency_warmup} warm-up rounds, HTTP",
         "",
         "| wire | task p50 ÷ plain p50 per trial | median (target ≤ 1.15) "
-        "| p99 ratio per trial | plain p50 ms | task p50 ms | tasks/get p50 ms |",
-        "|---|---|---|---|---|---|---|",
+        "| p99 ratio per trial | plain p50 ms | task p50 ms | tasks/get p50 ms "
+        "| protocol no-op p50 ms | task p50 ÷ protocol no-op p50 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     with fresh_database(server) as url, tempfile.TemporaryDirectory() as work:
         ours = OurServer(Path(work), limits=BASE_LIMITS, db_url=url).write()
@@ -60,7 +61,8 @@ async def measure(server: str, sizes: Sizes) -> str:
                 lines.append(
                     f"| {wire} | {cells('submit_p50', '.2f')} | {median:.2f} "
                     f"| {cells('submit_p99', '.2f')} | {cells('plain_p50_ms', '.2f')} "
-                    f"| {cells('task_p50_ms', '.2f')} | {cells('get_p50_ms', '.2f')} |"
+                    f"| {cells('task_p50_ms', '.2f')} | {cells('get_p50_ms', '.2f')} "
+                    f"| {cells('ping_p50_ms', '.2f')} | {cells('task_over_ping_p50', '.2f')} |"
                 )
     return "\n".join(lines)
 
