@@ -28,11 +28,13 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import psycopg
 
 from .fig_pg_engine import SUBMITTERS, WORKERS, engine_run, fresh_database
 from .pg_cluster import running_cluster
@@ -101,17 +103,38 @@ def peer_run(python: Path, name: str, url: str, per_producer: int) -> dict[str, 
     return figures
 
 
+def counters(url: str) -> tuple[int, int]:
+    """Commits in the database at ``url`` and WAL bytes of the whole server so far.
+
+    Read from a new connection after the run's connections closed (a backend
+    flushes its statistics when it exits; half a second lets them land).
+    """
+    time.sleep(0.5)
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT xact_commit FROM pg_stat_database"
+            " WHERE datname = current_database()),"
+            " (SELECT wal_bytes FROM pg_stat_wal)"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 async def measure(server: str, sizes: Sizes) -> str:
     """Ours and each peer, rotating order, fresh databases; a Markdown table."""
     pythons = {name: peer_python(name) for name in PEERS}
     systems = ["mcp-tasks", *(n for n, p in pythons.items() if p is not None)]
     rates: dict[str, list[float]] = {name: [] for name in systems}
     cpu: dict[str, list[float]] = {name: [] for name in systems}
+    commits: dict[str, list[float]] = {name: [] for name in systems}
+    wal: dict[str, list[float]] = {name: [] for name in systems}
+    total = SUBMITTERS * sizes.per_producer
     for trial in range(sizes.trials):
         order = systems[trial % len(systems) :] + systems[: trial % len(systems)]
         print(f"trial {trial + 1}/{sizes.trials}: {', '.join(order)}", file=sys.stderr)
         for name in order:
             with fresh_database(server) as url:
+                before = counters(url)
                 if name == "mcp-tasks":
                     run = await engine_run(url, sizes.per_producer)
                     rates[name].append(run.rate)
@@ -124,13 +147,17 @@ async def measure(server: str, sizes: Sizes) -> str:
                     )
                     rates[name].append(figures["rate"])
                     cpu[name].append(figures["cpu_ms"])
+                after = counters(url)
+                commits[name].append((after[0] - before[0]) / total)
+                wal[name].append((after[1] - before[1]) / total)
     lines = [
         f"{SUBMITTERS} producers x {sizes.per_producer} no-op jobs, "
         f"{WORKERS} workers, pool {POOL}, {sizes.trials} trial(s)",
         "",
         "| system | jobs/s per trial | median | client CPU ms/job (median) "
+        "| commits/job | WAL bytes/job "
         "| mcp-tasks ÷ it per trial | median ratio (target ≥ 1.0) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     ours = rates["mcp-tasks"]
     for name in systems:
@@ -143,7 +170,10 @@ async def measure(server: str, sizes: Sizes) -> str:
         )  # fmt: skip
         lines.append(
             f"| {name} | {per_trial} | {statistics.median(rates[name]):,.0f} "
-            f"| {statistics.median(cpu[name]):.2f} | {ratio_cells[0]} | {ratio_cells[1]} |"
+            f"| {statistics.median(cpu[name]):.2f} "
+            f"| {statistics.median(commits[name]):.2f} "
+            f"| {statistics.median(wal[name]):,.0f} "
+            f"| {ratio_cells[0]} | {ratio_cells[1]} |"
         )
     missing = [n for n, p in pythons.items() if p is None]
     if missing:

@@ -8,6 +8,8 @@ Prints one JSON line. Usage::
     python pg_procrastinate.py URL PRODUCERS PER_PRODUCER CONCURRENCY POOL
 """
 
+from __future__ import annotations
+
 import asyncio
 import json
 import sys
@@ -51,7 +53,7 @@ async def main(
         executed_at = time.perf_counter()
         while True:  # the worker records each job's end after the task returns
             rows = await app.connector.execute_query_all_async(UNFINISHED)
-            if not list(rows[0].values())[0]:
+            if not next(iter(rows[0].values())):
                 break
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - start
