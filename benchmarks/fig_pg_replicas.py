@@ -129,19 +129,21 @@ async def throughput(
     return trials
 
 
-async def fairness(server_url: str, work: Path, sizes: Sizes) -> list[float]:
-    """B's time to start through replica 2 while A holds a backlog through replica 0."""
+async def fairness(
+    server_url: str, work: Path, sizes: Sizes, count: int = 3
+) -> list[float]:
+    """B's time to start through the last replica while A fills its queue through the first."""
     total = sizes.fairness_samples * sizes.trials
     with fresh_database(server_url) as url:
         server = OurServer(
-            work / "replicas-fairness",
+            work / f"replicas-fairness-{count}",
             limits={**BASE_LIMITS, "workers": 8, "client_concurrency": 4},
             clients=["a", "b"], db_url=url,
         ).write()  # fmt: skip
-        with replicas(server, 3) as processes:
+        with replicas(server, count) as processes:
             async with (
                 http_clients(processes[0].url, 1, wire=MODERN, tokens=[token_for("a")]) as (a,),
-                http_clients(processes[2].url, 1, wire=LEGACY, tokens=[token_for("b")]) as (b,),
+                http_clients(processes[-1].url, 1, wire=LEGACY, tokens=[token_for("b")]) as (b,),
             ):  # fmt: skip
                 await samples(b, 5)  # warm-up
                 idle = await samples(b, total)
@@ -149,7 +151,7 @@ async def fairness(server_url: str, work: Path, sizes: Sizes) -> list[float]:
                 loaded = await samples(b, total)
     n = sizes.fairness_samples
     print(
-        f"  fairness: idle p50 {statistics.median(idle) * 1e3:.1f} ms, "
+        f"  fairness, {count} replica(s): idle p50 {statistics.median(idle) * 1e3:.1f} ms, "
         f"loaded p50 {statistics.median(loaded) * 1e3:.1f} ms",
         file=sys.stderr,
     )
@@ -179,7 +181,12 @@ def _row(count: int, trials: list[Trial], base: float | None) -> str:
     )
 
 
-async def measure(server_url: str, sizes: Sizes, parts: set[str]) -> str:
+async def measure(
+    server_url: str,
+    sizes: Sizes,
+    parts: set[str],
+    fairness_counts: Sequence[int] = (3,),
+) -> str:
     """The curve and the fairness ratio; Markdown."""
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as folder:
@@ -199,11 +206,12 @@ async def measure(server_url: str, sizes: Sizes, parts: set[str]) -> str:
                 lines.append(_row(count, trials, base))
                 if base is None:
                     base = statistics.median(t.phase.rate for t in trials)
-        if "fairness" in parts:
-            ratios = await fairness(server_url, work, sizes)
+        for count in fairness_counts:
+            ratios = await fairness(server_url, work, sizes, count)
             lines += [
                 "",
-                f"fairness, 3 replicas, A holds {sizes.backlog} queued: B loaded ÷ idle "
+                f"fairness, {count} replica(s), A holds {sizes.backlog} queued: "
+                "B loaded ÷ idle "
                 f"per trial {', '.join(f'{r:.2f}' for r in ratios)}, "
                 f"median {statistics.median(ratios):.2f} (target ≤ 1.5)",
             ]
@@ -222,14 +230,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", choices=("throughput", "fairness"), help="one part only"
     )
+    parser.add_argument(
+        "--fairness-replicas", type=int, nargs="+",
+        help="replica counts for the fairness part, in this order (default: 3)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     parts = {args.only} if args.only else {"throughput", "fairness"}
+    counts: tuple[int, ...] = tuple(args.fairness_replicas or (3,))
+    if "fairness" not in parts:
+        counts = ()
     if args.url:
-        print(anyio.run(measure, args.url, sizes, parts))
+        print(anyio.run(measure, args.url, sizes, parts, counts))
         return 0
     with running_cluster() as cluster:
-        print(anyio.run(measure, cluster.url(), sizes, parts))
+        print(anyio.run(measure, cluster.url(), sizes, parts, counts))
     return 0
 
 
