@@ -401,6 +401,8 @@ class OurServer:
     limits: Mapping[str, object] = field(default_factory=lambda: dict[str, object]())
     clients: Sequence[str] = ()
     db_name: str = "tasks.db"
+    #: A ``postgresql://`` journal instead of the SQLite file under ``root``.
+    db_url: str | None = None
 
     @property
     def db(self) -> Path:
@@ -433,7 +435,7 @@ class OurServer:
             "mcp_tasks",
             "serve",
             "--db",
-            str(self.db),
+            self.db_url or str(self.db),
             "--config",
             str(self.config),
             "--tools",

@@ -224,7 +224,7 @@ class RawLoop:
                     continue
                 self.counter.calls += 1
                 self.counter.tasks += len(rows)
-                for tid, *_, attempt, _retries in rows:
+                for tid, *_, attempt, _retries, _created in rows:
                     runs.start_soon(self.finish, tid, attempt)
             runs.cancel_scope.cancel()
 
