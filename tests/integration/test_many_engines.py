@@ -288,6 +288,9 @@ async def run_steps(db: str, size: int, steps: list[Step]) -> None:
     assert TRACKER.overlaps == []
 
 
+# Fifteen examples of up to four engines: on PostgreSQL on a loaded 2-core
+# machine this took 16-49 s, too close to the suite's 60 s per test.
+@pytest.mark.timeout(240)
 @settings(
     deadline=None,
     max_examples=15,

@@ -16,6 +16,7 @@ from typing import Final
 
 from mcp_tasks._exceptions import JournalError, JournalSchemaError
 from mcp_tasks.journal._sql import migrations
+from mcp_tasks.journal.sqlite._turnstile import Turnstile
 
 PACKAGE: Final = __name__.rpartition(".")[0]
 #: How long a writer waits for another process's write transaction to end.
@@ -51,7 +52,27 @@ class FileIdentity:
 
 
 def open_writer(path: Path, synchronous: str) -> sqlite3.Connection:
-    """The writer's connection, with the schema brought up to date (blocking)."""
+    """The writer's connection, with the schema brought up to date (blocking).
+
+    Processes opening one journal at once take turns through its turnstile:
+    switching a fresh file to WAL needs an exclusive lock, and SQLite answers
+    a connection that asks for it while another reads "database is locked"
+    at once, without waiting out the busy timeout.
+    """
+    turn = Turnstile(path)
+    try:
+        turn.open()
+    except OSError:
+        return _open_writer(path, synchronous)  # takes turns through SQLite alone
+    try:
+        turn.enter()
+        return _open_writer(path, synchronous)
+    finally:
+        turn.leave()
+        turn.close()
+
+
+def _open_writer(path: Path, synchronous: str) -> sqlite3.Connection:
     db = sqlite3.connect(
         path,
         isolation_level=None,
