@@ -59,6 +59,10 @@ def open_writer(path: Path, synchronous: str) -> sqlite3.Connection:
     a connection that asks for it while another reads "database is locked"
     at once, without waiting out the busy timeout.
     """
+    if _has_content(path):
+        # Created already: no WAL switch left to race (and a file we refuse,
+        # corrupt or newer, must be left exactly as it is, no sidecar beside).
+        return _open_writer(path, synchronous)
     turn = Turnstile(path)
     try:
         turn.open()
@@ -70,6 +74,13 @@ def open_writer(path: Path, synchronous: str) -> sqlite3.Connection:
     finally:
         turn.leave()
         turn.close()
+
+
+def _has_content(path: Path) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
 
 
 def _open_writer(path: Path, synchronous: str) -> sqlite3.Connection:
