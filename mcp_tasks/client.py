@@ -108,11 +108,15 @@ __all__ = [
     "ProtocolError",
     "RpcError",
     "ServerRequestHandler",
+    "SessionGoneError",
     "TaskClient",
     "Wire",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The session header (httpx matches header names case-insensitively).
+MCP_SESSION_ID_HEADER = "mcp-session-id"
 
 JSONObject: TypeAlias = dict[str, Any]
 """A decoded JSON object, as results, params and notifications are handed out."""
@@ -212,6 +216,22 @@ class ConnectionClosedError(RpcError):
         super().__init__(CONNECTION_CLOSED, message, method=method)
 
 
+class SessionGoneError(ConnectionClosedError):
+    """The HTTP server no longer knows this client's session (it answered ``404``).
+
+    A restarted server, or a replica that is gone, has no record of the
+    session; the spec has the client start a new one with ``initialize``. It
+    is a `ConnectionClosedError`, so code that reconnects on a lost
+    connection reconnects on this too, but it keeps the server's own code and
+    message (``-32600 Session not found``).
+    """
+
+    def __init__(
+        self, code: int, message: str, data: object = None, *, method: str | None = None
+    ) -> None:
+        RpcError.__init__(self, code, message, data, method=method)
+
+
 #: How the SDK's HTTP transport words the errors it makes up for a response
 #: stream that broke (its ``_resolve_abandoned_request``; pinned to mcp 2.3.x).
 _TRANSPORT_ERRORS = ("SSE stream ended without a response", "SSE stream failed")
@@ -254,14 +274,23 @@ class _Pending:
 
 
 class _HttpObserver:
-    """Watches the HTTP exchange: session id, and whether the GET stream is up."""
+    """Watches the HTTP exchange: session id, whether the GET stream is up, and
+    whether the server has forgotten the session."""
 
     def __init__(self) -> None:
         self.session_id: str | None = None
         self.get_answered = anyio.Event()
+        #: Set once a request carrying the session id was answered ``404``:
+        #: every later request of this session fails the same way.
+        self.session_gone = False
+
+    def saw(self, request: httpx2.Request, response: httpx2.Response) -> None:
+        """Called by the transport for every response, before the SDK reads it."""
+        if response.status_code == 404 and MCP_SESSION_ID_HEADER in request.headers:
+            self.session_gone = True
 
     async def on_response(self, response: httpx2.Response) -> None:
-        session_id = response.headers.get("mcp-session-id")
+        session_id = response.headers.get(MCP_SESSION_ID_HEADER)
         if session_id:
             self.session_id = session_id
         if response.request.method == "GET":
@@ -308,14 +337,21 @@ class _KeepAliveTransport(httpx2.AsyncBaseTransport):
     so no standalone stream is opened.
     """
 
-    def __init__(self, *, standalone_stream: bool = True) -> None:
+    def __init__(
+        self, observer: _HttpObserver, *, standalone_stream: bool = True
+    ) -> None:
         self._inner = httpx2.AsyncHTTPTransport()
+        self._observer = observer
         self._standalone_stream = standalone_stream
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if request.method == "GET" and not self._standalone_stream:
             return httpx2.Response(405, request=request)
+        if request.method == "DELETE" and self._observer.session_gone:
+            # Nothing to terminate: the server said the session is gone.
+            return httpx2.Response(204, request=request)
         response = await self._inner.handle_async_request(request)
+        self._observer.saw(request, response)
         content_type = response.headers.get("content-type", "")
         if request.method == "POST" and content_type.startswith("text/event-stream"):
             stream = cast("httpx2.AsyncByteStream", response.stream)
@@ -504,7 +540,9 @@ class TaskClient:
             headers=default_headers,
             timeout=_HTTP_TIMEOUT,
             event_hooks={"response": [observer.on_response]},
-            transport=_KeepAliveTransport(standalone_stream=standalone_stream),
+            transport=_KeepAliveTransport(
+                observer, standalone_stream=standalone_stream
+            ),
         )
         async with http_client:
             transport = streamable_http_client(url, http_client=http_client)
@@ -1052,6 +1090,8 @@ class TaskClient:
             error = message.error
             if _lost_in_transport(error):
                 pending.error = ConnectionClosedError(error.message)
+            elif self._http is not None and self._http.session_gone:
+                pending.error = SessionGoneError(error.code, error.message, error.data)
             else:
                 pending.error = RpcError(error.code, error.message, error.data)
             pending.done.set()

@@ -27,10 +27,10 @@ import anyio.to_thread
 import pytest
 from anyio.abc import Process
 
-from mcp_tasks.client import TaskClient
+from mcp_tasks.client import ConnectionClosedError, SessionGoneError, TaskClient
 
 from .conftest import ServerFilesFactory
-from .support import TIMEOUT, Gates, HttpServer, start_task
+from .support import TIMEOUT, Gates, HttpServer, rpc_error, start_task
 
 #: The command, as a person runs it (``python -m mcp_tasks`` is ``mcp-tasks``).
 CALL = [sys.executable, "-m", "mcp_tasks", "call"]
@@ -151,6 +151,39 @@ async def test_follows_its_task_across_a_server_restart(
     assert code == EXIT_COMPLETED, run.output
     assert "reconnected" in run.output
     assert f"released {key}" in run.output
+
+
+async def test_a_session_the_restarted_server_does_not_know_is_a_lost_connection(
+    server_files: ServerFilesFactory, gates: Gates
+) -> None:
+    """The server restarts between two requests: the next one gets ``404``.
+
+    The spec has the client start a new session then, so the client raises
+    `SessionGoneError`, a `ConnectionClosedError` (what ``mcp-tasks call``
+    reconnects on), with the server's own code and message.
+    """
+    server = HttpServer(server_files("example-session-gone"), bind_port=free_port())
+    await anyio.to_thread.run_sync(server.start)
+    key = gates.key()
+    try:
+        async with TaskClient.http(server.url) as client:
+            task = await start_task(client, "gate", {"key": key})
+            await gates.hub.wait("started", key, 1)
+            server.signal(signal.SIGKILL)
+            await anyio.to_thread.run_sync(server.stop)
+            await anyio.to_thread.run_sync(server.start)
+            gone = await rpc_error(lambda: client.get_task(str(task["taskId"])))
+            assert isinstance(gone, SessionGoneError), gone
+            assert isinstance(gone, ConnectionClosedError)
+            assert (gone.code, gone.message) == (-32600, "Session not found")
+        # A new session follows the same task (resumed by the new server).
+        async with TaskClient.http(server.url) as client:
+            await gates.hub.wait("started", key, 2)
+            gates.release(key)
+            done = await client.get_task(str(task["taskId"]))
+            assert done["status"] in {"working", "completed"}
+    finally:
+        server.stop()
 
 
 # ----------------------------------------------------------------- progress
