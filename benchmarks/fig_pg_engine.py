@@ -9,7 +9,9 @@ engine: the same pool size, 64 submitter coroutines calling ``submit_task``,
 and a dispatcher that claims up to its free workers' worth with ``claim``
 (the engine's batching: claims are counted in both runs and reported), each
 claimed task finished by the journal's ``finish`` statement (``finish_task``,
-which also records the change). No asyncio task per run beyond what that needs, no feed
+which also records the change), grouped as the journal groups them (its
+`FinishGroup`: finishes that arrive during a commit share the next
+transaction). No asyncio task per run beyond what that needs, no feed
 follower, no heartbeat, no engine book-keeping.
 
 Both run on fresh databases of one server, alternately, ``trials`` times; the
@@ -40,6 +42,7 @@ from mcp_tasks._model import TaskStatus, new_task_id
 from mcp_tasks.journal import Claimed, Journal, open_journal
 from mcp_tasks.journal._records import NewTask
 from mcp_tasks.journal._sql import queries
+from mcp_tasks.journal.postgres._group_commit import FinishGroup
 from mcp_tasks.journal.postgres._journal import DEFAULT_POOL_SIZE
 from mcp_tasks.journal.postgres._schema import PACKAGE
 from mcp_tasks.journal.sqlite import _rows
@@ -164,6 +167,10 @@ def _new_task(index: int) -> NewTask:
     )
 
 
+def _ignore(seconds: float, writes: int) -> None:
+    """No commit observers in the raw loop."""
+
+
 class RawLoop:
     """The journal's statements from a plain psycopg loop (see the module docstring)."""
 
@@ -177,6 +184,33 @@ class RawLoop:
         self.done = 0
         self.finished = anyio.Event()
         self.counter = ClaimCounter()
+        # The journal's batching of run ends (its group commit), over plain
+        # statements: the same transactions the journal sends.
+        self.finishes = FinishGroup(self.finish_group, self.finish_one, _ignore)
+
+    async def finish_one(self, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(_SQL["finish"], params)
+            return await cursor.fetchall()
+
+    async def finish_group(
+        self, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
+    ) -> list[list[tuple[Any, ...]]]:
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(_SQL["owners_of"], (list(task_ids),))
+            owners = dict(await cursor.fetchall())
+            order = sorted(
+                range(len(calls)),
+                key=lambda i: (owners.get(task_ids[i], ""), task_ids[i]),
+            )
+            results: list[list[tuple[Any, ...]]] = [[] for _ in calls]
+            async with conn.pipeline():
+                cursors = [
+                    (i, await conn.execute(_SQL["finish"], calls[i])) for i in order
+                ]
+            for i, done in cursors:
+                results[i] = await done.fetchall()
+        return results
 
     async def submitter(self, index: int, count: int) -> None:
         for _ in range(count):
@@ -187,12 +221,11 @@ class RawLoop:
 
     async def finish(self, tid: str, attempt: int) -> None:
         now = time.time()
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                _SQL["finish"],
-                (TaskStatus.COMPLETED.value, None, now, self.OUTCOME, None, now + 60,
-                 tid, self.HOLDER, attempt, "completed"),
-            )  # fmt: skip
+        await self.finishes.finish(
+            tid,
+            (TaskStatus.COMPLETED.value, None, now, self.OUTCOME, None, now + 60,
+             tid, self.HOLDER, attempt, "completed"),
+        )  # fmt: skip
         self.free.release()
         self.done += 1
         if self.done == self.total:
@@ -242,11 +275,13 @@ async def raw_run(url: str, per_submitter: int) -> RunFigures:
         start = time.perf_counter()
         cpu = time.process_time()
         async with anyio.create_task_group() as tg:
+            tg.start_soon(loop.finishes.run)
             tg.start_soon(loop.dispatcher)
             for index in range(SUBMITTERS):
                 tg.start_soon(loop.submitter, index, per_submitter)
             with anyio.fail_after(DRAIN_TIMEOUT):
                 await loop.finished.wait()
+            tg.cancel_scope.cancel()  # the finishes' flusher
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu
     return RunFigures(

@@ -1,9 +1,10 @@
 """`PostgresJournal`: the journal on a PostgreSQL server, shared by replicas.
 
 Every operation is one transaction on a connection of a `psycopg_pool` pool
-of autocommit connections: a read is one statement; submit, claim and finish
-are one statement each (server-side functions, one round trip); other writes
-are a few statements between BEGIN and COMMIT. The SQL is in
+of autocommit connections: a read is one statement; submit and claim are one
+statement each (server-side functions, one round trip); finishes that arrive
+together share one transaction (`_group_commit`); other writes are a few
+statements between BEGIN and COMMIT. The SQL is in
 ``sql/queries.sql`` and the migrations. Nothing is kept on a connection
 between transactions (no session settings, no session advisory locks), so a
 pooler in transaction mode (PgBouncer) may sit between the journal and the
@@ -54,6 +55,7 @@ from mcp_tasks.journal._records import (
     TaskRow,
 )
 from mcp_tasks.journal._sql import queries
+from mcp_tasks.journal.postgres._group_commit import FinishGroup, Row
 from mcp_tasks.journal.postgres._listener import CHANNEL, Listener
 from mcp_tasks.journal.postgres._schema import PACKAGE, migrate, redacted
 from mcp_tasks.journal.sqlite import _rows
@@ -130,6 +132,8 @@ class PostgresJournal:
         self._notify_idle.set()
         #: Our NOTIFY payload, so our own listener can ignore our own wake-ups.
         self._id = secrets.token_hex(8)
+        #: Run ends committed together (see `_group_commit`).
+        self._finishes = FinishGroup(self._finish_group, self._finish_one, self._told)
 
     @classmethod
     @asynccontextmanager
@@ -202,6 +206,7 @@ class PostgresJournal:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(journal._notifier)
+                tg.start_soon(journal._finishes.run)
                 if listen:
                     listener = Listener(
                         listen_url or url, kwargs, journal._tell_callbacks, journal._id
@@ -227,19 +232,24 @@ class PostgresJournal:
         self._committed.append(callback)
 
     def observe_commits(self, observer: Callable[[float, int], None]) -> None:
-        """Call ``observer(seconds, 1)`` after each transaction this process commits.
+        """Call ``observer(seconds, writes)`` after each transaction this process commits.
 
         The seconds run from asking the pool for a connection to the commit
         (waiting for a connection, and for row locks, included), retries of a
-        lost deadlock included; each transaction is one write.
+        lost deadlock included. Each transaction is one write, except a group
+        of finishes (``writes`` of them, timed from the first one's arrival).
         """
         self._commit_observers.append(observer)
 
     def _tell(self, started: float) -> None:
-        """This process committed: tell observers, callbacks, others (NOTIFY)."""
-        seconds = time.perf_counter() - started
+        """This process committed one write: tell observers, callbacks, others."""
+        self._told(time.perf_counter() - started, 1)
+
+    def _told(self, seconds: float, writes: int) -> None:
+        """This process committed ``writes`` writes in one transaction: tell
+        observers, callbacks and other processes (NOTIFY)."""
         for observer in self._commit_observers:
-            observer(seconds, 1)
+            observer(seconds, writes)
         self._tell_callbacks()
         self._notify_pending = True
         self._notify_wake.set()
@@ -336,21 +346,53 @@ class PostgresJournal:
     async def _call(self, name: str, *params: Any) -> list[tuple[Any, ...]]:
         """Run one statement as its own transaction (autocommit): one round trip."""
         started = time.perf_counter()
+        rows = await self._statement(name, params)
+        self._tell(started)
+        return rows
+
+    async def _statement(self, name: str, params: Sequence[Any]) -> list[Row]:
+        """`_call` without telling anyone: lost deadlocks retried, errors wrapped."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 async with self._pool.connection() as conn:
                     cursor = await conn.execute(_SQL[name], params)
-                    rows = await cursor.fetchall()
+                    return await cursor.fetchall()
             except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
                 if attempt == WRITE_ATTEMPTS:
                     raise JournalError(f"journal write failed: {exc}") from exc
                 logger.debug("journal write retried after %s", type(exc).__name__)
-                continue
             except psycopg.Error as exc:
                 raise JournalError(f"journal write failed: {exc}") from exc
-            self._tell(started)
-            return rows
         raise AssertionError("unreachable")
+
+    async def _finish_one(self, params: Sequence[Any]) -> list[Row]:
+        return await self._statement("finish", params)
+
+    async def _finish_group(
+        self, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
+    ) -> list[list[Row]]:
+        """Several finishes in one transaction, in (owner, task id) order.
+
+        Raises psycopg errors as they are: `FinishGroup` then runs each finish
+        on its own (with `_finish_one`'s retries), so a lost deadlock or one
+        failing row costs a retry, never another task's outcome.
+        """
+        async with self._pool.connection() as conn:
+            async with conn.transaction():
+                cursor = await conn.execute(_SQL["owners_of"], (list(task_ids),))
+                owners = dict(await cursor.fetchall())
+                order = sorted(
+                    range(len(calls)),
+                    key=lambda i: (owners.get(task_ids[i], ""), task_ids[i]),
+                )
+                results: list[list[Row]] = [[] for _ in calls]
+                async with conn.pipeline():
+                    cursors = [
+                        (i, await conn.execute(_SQL["finish"], calls[i])) for i in order
+                    ]
+                for i, done in cursors:
+                    results[i] = await done.fetchall()
+        return results
 
     # ---------------------------------------------------------- submit, read
 
@@ -506,10 +548,10 @@ class PostgresJournal:
         tool_error = _rows.tool_error_text(outcome)
         encoded = _rows.outcome_json(outcome)
         keep_until, _ = _retention_params(at)
-        rows = await self._call(
-            "finish",
-            status.value, message, at, encoded, tool_error, keep_until,
-            *_fence(lease), reason,
+        rows = await self._finishes.finish(
+            lease.task_id,
+            (status.value, message, at, encoded, tool_error, keep_until,
+             *_fence(lease), reason),
         )  # fmt: skip
         return _rows.task_from_row(rows[0]) if rows else None
 

@@ -80,6 +80,9 @@ SELECT task_id, owner_id, tool_name, arguments, request_meta, attempts, retries,
        created_at
 FROM claim(%s, %s, %s, %s)
 
+-- owners_of --
+SELECT task_id, owner_id FROM tasks WHERE task_id = ANY(%s)
+
 -- claimable --
 SELECT 1 FROM clients WHERE queued > 0 AND running < concurrency LIMIT 1
 
