@@ -20,6 +20,7 @@ import shutil
 import sys
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,6 +30,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from mcp_tasks.client import TaskClient
 
+from ..pg_server import fresh_database
 from .conftest import ServerFilesFactory
 from .support import TIMEOUT, Gates, HttpServer, start_task
 
@@ -36,6 +38,12 @@ pytestmark = pytest.mark.timeout(120)
 
 ALICE = "alice-dashboard-token-0123456789"
 OPERATOR = "operator-dashboard-token-0123456"
+MALLORY = "mallory-dashboard-token-01234567"
+#: A client whose name (and question) is markup: the page must show it as text.
+MALLORY_ID = '<b class="injected">mallory</b>'
+HOSTILE_QUESTION = 'Ship <img class="injected" src="/x">it?'
+ASK_TOOL = Path(__file__).resolve().parents[2] / "tools" / "ask.py"
+ELICIT: dict[str, Any] = {"elicitation": {"form": {}}}
 #: Playwright's bound on each expectation, in milliseconds.
 WAIT_MS = TIMEOUT * 1000
 CHROMIUM = ("chromium", "chromium-browser")
@@ -65,43 +73,40 @@ async def browser() -> AsyncGenerator[Browser]:
             await launched.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def journal_args(request: pytest.FixtureRequest) -> list[str]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def journal_args(request: pytest.FixtureRequest) -> Iterator[list[str]]:
     """Extra ``serve`` arguments naming the shared journal (none: the SQLite file)."""
     if request.param == "sqlite":
-        return []
-    url = request.getfixturevalue("postgres_db_url")
-    return ["--db", str(url)]
+        yield []
+        return
+    with fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield ["--db", url]
 
 
-def pair_of_servers(
-    server_files: ServerFilesFactory, name: str, journal_args: list[str]
-) -> tuple[HttpServer, HttpServer]:
-    """Servers A and B on one journal: alice (concurrency 1) and operator ops."""
+@pytest.fixture(scope="module")
+def pair(
+    server_files: ServerFilesFactory, journal_args: list[str]
+) -> Iterator[tuple[HttpServer, HttpServer]]:
+    """Servers A and B on one journal: alice (concurrency 1), mallory and operator ops."""
+    name = "dash-pg" if journal_args else "dash-sqlite"
     files = server_files(
         f"{name}-a",
-        tokens=[{"id": "alice", "token": ALICE, "concurrency": 1}],
+        tokens=[
+            {"id": "alice", "token": ALICE, "concurrency": 1},
+            {"id": MALLORY_ID, "token": MALLORY},
+        ],
         operators=[{"id": "ops", "token": OPERATOR}],
     )
     other = replace(files, root=files.root.with_name(f"{name}-b"))
     other.root.mkdir(exist_ok=True)
-    return HttpServer(files, extra_args=journal_args), HttpServer(
-        other, extra_args=journal_args
-    )
-
-
-@pytest.fixture
-def pair(
-    server_files: ServerFilesFactory, journal_args: list[str]
-) -> Iterator[tuple[HttpServer, HttpServer]]:
-    name = "dash-pg" if journal_args else "dash-sqlite"
-    servers = pair_of_servers(server_files, name, journal_args)
+    args = [*journal_args, "--tools", str(ASK_TOOL)]
+    servers = [HttpServer(f, extra_args=args) for f in (files, other)]
     try:
         for server in servers:
             server.launch()
         for server in servers:
             server.ready()
-        yield servers
+        yield servers[0], servers[1]
     finally:
         for server in servers:
             server.stop()
@@ -258,4 +263,36 @@ async def test_the_dashboard_takes_an_operator_token_only(
         assert forged == 403
         assert (await alice.get_task(task_id))["status"] == "working"
         gates.release(key)
+    await page.context.close()
+
+
+async def test_questions_and_client_names_show_as_text_never_as_markup(
+    pair: tuple[HttpServer, HttpServer], browser: Browser
+) -> None:
+    a, b = pair
+    page = await signed_in_page(browser, a)
+    async with TaskClient.http(b.url, token=MALLORY, capabilities=ELICIT) as mallory:
+        task = await start_task(mallory, "ask", {"question": HOSTILE_QUESTION})
+        task_id = str(task["taskId"])
+        # Drawn by the script (the task came after the page): as text.
+        row = page.locator(f'#waiting tr[data-task-id="{task_id}"]')
+        await expect(row.locator(".question")).to_have_text(
+            f"{HOSTILE_QUESTION} [answer]", timeout=WAIT_MS
+        )
+        await expect(row.locator(".client")).to_have_text(MALLORY_ID)
+        mine = page.locator("#clients tr", has_text="mallory")
+        await expect(mine.locator(".waiting")).to_have_text("1")
+        # Drawn by the server on a fresh load: as text as well.
+        await page.reload()
+        await expect(row.locator(".question")).to_have_text(
+            f"{HOSTILE_QUESTION} [answer]"
+        )
+        await row.locator("a.task-link").click()
+        await expect(page.locator("#questions li")).to_have_text(
+            f"{HOSTILE_QUESTION} [answer]", timeout=WAIT_MS
+        )
+        await expect(page.locator(".injected")).to_have_count(0)
+        await row.locator("button.cancel").click()
+        await expect(row).to_have_count(0, timeout=WAIT_MS)
+        assert (await mallory.get_task(task_id))["status"] == "cancelled"
     await page.context.close()
