@@ -246,7 +246,11 @@ def render_detail(task: Mapping[str, Any] | None, task_id: str | None) -> str:
         f'<h2>Task <code id="detail-id">{_e(task["taskId"])}</code></h2>'
         f"<dl>{rows}</dl>{_cancel_button(task)}"
         f'<h3>Timeline</h3><ol id="timeline">{events}</ol>'
-        f'<h3>Questions</h3><ul id="questions">{questions}</ul>'
+        + (
+            f'<h3>Questions</h3><ul id="questions">{questions}</ul>'
+            if questions
+            else ""
+        )
     )
 
 

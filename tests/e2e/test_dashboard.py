@@ -49,17 +49,28 @@ WAIT_MS = TIMEOUT * 1000
 CHROMIUM = ("chromium", "chromium-browser")
 
 
-def chromium() -> str:
-    """The system's Chromium; fails (never skips) naming what to install."""
+#: The one line a machine without Chromium gets.
+CHROMIUM_MISSING = (
+    "chromium is missing: install Debian's Chromium with "
+    "`apt-get install chromium` (as root; scripts/system-deps does it)"
+)
+
+
+def find_chromium() -> str | None:
+    """The system's Chromium, if installed."""
     for name in CHROMIUM:
         found = shutil.which(name)
         if found is not None:
             return found
-    pytest.fail(
-        "chromium is missing: install Debian's Chromium with "
-        "`apt-get install chromium` (as root; scripts/system-deps does it)",
-        pytrace=False,
-    )
+    return None
+
+
+def chromium() -> str:
+    """The system's Chromium; fails (never skips) naming what to install."""
+    found = find_chromium()
+    if found is None:
+        pytest.fail(CHROMIUM_MISSING, pytrace=False)
+    return found
 
 
 @pytest.fixture(scope="module")

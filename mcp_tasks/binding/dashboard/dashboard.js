@@ -162,8 +162,8 @@
     for (const q of task.questions) {
       questions.append(el("li", "", questionText(q) + (q.open ? "" : " (answered)")));
     }
-    panel.replaceChildren(title, fields, actions, el("h3", "", "Timeline"), timeline,
-      el("h3", "", "Questions"), questions);
+    panel.replaceChildren(title, fields, actions, el("h3", "", "Timeline"), timeline);
+    if (task.questions.length) panel.append(el("h3", "", "Questions"), questions);
   }
 
   function problem(text) {
