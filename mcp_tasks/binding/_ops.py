@@ -2,8 +2,9 @@
 
 `OpsRoutes` is a small table of paths, each a Starlette handler, served in
 front of the MCP app; operator pages (the dashboard, `_dashboard`) add
-theirs with `OpsRoutes.add`. Every route is checked by `operator_allowed`,
-the one rule for who may read operator pages:
+theirs with `OpsRoutes.add`. `OpsRoutes` checks every route by one rule
+for who may read operator pages (`operator_allowed` states it for a bearer
+header and the token file alone):
 
 - without authentication (no ``--tokens``, no ``[auth]``) every route is
   open, as ``/mcp`` is;
@@ -137,7 +138,7 @@ class OpsRoutes:
         browser: bool = False,
         public: bool = False,
     ) -> None:
-        """Serve ``handler`` at ``path`` (exact match) for ``methods``, behind `operator_allowed`.
+        """Serve ``handler`` at ``path`` (exact match) for ``methods``, behind the operator rule.
 
         Other methods are answered 405. An operator page with actions (a
         cancel button) adds ``POST`` and must check the request's origin
