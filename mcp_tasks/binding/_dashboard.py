@@ -122,8 +122,14 @@ def progress_text(task: Mapping[str, Any]) -> str:
     if done is None:
         return ""
     total = task.get("total")
-    number = f"{done:g}" if isinstance(done, float | int) else str(done)
-    return number if total is None else f"{number}/{total:g}"
+    return _number(done) if total is None else f"{_number(done)}/{_number(total)}"
+
+
+def _number(value: object) -> str:
+    # As the script prints a JSON number: 3 for 3.0, never 1e+06.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _progress_cell(task: Mapping[str, Any]) -> str:

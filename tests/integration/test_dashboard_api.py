@@ -17,7 +17,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from mcp_tasks import OwnerId, Settings, TaskId
-from mcp_tasks.binding._dashboard import install_dashboard, render_detail
+from mcp_tasks.binding._dashboard import install_dashboard, progress_text, render_detail
 from mcp_tasks.binding._ops import OPERATOR_COOKIE, OpsRoutes, standard_routes
 from mcp_tasks.engine import TaskRuntime
 from mcp_tasks.journal import Journal, NewTask, open_journal
@@ -110,6 +110,21 @@ def test_a_missing_task_detail_escapes_the_id_asked_for() -> None:
         '<p class="missing">No task &lt;script&gt;alert(&quot;x&quot;)'
         "&lt;/script&gt;.</p>"
     )
+
+
+@pytest.mark.parametrize(
+    ("progress", "total", "shown"),
+    [
+        (None, None, ""),
+        (3.0, None, "3"),
+        (2.5, 10.0, "2.5/10"),
+        (1e6, 2e6, "1000000/2000000"),
+    ],
+)
+def test_progress_reads_as_the_script_prints_it(
+    progress: float | None, total: float | None, shown: str
+) -> None:
+    assert progress_text({"progress": progress, "total": total}) == shown
 
 
 async def test_the_overview_lists_another_process_tasks(open_dashboard: Served) -> None:
