@@ -44,6 +44,7 @@ from mcp_tasks.binding._common import (
     connection_of,
     rpc_error,
 )
+from mcp_tasks.binding._dashboard import install_dashboard
 from mcp_tasks.binding._delivery import request_channel, serve_until_terminal
 from mcp_tasks.binding._extension import (
     ExtensionTasks,
@@ -219,11 +220,12 @@ class McpTasksServer:
         runtime.subscribe(self.legacy)
         runtime.subscribe(self.notifications)
         self.server = self._build()
-        #: Operator endpoints on the HTTP listener (metrics, health); later
-        #: operator pages add theirs here before `serve_http`.
+        #: Operator endpoints on the HTTP listener: metrics, health and the
+        #: dashboard (`_dashboard`).
         self.ops: OpsRoutes | None = None
         if transport is Transport.HTTP:
             self.ops = standard_routes(runtime, Metrics(runtime))
+            install_dashboard(self.ops, runtime)
 
     def _build(self) -> _TasksServer:
         server = _TasksServer(
@@ -557,8 +559,9 @@ class McpTasksServer:
         sockets = sockets if sockets is not None else listen(host, port)
         settings = self.runtime.settings
         auth = auth if auth is not None else HttpAuth.from_settings(settings)
+        security = transport_security(host, settings.http)
         app = self.server.streamable_http_app(
-            transport_security=transport_security(host, settings.http),
+            transport_security=security,
             auth=None
             if auth is None
             else auth.sdk_settings(url(host, bound_port(sockets))),
@@ -572,6 +575,7 @@ class McpTasksServer:
             app = auth.wrap(app)
         if self.ops is not None:
             self.ops.check_open_endpoints()
+            self.ops.security = security
             if auth is not None and auth.oauth is not None:
                 self.ops.token_check = auth.operator_check
             app = self.ops.wrap(app)

@@ -24,7 +24,7 @@ from typing import Any, Final, cast
 
 from mcp_tasks._config import Settings
 from mcp_tasks._exceptions import JournalError
-from mcp_tasks._model import OwnerId, Task, TaskId, TaskStatus
+from mcp_tasks._model import InputRequest, OwnerId, Task, TaskId, TaskStatus
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks.engine import Requester, TaskRuntime
 from mcp_tasks.journal import ClientLoad, TaskEvent, TaskRow, open_journal
@@ -175,16 +175,7 @@ async def show_task(runtime: TaskRuntime, task_id: str) -> dict[str, Any]:
     task = await runtime.get(OPERATOR, task_id, outcome=True)
     journal = runtime.journal
     tid = TaskId(task_id)
-    questions = [
-        {
-            "key": q.key,
-            "method": q.method,
-            "message": q.params.get("message"),
-            "open": q.is_open,
-            "response": q.response,
-        }
-        for q in await journal.input_requests(tid)
-    ]
+    questions = [question_json(q) for q in await journal.input_requests(tid)]
     return {
         **task_json(task),
         "queuedAhead": task.queued_ahead,
@@ -224,3 +215,60 @@ def parse_answer(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError('ANSWER must be a JSON object, e.g. \'{"action": "accept"}\'')
     return dict(cast("dict[str, Any]", value))
+
+
+#: How many tasks of each kind the dashboard's overview shows at most.
+OVERVIEW_ACTIVE: Final = 200
+OVERVIEW_WAITING: Final = 50
+OVERVIEW_RECENT: Final = 20
+_ACTIVE: Final = (TaskStatus.WORKING,)
+_WAITING: Final = (TaskStatus.INPUT_REQUIRED,)
+_FINISHED: Final = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+def question_json(question: InputRequest) -> dict[str, Any]:
+    """One question a task asked, as operators see it."""
+    return {
+        "key": question.key,
+        "method": question.method,
+        "message": question.params.get("message"),
+        "requestedSchema": question.params.get("requestedSchema"),
+        "open": question.is_open,
+        "response": question.response,
+    }
+
+
+def _aged(row: TaskRow, now: float) -> dict[str, Any]:
+    age = max(0.0, now - row.task.created_at.timestamp())
+    return {**row_json(row), "ageSeconds": round(age, 3)}
+
+
+async def overview(runtime: TaskRuntime) -> dict[str, Any]:
+    """What the dashboard shows, all from the journal (any process answers the same).
+
+    Each client's load and each process's running tasks (`stats`); the newest
+    working tasks (queued, running or backing off: ``phase`` says which) with
+    their progress; the tasks waiting for input with their open questions; and
+    the most recently finished tasks.
+    """
+    data = await stats(runtime)
+    now = runtime.now()
+    journal = runtime.journal
+    active = await journal.list_tasks(statuses=_ACTIVE, limit=OVERVIEW_ACTIVE)
+    waiting = await journal.list_tasks(statuses=_WAITING, limit=OVERVIEW_WAITING)
+    finished = await journal.list_tasks(statuses=_FINISHED, limit=OVERVIEW_RECENT)
+    waiting_json: list[dict[str, Any]] = []
+    for row in waiting:
+        questions = await journal.input_requests(row.task.task_id)
+        waiting_json.append(
+            {
+                **_aged(row, now),
+                "questions": [question_json(q) for q in questions if q.is_open],
+            }
+        )
+    return {
+        **data,
+        "active": [_aged(row, now) for row in active],
+        "waiting": waiting_json,
+        "finished": [_aged(row, now) for row in finished],
+    }

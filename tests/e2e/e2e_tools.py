@@ -9,6 +9,9 @@ stopped) as one line per event, and it waits for the test to release its
 on the socket until then or until it is cancelled. So a test learns that the
 body really started or really stopped from the body itself, without polling.
 
+``progress_gate`` reports progress once and then waits like ``gate``;
+``progress_steps`` reports each of its steps and waits at a gate after each.
+
 The other tools end at once: ``echo`` (structured result), ``progress``
 (reports progress ``steps`` times), ``tool_error`` (an ``isError`` result),
 ``protocol_error`` (a JSON-RPC error), ``task_only`` (``task_support`` is
@@ -80,6 +83,16 @@ async def progress_gate(ctx: TaskContext, key: str, done: int, total: int) -> st
     await _emit(ctx, "started", key)
     await _released(ctx, key)
     return f"released {key}"
+
+
+@tool(task_support="optional", config=GateConfig)
+async def progress_steps(ctx: TaskContext, key: str, total: int) -> str:
+    """For each step ``n`` of ``total``: report ``n/total``, then wait like `gate` on ``key/n``."""
+    for step in range(1, total + 1):
+        await ctx.report_progress(step, total, f"step {step} of {total}")
+        await _emit(ctx, "started", f"{key}/{step}")
+        await _released(ctx, f"{key}/{step}")
+    return f"{total} steps released"
 
 
 @tool(task_support="optional")

@@ -108,7 +108,7 @@ def make_server_files(
     root.mkdir(parents=True, exist_ok=True)
     lines = ["[limits]"]
     lines += [f"{key} = {_toml_value(value)}" for key, value in (limits or {}).items()]
-    for gated in ("gate", "progress_gate"):
+    for gated in ("gate", "progress_gate", "progress_steps"):
         lines += ["", f"[tools.{gated}]", f"events = {_toml_value(str(events))}"]
     config = root / "config.toml"
     config.write_text("\n".join(lines) + "\n" + extra_toml)

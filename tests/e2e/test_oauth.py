@@ -691,3 +691,26 @@ async def test_operator_endpoints_under_oauth_take_the_operator_scope(
     )
     assert operator.status_code == 200
     assert "mcp_tasks_workers_limit" in operator.text
+
+
+async def test_the_dashboard_signs_in_an_operator_scoped_access_token(
+    oauth_only_server: HttpServer, issuer: Issuer
+) -> None:
+    origin = {"Origin": base_url(oauth_only_server)}
+    async with httpx2.AsyncClient(base_url=base_url(oauth_only_server)) as http:
+        with anyio.fail_after(TIMEOUT):
+            refused = await http.post(
+                "/dashboard/login", data={"token": issuer.token(scope="tasks")},
+                headers=origin,
+            )  # fmt: skip
+            signed = await http.post(
+                "/dashboard/login",
+                data={"token": issuer.token(scope="tasks tasks:operator")},
+                headers=origin,
+            )
+            # The cookie is the access token: verified again at each request.
+            overview = await http.get("/dashboard/api/overview")
+    assert refused.status_code == 401
+    assert (signed.status_code, signed.headers["location"]) == (303, "/dashboard")
+    assert overview.status_code == 200
+    assert "clients" in overview.json()

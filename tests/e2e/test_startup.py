@@ -195,6 +195,7 @@ async def test_json_log_lines_carry_their_fields(
         "no_task",
         "progress",
         "progress_gate",
+        "progress_steps",
         "protocol_error",
         "task_only",
         "tool_error",

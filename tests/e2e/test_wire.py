@@ -77,6 +77,7 @@ async def test_tools_list_declares_task_support(client: TaskClient) -> None:
         "echo": "optional",
         "progress": "optional",
         "progress_gate": "optional",
+        "progress_steps": "optional",
         "tool_error": "optional",
         "protocol_error": "optional",
         "task_only": "required",
