@@ -18,6 +18,7 @@ import secrets
 import sqlite3
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, final
 
@@ -41,8 +42,20 @@ from mcp_tasks.journal._records import (
     NewTask,
     Recovery,
     Report,
+    Resealed,
     TaskEvent,
     TaskRow,
+)
+from mcp_tasks.journal._sealing import (
+    INPUT_PLACES,
+    NO_SEALING,
+    STEP_PLACES,
+    TASK_PLACES,
+    Sealing,
+    check_keys,
+    key_prefix,
+    require_keyring,
+    resealed_row,
 )
 from mcp_tasks.journal._sql import queries
 from mcp_tasks.journal.sqlite import _rows
@@ -94,7 +107,7 @@ def _fence(lease: Lease) -> tuple[str, str, int]:
 
 
 def _insert_batch(
-    db: sqlite3.Connection, tasks: Sequence[NewTask]
+    db: sqlite3.Connection, tasks: Sequence[NewTask], sealing: Sealing = NO_SEALING
 ) -> list[Exception | None]:
     """Insert new tasks, each only if its client's backlog has room."""
     room: dict[str, int] = {}
@@ -112,7 +125,7 @@ def _insert_batch(
             refusals.append(CapacityError(owner, task.backlog))
             continue
         room[owner] -= 1
-        rows.append(_rows.new_task_row(task))
+        rows.append(_rows.new_task_row(task, sealing))
         changes.append(_rows.new_task_change(task))
         refusals.append(None)
     db.executemany(_SQL["insert_task"], rows)
@@ -149,8 +162,10 @@ class SqliteJournal:
         reader_db: aiosqlite.Connection,
         identity: FileIdentity | None,
         turnstile: Turnstile | None,
+        sealing: Sealing = NO_SEALING,
     ) -> None:
         self.path = path
+        self._sealing = sealing
         self._reader = reader_db
         self._identity = identity
         self._broken: JournalError | None = None
@@ -158,7 +173,7 @@ class SqliteJournal:
         self._commit_observers: list[Callable[[float, int], None]] = []
         self._writer = GroupCommitWriter(
             writer_db,
-            _insert_batch,
+            lambda db, tasks: _insert_batch(db, tasks, sealing),
             before_batch=self._check_file,
             after_commit=self._tell_committed,
             turnstile=turnstile,
@@ -167,15 +182,23 @@ class SqliteJournal:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, path: Path | str, *, synchronous: str = "FULL"
+        cls,
+        path: Path | str,
+        *,
+        synchronous: str = "FULL",
+        sealing: Sealing = NO_SEALING,
     ) -> AsyncGenerator[SqliteJournal]:
         """Open (creating or migrating) the database at ``path``.
 
-        Any number of processes may open the same file at once.
+        Any number of processes may open the same file at once. With a
+        keyring in ``sealing``, values are sealed (`mcp_tasks.journal._sealing`).
 
         Raises:
             JournalSchemaError: the database was written by a newer mcp-tasks.
             JournalError: the file is not a database, or cannot be opened or written.
+            ConfigurationError: ``sealing`` cannot open this journal's values
+                (a wrong or missing key), or it holds sealed values and
+                ``sealing`` has no keyring.
         """
         path = Path(path)
         if synchronous not in ("FULL", "NORMAL"):
@@ -187,13 +210,19 @@ class SqliteJournal:
             raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
         turnstile = _turnstile_for(path)
         try:
+            await anyio.to_thread.run_sync(_check_keys, writer_db, sealing, str(path))
             try:
                 reader_db = await _open_reader(path)
             except sqlite3.Error as exc:
                 raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
             try:
                 journal = cls(
-                    path, writer_db, reader_db, FileIdentity.of(path), turnstile
+                    path,
+                    writer_db,
+                    reader_db,
+                    FileIdentity.of(path),
+                    turnstile,
+                    sealing,
                 )
                 async with anyio.create_task_group() as tg:
                     await tg.start(journal._writer.run)
@@ -292,13 +321,16 @@ class SqliteJournal:
         client_limit: int | None = row[_rows.TASK_COLUMNS + 1]
         loaded = None
         if text is not None:
+            place = ("tasks.outcome", task_id)
             if len(text) > _rows.LARGE_JSON_CHARS:
                 # Parsing a very large result would stall every other client.
-                data = await anyio.to_thread.run_sync(json.loads, text)
+                data = await anyio.to_thread.run_sync(
+                    lambda: self._sealing.loads(text, *place)
+                )
             else:
-                data = json.loads(text)
+                data = self._sealing.loads(text, *place)
             loaded = _rows.outcome_from(data)
-        return _rows.task_from_row(row, loaded, client_limit)
+        return _rows.task_from_row(row, loaded, client_limit, sealing=self._sealing)
 
     async def list_owned(
         self, owner_id: OwnerId, after_seq: int, limit: int
@@ -318,14 +350,19 @@ class SqliteJournal:
             if row[-1]:
                 position, ahead = ahead, ahead + 1
             task = _rows.task_from_row(
-                (*row[1:-1], position), None, client_limit if row[-1] else None
+                (*row[1:-1], position),
+                None,
+                client_limit if row[-1] else None,
+                sealing=self._sealing,
             )
             listed.append((row[0], task))
         return listed
 
     async def request_meta(self, task_id: TaskId) -> dict[str, Any]:
         rows = await self._read("request_meta_of", task_id)
-        return json.loads(rows[0][0]) if rows else {}
+        if not rows:
+            return {}
+        return self._sealing.loads(rows[0][0], "tasks.request_meta", task_id)
 
     async def events(self, task_id: TaskId) -> list[TaskEvent]:
         return [
@@ -334,11 +371,14 @@ class SqliteJournal:
 
     async def steps(self, task_id: TaskId) -> dict[str, Any]:
         rows = await self._read("steps_of", task_id)
-        return {key: json.loads(result) for key, result in rows}
+        return {
+            key: self._sealing.loads(result, "steps.result", task_id, key)
+            for key, result in rows
+        }
 
     async def input_requests(self, task_id: TaskId) -> list[InputRequest]:
         rows = await self._read("input_requests_of", task_id)
-        return [_rows.input_request_from_row(r) for r in rows]
+        return [_rows.input_request_from_row(r, task_id, self._sealing) for r in rows]
 
     async def awaiting_input(self, owner_id: OwnerId, limit: int) -> list[TaskId]:
         rows = await self._read("awaiting_input", owner_id, limit)
@@ -362,7 +402,7 @@ class SqliteJournal:
         wanted = json.dumps([TaskStatus(s).value for s in statuses])
         before = _NO_SEQ_LIMIT if before_seq is None else before_seq
         rows = await self._read("list_tasks", owner_id, wanted, before, limit)
-        return [_rows.task_row_from_row(r) for r in rows]
+        return [_rows.task_row_from_row(r, self._sealing) for r in rows]
 
     # -------------------------------------------------------------- claiming
 
@@ -372,6 +412,8 @@ class SqliteJournal:
     async def claim(
         self, holder: str, lease_expires_at: float, limit: int, at: float
     ) -> list[Claimed]:
+        sealing = self._sealing
+
         def apply(db: sqlite3.Connection) -> list[Claimed]:
             claimed: list[Claimed] = []
             for _ in range(limit):
@@ -406,8 +448,8 @@ class SqliteJournal:
                         lease=Lease(TaskId(tid), holder, attempts),
                         owner_id=OwnerId(owner_id),
                         tool_name=tool,
-                        arguments=json.loads(args),
-                        request_meta=json.loads(meta),
+                        arguments=sealing.loads(args, "tasks.arguments", tid),
+                        request_meta=sealing.loads(meta, "tasks.request_meta", tid),
                         retries=retries,
                         created_at=created,
                     )
@@ -445,8 +487,12 @@ class SqliteJournal:
     ) -> Task | None:
         if not status.is_terminal or status is TaskStatus.CANCELLED:
             raise ValueError(f"finish ends a run completed or failed, not {status!r}")
-        tool_error = _rows.tool_error_text(outcome)
-        encoded = _rows.outcome_json(outcome)
+        tool_error = self._sealing.seal_optional(
+            _rows.tool_error_text(outcome), "tasks.tool_error", lease.task_id
+        )
+        encoded = self._sealing.seal_optional(
+            _rows.outcome_json(outcome), "tasks.outcome", lease.task_id
+        )
         params = (
             status.value, message, at, encoded, tool_error,
             *_retention_params(at), *_fence(lease),
@@ -456,7 +502,7 @@ class SqliteJournal:
             rows = db.execute(_SQL["finish"], params).fetchall()
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             _change(
                 db, lease.task_id, task.owner_id, ChangeKind.STATUS, status,
                 message, reason, at,
@@ -496,7 +542,16 @@ class SqliteJournal:
         self, lease: Lease, requests: Sequence[InputRequest], message: str, at: float
     ) -> Task | None:
         rows_to_add = [
-            (lease.task_id, r.key, r.method, _rows.dumps(r.params), at, r.expires_at)
+            (
+                lease.task_id,
+                r.key,
+                r.method,
+                self._sealing.seal(
+                    _rows.dumps(r.params), "input_requests.params", lease.task_id, r.key
+                ),
+                at,
+                r.expires_at,
+            )
             for r in requests
         ]
         deadlines = [r.expires_at for r in requests if r.expires_at is not None]
@@ -505,7 +560,7 @@ class SqliteJournal:
             rows = db.execute(_SQL["ask"], (message, at, *_fence(lease))).fetchall()
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             db.executemany(_SQL["add_input_request"], rows_to_add)
             data: dict[str, Any] = {"keys": [r.key for r in requests]}
             if deadlines:
@@ -520,7 +575,9 @@ class SqliteJournal:
         return asked
 
     async def record_step(self, lease: Lease, key: str, result: Any, at: float) -> bool:
-        encoded = _rows.dumps(result)
+        encoded = self._sealing.seal(
+            _rows.dumps(result), "steps.result", lease.task_id, key
+        )
 
         def apply(db: sqlite3.Connection) -> bool:
             if not db.execute(_SQL["lease_owner"], _fence(lease)).fetchall():
@@ -614,7 +671,7 @@ class SqliteJournal:
             rows = db.execute(_SQL["cancel"], params).fetchall()
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             _change(
                 db, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
                 message, reason, at, {BY: by},
@@ -638,7 +695,7 @@ class SqliteJournal:
             rows = db.execute(_SQL["retry"], (message, at, task_id)).fetchall()
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             if forget_steps:
                 db.execute(_SQL["forget_steps"], (task_id,))
             _change(
@@ -659,9 +716,12 @@ class SqliteJournal:
         by: str,
     ) -> tuple[list[str], Task | None]:
         encoded = [(key, _rows.dumps(response)) for key, response in answers.items()]
+        sealing = self._sealing
 
         def apply(db: sqlite3.Connection) -> tuple[list[str], Task | None]:
-            return _record_answers(db, task_id, encoded, at, "input received", by)
+            return _record_answers(
+                db, task_id, encoded, at, "input received", by, sealing
+            )
 
         result: tuple[list[str], Task | None] = await self._write(apply)
         return result
@@ -670,6 +730,7 @@ class SqliteJournal:
         self, now: float, response: Mapping[str, Any]
     ) -> list[TaskId]:
         encoded = _rows.dumps(dict(response))
+        sealing = self._sealing
 
         def apply(db: sqlite3.Connection) -> list[TaskId]:
             due: dict[str, list[tuple[str, str]]] = {}
@@ -678,7 +739,7 @@ class SqliteJournal:
             resumed: list[TaskId] = []
             for task_id, pairs in due.items():
                 _, done = _record_answers(
-                    db, task_id, pairs, now, "question timed out", BY_SERVER
+                    db, task_id, pairs, now, "question timed out", BY_SERVER, sealing
                 )
                 if done is not None:
                     resumed.append(TaskId(task_id))
@@ -719,7 +780,9 @@ class SqliteJournal:
         fence = _fence(held.lease)
         task_id = held.lease.task_id
         error = {"code": -32603, "message": message}
-        failed_outcome = _rows.outcome_json(Outcome(error=error))
+        failed_outcome = self._sealing.seal_optional(
+            _rows.outcome_json(Outcome(error=error)), "tasks.outcome", task_id
+        )
 
         def apply(db: sqlite3.Connection) -> bool:
             # A task cancelled while its run stopped: the run is gone, so it
@@ -798,6 +861,42 @@ class SqliteJournal:
         value: str = await self._write(apply)
         return bytes.fromhex(value)
 
+    async def reseal(self, batch: int = 100) -> Resealed:
+        prefix = require_keyring(self._sealing)
+        sealing = self._sealing
+        values = skipped = 0
+        # One page per write transaction (other processes write in between),
+        # each row compare-and-set on the values it read.
+        pages: list[tuple[_ResealPage, Any]] = [
+            (_reseal_tasks_page, 0),
+            (_reseal_steps_page, ("", "")),
+            (_reseal_inputs_page, ("", "")),
+        ]
+        for page, start in pages:
+            cursor: Any = start
+            while cursor is not None:
+                args = (sealing, prefix, cursor, batch)
+                cursor, done, lost = await self._write(partial(page, args))
+                values += done
+                skipped += lost
+
+        def forget(db: sqlite3.Connection) -> tuple[str, ...]:
+            recorded = [r[0] for r in db.execute(_SQL["sealing_keys"]).fetchall()]
+            gone: list[str] = []
+            for key_id in sorted(recorded):
+                if sealing.keyring is not None and key_id == sealing.keyring.newest:
+                    continue
+                ((used,),) = db.execute(
+                    _SQL["key_in_use"], (key_prefix(key_id),)
+                ).fetchall()
+                if not used:
+                    db.execute(_SQL["forget_sealing_key"], (key_id,))
+                    gone.append(key_id)
+            return tuple(gone)
+
+        forgotten: tuple[str, ...] = await self._write(forget)
+        return Resealed(values, skipped, forgotten)
+
     # --------------------------------------------------------------- budgets
 
     async def take_budget(
@@ -860,6 +959,72 @@ class SqliteJournal:
         return FeedPage([_rows.change_from_row(r) for r in rows], str(position))
 
 
+def _check_keys(db: sqlite3.Connection, sealing: Sealing, where: str) -> None:
+    """Refuse a keyring that cannot open this journal; record a new key's canary."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            recorded: dict[str, str] = dict(db.execute(_SQL["sealing_keys"]).fetchall())
+            new_key = check_keys(sealing, recorded, where)
+            if new_key is not None:
+                db.execute(_SQL["add_sealing_key"], (new_key, sealing.canary(new_key)))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise JournalError(f"{where}: cannot open the journal: {exc}") from exc
+
+
+_ResealArgs = tuple[Sealing, str, Any, int]
+_ResealPage = Callable[[_ResealArgs, sqlite3.Connection], tuple[Any, int, int]]
+
+
+def _reseal_tasks_page(
+    args: _ResealArgs, db: sqlite3.Connection
+) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = db.execute(_SQL["reseal_tasks_page"], (after, prefix, batch)).fetchall()
+    values = skipped = 0
+    for seq, task_id, *old in rows:
+        new, changed = resealed_row(sealing, old, TASK_PLACES, task_id)
+        if db.execute(_SQL["reseal_task"], (*new, seq, *old)).rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (rows[-1][0] if len(rows) == batch else None), values, skipped
+
+
+def _reseal_steps_page(
+    args: _ResealArgs, db: sqlite3.Connection
+) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = db.execute(_SQL["reseal_steps_page"], (*after, prefix, batch)).fetchall()
+    values = skipped = 0
+    for task_id, key, result in rows:
+        new, changed = resealed_row(sealing, [result], STEP_PLACES, task_id, key)
+        if db.execute(_SQL["reseal_step"], (new[0], task_id, key, result)).rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (tuple(rows[-1][:2]) if len(rows) == batch else None), values, skipped
+
+
+def _reseal_inputs_page(
+    args: _ResealArgs, db: sqlite3.Connection
+) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = db.execute(_SQL["reseal_inputs_page"], (*after, prefix, batch)).fetchall()
+    values = skipped = 0
+    for task_id, key, *old in rows:
+        new, changed = resealed_row(sealing, old, INPUT_PLACES, task_id, key)
+        if db.execute(_SQL["reseal_input"], (*new, task_id, key, *old)).rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (tuple(rows[-1][:2]) if len(rows) == batch else None), values, skipped
+
+
 def _position_of(cursor: str) -> int:
     if not cursor.isascii() or not cursor.isdigit():
         raise JournalError(f"not a change feed cursor of this journal: {cursor!r}")
@@ -903,16 +1068,18 @@ def _record_answers(
     at: float,
     reason: str,
     by: str,
+    sealing: Sealing,
 ) -> tuple[list[str], Task | None]:
-    """Record answers (each once); resume the task if none is left open."""
+    """Record answers (each once, sealed); resume the task if none is left open."""
     owners = db.execute(_SQL["owner_of"], (task_id,)).fetchall()
     if not owners:
         return [], None
     ((owner,),) = owners
     accepted: list[str] = []
     for key, response in encoded:
+        stored = sealing.seal(response, "input_requests.response", task_id, key)
         if db.execute(
-            _SQL["answer_input_request"], (response, at, task_id, key)
+            _SQL["answer_input_request"], (stored, at, task_id, key)
         ).fetchall():
             accepted.append(key)
             _change(
@@ -932,4 +1099,4 @@ def _record_answers(
         db, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
         {BY: by},
     )  # fmt: skip
-    return accepted, _rows.task_from_row(rows[0])
+    return accepted, _rows.task_from_row(rows[0], sealing=sealing)

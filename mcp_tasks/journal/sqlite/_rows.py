@@ -24,6 +24,7 @@ from mcp_tasks.journal._records import (
     TaskEvent,
     TaskRow,
 )
+from mcp_tasks.journal._sealing import NO_SEALING, Sealing
 
 #: Outcomes larger than this are parsed off the event loop.
 LARGE_JSON_CHARS = 1 << 20
@@ -68,9 +69,13 @@ TASK_COLUMNS = 14
 
 
 def task_from_row(
-    row: Any, outcome: Outcome | None = None, client_limit: int | None = None
+    row: Any,
+    outcome: Outcome | None = None,
+    client_limit: int | None = None,
+    *,
+    sealing: Sealing,
 ) -> Task:
-    """A `Task` from the 14 task columns of a read."""
+    """A `Task` from the 14 task columns of a read (its tool error text opened)."""
     (
         task_id,
         owner_id,
@@ -99,7 +104,7 @@ def task_from_row(
         poll_interval_seconds=poll,
         outcome=outcome,
         listed=bool(listed),
-        tool_error=tool_error,
+        tool_error=sealing.unseal_optional(tool_error, "tasks.tool_error", task_id),
         queued_ahead=ahead,
         progress=progress,
         progress_total=total,
@@ -107,14 +112,14 @@ def task_from_row(
     )
 
 
-def new_task_row(task: NewTask) -> tuple[Any, ...]:
-    """The ``insert_task`` parameters of a new task."""
+def new_task_row(task: NewTask, sealing: Sealing = NO_SEALING) -> tuple[Any, ...]:
+    """The ``insert_task`` parameters of a new task (arguments and metadata sealed)."""
     expires = None if task.ttl_seconds is None else task.created_at + task.ttl_seconds
     return (
         task.task_id,
         task.owner_id,
         task.tool_name,
-        dumps(task.arguments),
+        sealing.seal(dumps(task.arguments), "tasks.arguments", task.task_id),
         task.status_message,
         task.created_at,
         task.created_at,
@@ -122,7 +127,7 @@ def new_task_row(task: NewTask) -> tuple[Any, ...]:
         expires,
         task.poll_interval_seconds,
         1 if task.listed else 0,
-        dumps(task.request_meta),
+        sealing.seal(dumps(task.request_meta), "tasks.request_meta", task.task_id),
     )
 
 
@@ -193,14 +198,16 @@ def held_from_row(row: Any) -> HeldLease:
     )
 
 
-def input_request_from_row(row: Any) -> InputRequest:
-    """An `InputRequest` from an ``input_requests_of`` row."""
+def input_request_from_row(row: Any, task_id: str, sealing: Sealing) -> InputRequest:
+    """An `InputRequest` from an ``input_requests_of`` row (opened)."""
     key, method, params, response, expires = row
     return InputRequest(
         key=key,
         method=method,
-        params=json.loads(params),
-        response=None if response is None else json.loads(response),
+        params=sealing.loads(params, "input_requests.params", task_id, key),
+        response=None
+        if response is None
+        else sealing.loads(response, "input_requests.response", task_id, key),
         expires_at=expires,
     )
 
@@ -213,9 +220,8 @@ def load_from_row(row: Any) -> ClientLoad:
     )
 
 
-def task_row_from_row(row: Any) -> TaskRow:
+def task_row_from_row(row: Any, sealing: Sealing) -> TaskRow:
     """A `TaskRow` from `list_tasks`: the task columns, then seq, phase, attempts, holder."""
     seq, phase, attempts, holder = row[TASK_COLUMNS:]
-    return TaskRow(
-        seq=seq, task=task_from_row(row), phase=phase, attempts=attempts, holder=holder
-    )
+    task = task_from_row(row, sealing=sealing)
+    return TaskRow(seq=seq, task=task, phase=phase, attempts=attempts, holder=holder)
