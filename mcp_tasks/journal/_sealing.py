@@ -110,18 +110,20 @@ class Keyring:
             raise ConfigurationError(
                 KEY_FILE_SETTING, f"{path}: cannot read the key file: {exc}"
             ) from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            logger.warning(
-                "%s: the key file is readable by other users (mode %o); chmod 600 it",
-                path,
-                stat.S_IMODE(mode),
-            )
         keys = parse_keys(text, path)
         if not keys:
             raise ConfigurationError(
                 KEY_FILE_SETTING,
                 f"{path}: the key file holds no key (add one with: mcp-tasks "
                 f"journal keygen --key-file {path})",
+            )
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            # A warning, not a refusal: secrets mounted by an orchestrator are
+            # often 0644 inside a container that runs nothing else.
+            logger.warning(
+                "%s: the key file is open to other users (mode %o); chmod 600 it",
+                path,
+                stat.S_IMODE(mode),
             )
         return cls(path, tuple(keys))
 
@@ -365,13 +367,20 @@ def sealing_from(key_file: Path | None) -> Sealing:
     return NO_SEALING if key_file is None else Sealing(Keyring.load(key_file))
 
 
+#: The place of a status message: the task's, and its copies in its changes.
+MESSAGE: Final = "status_message"
+#: The place of a change's data (a log line's text, who acted, …).
+DATA: Final = "task_changes.data"
 #: The sealed columns of a task row, in the order the reseal queries read them.
 TASK_PLACES: Final = (
     "tasks.arguments",
     "tasks.request_meta",
     "tasks.outcome",
     "tasks.tool_error",
+    MESSAGE,
 )
+#: The sealed columns of a change row.
+CHANGE_PLACES: Final = (MESSAGE, DATA)
 #: The sealed column of a step row.
 STEP_PLACES: Final = ("steps.result",)
 #: The sealed columns of a question row.

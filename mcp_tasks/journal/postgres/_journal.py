@@ -55,7 +55,10 @@ from mcp_tasks.journal._records import (
     TaskRow,
 )
 from mcp_tasks.journal._sealing import (
+    CHANGE_PLACES,
+    DATA,
     INPUT_PLACES,
+    MESSAGE,
     NO_SEALING,
     STEP_PLACES,
     TASK_PLACES,
@@ -108,6 +111,7 @@ async def _run(cur: Cursor, name: str, *params: Any) -> list[tuple[Any, ...]]:
 
 async def _change(
     cur: Cursor,
+    sealing: Sealing,
     task_id: str,
     owner: str,
     kind: ChangeKind,
@@ -117,11 +121,12 @@ async def _change(
     at: float,
     data: Mapping[str, Any] | None = None,
 ) -> None:
+    """Record a change; ``message`` as stored (sealed already), ``data`` sealed here."""
     await cur.execute(
         _SQL["insert_change"],
         (
             task_id, owner, kind.value, str(status), message, reason, at,
-            None if data is None else _rows.dumps(data),
+            None if data is None else sealing.seal(_rows.dumps(data), DATA, task_id),
         ),
     )  # fmt: skip
 
@@ -461,9 +466,8 @@ class PostgresJournal:
         return self._sealing.loads(rows[0][0], "tasks.request_meta", task_id)
 
     async def events(self, task_id: TaskId) -> list[TaskEvent]:
-        return [
-            _rows.event_from_row(r) for r in await self._read("changes_of", task_id)
-        ]
+        rows = await self._read("changes_of", task_id)
+        return [_rows.event_from_row(r, task_id, self._sealing) for r in rows]
 
     async def steps(self, task_id: TaskId) -> dict[str, Any]:
         rows = await self._read("steps_of", task_id)
@@ -557,6 +561,7 @@ class PostgresJournal:
         encoded = self._sealing.seal_optional(
             _rows.outcome_json(outcome), "tasks.outcome", lease.task_id
         )
+        message = self._sealing.seal_optional(message, MESSAGE, lease.task_id)
         keep_until, _ = _retention_params(at)
         rows = await self._call(
             "finish",
@@ -575,6 +580,7 @@ class PostgresJournal:
         *,
         retry: bool = False,
     ) -> bool:
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
         params = (not_before, message, at, int(retry), *_fence(lease))
 
         async def apply(cur: Cursor) -> bool:
@@ -583,7 +589,7 @@ class PostgresJournal:
                 return False
             ((owner,),) = rows
             await _change(
-                cur, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                cur, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                 message, reason, at, {"not_before": not_before},
             )  # fmt: skip
             return True
@@ -607,6 +613,7 @@ class PostgresJournal:
             for r in requests
         ]
         deadlines = [r.expires_at for r in requests if r.expires_at is not None]
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
 
         async def apply(cur: Cursor) -> Task | None:
             rows = await _run(cur, "ask", message, at, *_fence(lease))
@@ -619,7 +626,7 @@ class PostgresJournal:
             if deadlines:
                 data["deadline"] = min(deadlines)
             await _change(
-                cur, lease.task_id, task.owner_id, ChangeKind.STATUS,
+                cur, self._sealing, lease.task_id, task.owner_id, ChangeKind.STATUS,
                 TaskStatus.INPUT_REQUIRED, message, "input requested", at, data,
             )  # fmt: skip
             return task
@@ -646,7 +653,10 @@ class PostgresJournal:
 
         async def apply(cur: Cursor) -> bool:
             for report in reports:
-                params = (report.message, report.progress, report.total, at)
+                stored = self._sealing.seal_optional(
+                    report.message, MESSAGE, lease.task_id
+                )
+                params = (stored, report.progress, report.total, at)
                 rows = await _run(cur, "report", *params, *_fence(lease))
                 if not rows:
                     # Record nothing: roll back the reports written before.
@@ -661,7 +671,7 @@ class PostgresJournal:
                     if value is not None
                 }
                 await _change(
-                    cur, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
+                    cur, self._sealing, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
                     current, "progress", at, data or None,
                 )  # fmt: skip
             return True
@@ -678,7 +688,7 @@ class PostgresJournal:
                 return False
             ((owner,),) = rows
             await _change(
-                cur, lease.task_id, owner, ChangeKind.LOG, TaskStatus.WORKING,
+                cur, self._sealing, lease.task_id, owner, ChangeKind.LOG, TaskStatus.WORKING,
                 None, "log", at, {"level": level, "message": message},
             )  # fmt: skip
             return True
@@ -692,7 +702,7 @@ class PostgresJournal:
                 return False
             ((owner,),) = rows
             await _change(
-                cur, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.CANCELLED,
+                cur, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.CANCELLED,
                 None, "run stopped", at,
             )  # fmt: skip
             return True
@@ -700,13 +710,15 @@ class PostgresJournal:
         return await self._write(apply)
 
     async def release(self, lease: Lease, message: str, reason: str, at: float) -> bool:
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
+
         async def apply(cur: Cursor) -> bool:
             rows = await _run(cur, "requeue_running", message, at, *_fence(lease))
             if not rows:
                 return False
             ((owner,),) = rows
             await _change(
-                cur, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                cur, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                 message, reason, at,
             )  # fmt: skip
             return True
@@ -718,6 +730,7 @@ class PostgresJournal:
     async def cancel(
         self, task_id: TaskId, message: str, reason: str, at: float, *, by: str
     ) -> Task | None:
+        message = self._sealing.seal(message, MESSAGE, task_id)
         params = (message, at, *_retention_params(at), task_id)
 
         async def apply(cur: Cursor) -> Task | None:
@@ -726,7 +739,7 @@ class PostgresJournal:
                 return None
             task = _rows.task_from_row(rows[0], sealing=self._sealing)
             await _change(
-                cur, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
+                cur, self._sealing, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
                 message, reason, at, {BY: by},
             )  # fmt: skip
             return task
@@ -743,6 +756,8 @@ class PostgresJournal:
         forget_steps: bool = False,
         by: str,
     ) -> Task | None:
+        message = self._sealing.seal(message, MESSAGE, task_id)
+
         async def apply(cur: Cursor) -> Task | None:
             # Compare-and-set on `failed`: of two retries at once, the second
             # re-checks the row after the first commits and finds it working.
@@ -753,7 +768,7 @@ class PostgresJournal:
             if forget_steps:
                 await cur.execute(_SQL["forget_steps"], (task_id,))
             await _change(
-                cur, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
+                cur, self._sealing, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
                 message, reason, at, {BY: by},
             )  # fmt: skip
             return task
@@ -805,7 +820,7 @@ class PostgresJournal:
             rows = await _run(cur, "wake_due", now, now)
             for task_id, owner, message in rows:
                 await _change(
-                    cur, task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                    cur, self._sealing, task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                     message, "wait over", now,
                 )  # fmt: skip
             return len(rows)
@@ -834,11 +849,12 @@ class PostgresJournal:
         failed_outcome = self._sealing.seal_optional(
             _rows.outcome_json(Outcome(error=error)), "tasks.outcome", task_id
         )
+        message = self._sealing.seal(message, MESSAGE, task_id)
 
         async def apply(cur: Cursor) -> bool:
             if await _run(cur, "stopped", *fence):
                 await _change(
-                    cur, task_id, held.owner_id, ChangeKind.PHASE,
+                    cur, self._sealing, task_id, held.owner_id, ChangeKind.PHASE,
                     TaskStatus.CANCELLED, None, reason, at, {BY: BY_SERVER},
                 )  # fmt: skip
                 return True
@@ -855,7 +871,16 @@ class PostgresJournal:
                 await cur.execute(_SQL["forget_steps"], (task_id,))
             owner = rows[0][1] if policy is Recovery.FAIL else rows[0][0]
             await _change(
-                cur, task_id, owner, kind, status, message, reason, at, {BY: BY_SERVER}
+                cur,
+                self._sealing,
+                task_id,
+                owner,
+                kind,
+                status,
+                message,
+                reason,
+                at,
+                {BY: BY_SERVER},
             )
             return True
 
@@ -928,6 +953,7 @@ class PostgresJournal:
         # re-checks the WHERE against its committed row).
         pages: list[tuple[_ResealPage, Any]] = [
             (_reseal_tasks_page, 0),
+            (_reseal_changes_page, ("0", 0)),
             (_reseal_steps_page, ("", "")),
             (_reseal_inputs_page, ("", "")),
         ]
@@ -1029,7 +1055,8 @@ class PostgresJournal:
             # Everything below the horizon has been read.
             cursor = max((key, position), (horizon, 0))
         return FeedPage(
-            [_rows.change_from_row(r[:9]) for r in found], f"{cursor[0]}:{cursor[1]}"
+            [_rows.change_from_row(r[:9], self._sealing) for r in found],
+            f"{cursor[0]}:{cursor[1]}",
         )
 
 
@@ -1066,6 +1093,20 @@ async def _reseal_tasks_page(args: _ResealArgs, cur: Cursor) -> tuple[Any, int, 
         else:
             skipped += 1
     return (rows[-1][0] if len(rows) == batch else None), values, skipped
+
+
+async def _reseal_changes_page(args: _ResealArgs, cur: Cursor) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = await _run(cur, "reseal_changes_page", *after, prefix, batch)
+    values = skipped = 0
+    for feed_key, position, task_id, *old in rows:
+        new, changed = resealed_row(sealing, old, CHANGE_PLACES, task_id)
+        await cur.execute(_SQL["reseal_change"], (*new, feed_key, position, *old))
+        if cur.rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (tuple(rows[-1][:2]) if len(rows) == batch else None), values, skipped
 
 
 async def _reseal_steps_page(args: _ResealArgs, cur: Cursor) -> tuple[Any, int, int]:
@@ -1142,7 +1183,7 @@ async def _record_answers(
         if await _run(cur, "answer_input_request", stored, at, task_id, key):
             accepted.append(key)
             await _change(
-                cur, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
+                cur, sealing, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
                 None, reason, at, {"key": key, BY: by},
             )  # fmt: skip
     if not accepted:
@@ -1150,12 +1191,12 @@ async def _record_answers(
     ((still_open,),) = await _run(cur, "open_input_count", task_id)
     if still_open:
         return accepted, None
-    message = "Input received; resuming"
+    message = sealing.seal("Input received; resuming", MESSAGE, task_id)
     rows = await _run(cur, "resume", message, at, task_id)
     if not rows:
         return accepted, None
     await _change(
-        cur, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
+        cur, sealing, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
         {BY: by},
     )  # fmt: skip
     return accepted, _rows.task_from_row(rows[0], sealing=sealing)

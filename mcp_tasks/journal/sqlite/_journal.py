@@ -47,7 +47,10 @@ from mcp_tasks.journal._records import (
     TaskRow,
 )
 from mcp_tasks.journal._sealing import (
+    CHANGE_PLACES,
+    DATA,
     INPUT_PLACES,
+    MESSAGE,
     NO_SEALING,
     STEP_PLACES,
     TASK_PLACES,
@@ -78,6 +81,7 @@ _NO_SEQ_LIMIT = 2**63 - 1
 
 def _change(
     db: sqlite3.Connection,
+    sealing: Sealing,
     task_id: str,
     owner: str,
     kind: ChangeKind,
@@ -87,6 +91,7 @@ def _change(
     at: float,
     data: Mapping[str, Any] | None = None,
 ) -> None:
+    """Record a change; ``message`` as stored (sealed already), ``data`` sealed here."""
     db.execute(
         _SQL["insert_change"],
         (
@@ -97,7 +102,7 @@ def _change(
             message,
             reason,
             at,
-            None if data is None else _rows.dumps(data),
+            None if data is None else sealing.seal(_rows.dumps(data), DATA, task_id),
         ),
     )
 
@@ -126,7 +131,7 @@ def _insert_batch(
             continue
         room[owner] -= 1
         rows.append(_rows.new_task_row(task, sealing))
-        changes.append(_rows.new_task_change(task))
+        changes.append(_rows.new_task_change(task, sealing))
         refusals.append(None)
     db.executemany(_SQL["insert_task"], rows)
     db.executemany(_SQL["insert_change"], changes)
@@ -285,6 +290,10 @@ class SqliteJournal:
             logger.error("%s", self._broken)
             raise self._broken
 
+    def _message(self, text: str | None, task_id: str) -> str | None:
+        """A status message as stored (sealed for its task)."""
+        return self._sealing.seal_optional(text, MESSAGE, task_id)
+
     async def check(self) -> None:
         if self._broken is not None:
             raise self._broken
@@ -365,9 +374,8 @@ class SqliteJournal:
         return self._sealing.loads(rows[0][0], "tasks.request_meta", task_id)
 
     async def events(self, task_id: TaskId) -> list[TaskEvent]:
-        return [
-            _rows.event_from_row(r) for r in await self._read("changes_of", task_id)
-        ]
+        rows = await self._read("changes_of", task_id)
+        return [_rows.event_from_row(r, task_id, self._sealing) for r in rows]
 
     async def steps(self, task_id: TaskId) -> dict[str, Any]:
         rows = await self._read("steps_of", task_id)
@@ -440,7 +448,7 @@ class SqliteJournal:
                     ),
                 ) = rows
                 _change(
-                    db, tid, owner_id, ChangeKind.PHASE, TaskStatus.WORKING,
+                    db, self._sealing, tid, owner_id, ChangeKind.PHASE, TaskStatus.WORKING,
                     message, "claimed", at, {"holder": holder, "attempt": attempts},
                 )  # fmt: skip
                 claimed.append(
@@ -493,6 +501,7 @@ class SqliteJournal:
         encoded = self._sealing.seal_optional(
             _rows.outcome_json(outcome), "tasks.outcome", lease.task_id
         )
+        message = self._message(message, lease.task_id)
         params = (
             status.value, message, at, encoded, tool_error,
             *_retention_params(at), *_fence(lease),
@@ -504,7 +513,7 @@ class SqliteJournal:
                 return None
             task = _rows.task_from_row(rows[0], sealing=self._sealing)
             _change(
-                db, lease.task_id, task.owner_id, ChangeKind.STATUS, status,
+                db, self._sealing, lease.task_id, task.owner_id, ChangeKind.STATUS, status,
                 message, reason, at,
             )  # fmt: skip
             return task
@@ -522,6 +531,7 @@ class SqliteJournal:
         *,
         retry: bool = False,
     ) -> bool:
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
         params = (not_before, message, at, int(retry), *_fence(lease))
 
         def apply(db: sqlite3.Connection) -> bool:
@@ -530,7 +540,7 @@ class SqliteJournal:
                 return False
             ((owner,),) = rows
             _change(
-                db, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                db, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                 message, reason, at, {"not_before": not_before},
             )  # fmt: skip
             return True
@@ -555,6 +565,7 @@ class SqliteJournal:
             for r in requests
         ]
         deadlines = [r.expires_at for r in requests if r.expires_at is not None]
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
 
         def apply(db: sqlite3.Connection) -> Task | None:
             rows = db.execute(_SQL["ask"], (message, at, *_fence(lease))).fetchall()
@@ -566,7 +577,7 @@ class SqliteJournal:
             if deadlines:
                 data["deadline"] = min(deadlines)
             _change(
-                db, lease.task_id, task.owner_id, ChangeKind.STATUS,
+                db, self._sealing, lease.task_id, task.owner_id, ChangeKind.STATUS,
                 TaskStatus.INPUT_REQUIRED, message, "input requested", at, data,
             )  # fmt: skip
             return task
@@ -591,7 +602,8 @@ class SqliteJournal:
     async def report(self, lease: Lease, at: float, reports: Sequence[Report]) -> bool:
         def apply(db: sqlite3.Connection) -> bool:
             for report in reports:
-                params = (report.message, report.progress, report.total, at)
+                stored = self._message(report.message, lease.task_id)
+                params = (stored, report.progress, report.total, at)
                 rows = db.execute(_SQL["report"], (*params, *_fence(lease))).fetchall()
                 if not rows:
                     return False
@@ -605,7 +617,7 @@ class SqliteJournal:
                     if value is not None
                 }
                 _change(
-                    db, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
+                    db, self._sealing, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
                     current, "progress", at, data or None,
                 )  # fmt: skip
             return True
@@ -620,7 +632,7 @@ class SqliteJournal:
                 return False
             ((owner,),) = rows
             _change(
-                db, lease.task_id, owner, ChangeKind.LOG, TaskStatus.WORKING,
+                db, self._sealing, lease.task_id, owner, ChangeKind.LOG, TaskStatus.WORKING,
                 None, "log", at, {"level": level, "message": message},
             )  # fmt: skip
             return True
@@ -635,7 +647,7 @@ class SqliteJournal:
                 return False
             ((owner,),) = rows
             _change(
-                db, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.CANCELLED,
+                db, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.CANCELLED,
                 None, "run stopped", at,
             )  # fmt: skip
             return True
@@ -644,6 +656,8 @@ class SqliteJournal:
         return ended
 
     async def release(self, lease: Lease, message: str, reason: str, at: float) -> bool:
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
+
         def apply(db: sqlite3.Connection) -> bool:
             rows = db.execute(
                 _SQL["requeue_running"], (message, at, *_fence(lease))
@@ -652,7 +666,7 @@ class SqliteJournal:
                 return False
             ((owner,),) = rows
             _change(
-                db, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                db, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                 message, reason, at,
             )  # fmt: skip
             return True
@@ -665,6 +679,7 @@ class SqliteJournal:
     async def cancel(
         self, task_id: TaskId, message: str, reason: str, at: float, *, by: str
     ) -> Task | None:
+        message = self._sealing.seal(message, MESSAGE, task_id)
         params = (message, at, *_retention_params(at), task_id)
 
         def apply(db: sqlite3.Connection) -> Task | None:
@@ -673,7 +688,7 @@ class SqliteJournal:
                 return None
             task = _rows.task_from_row(rows[0], sealing=self._sealing)
             _change(
-                db, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
+                db, self._sealing, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
                 message, reason, at, {BY: by},
             )  # fmt: skip
             return task
@@ -691,6 +706,8 @@ class SqliteJournal:
         forget_steps: bool = False,
         by: str,
     ) -> Task | None:
+        message = self._sealing.seal(message, MESSAGE, task_id)
+
         def apply(db: sqlite3.Connection) -> Task | None:
             rows = db.execute(_SQL["retry"], (message, at, task_id)).fetchall()
             if not rows:
@@ -699,7 +716,7 @@ class SqliteJournal:
             if forget_steps:
                 db.execute(_SQL["forget_steps"], (task_id,))
             _change(
-                db, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
+                db, self._sealing, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
                 message, reason, at, {BY: by},
             )  # fmt: skip
             return task
@@ -753,7 +770,7 @@ class SqliteJournal:
             rows = db.execute(_SQL["wake_due"], (now, now)).fetchall()
             for task_id, owner, message in rows:
                 _change(
-                    db, task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                    db, self._sealing, task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                     message, "wait over", now,
                 )  # fmt: skip
             return len(rows)
@@ -783,13 +800,14 @@ class SqliteJournal:
         failed_outcome = self._sealing.seal_optional(
             _rows.outcome_json(Outcome(error=error)), "tasks.outcome", task_id
         )
+        message = self._sealing.seal(message, MESSAGE, task_id)
 
         def apply(db: sqlite3.Connection) -> bool:
             # A task cancelled while its run stopped: the run is gone, so it
             # has stopped. Whatever the policy, it only has to end its phase.
             if db.execute(_SQL["stopped"], fence).fetchall():
                 _change(
-                    db, task_id, held.owner_id, ChangeKind.PHASE,
+                    db, self._sealing, task_id, held.owner_id, ChangeKind.PHASE,
                     TaskStatus.CANCELLED, None, reason, at, {BY: BY_SERVER},
                 )  # fmt: skip
                 return True
@@ -808,7 +826,16 @@ class SqliteJournal:
                 db.execute(_SQL["forget_steps"], (task_id,))
             owner = rows[0][1] if policy is Recovery.FAIL else rows[0][0]
             _change(
-                db, task_id, owner, kind, status, message, reason, at, {BY: BY_SERVER}
+                db,
+                self._sealing,
+                task_id,
+                owner,
+                kind,
+                status,
+                message,
+                reason,
+                at,
+                {BY: BY_SERVER},
             )
             return True
 
@@ -869,6 +896,7 @@ class SqliteJournal:
         # each row compare-and-set on the values it read.
         pages: list[tuple[_ResealPage, Any]] = [
             (_reseal_tasks_page, 0),
+            (_reseal_changes_page, 0),
             (_reseal_steps_page, ("", "")),
             (_reseal_inputs_page, ("", "")),
         ]
@@ -956,7 +984,9 @@ class SqliteJournal:
         rows = await self._read("changes_after", position, limit)
         if rows:
             position = rows[-1][0]
-        return FeedPage([_rows.change_from_row(r) for r in rows], str(position))
+        return FeedPage(
+            [_rows.change_from_row(r, self._sealing) for r in rows], str(position)
+        )
 
 
 def _check_keys(db: sqlite3.Connection, sealing: Sealing, where: str) -> None:
@@ -989,6 +1019,21 @@ def _reseal_tasks_page(
     for seq, task_id, *old in rows:
         new, changed = resealed_row(sealing, old, TASK_PLACES, task_id)
         if db.execute(_SQL["reseal_task"], (*new, seq, *old)).rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (rows[-1][0] if len(rows) == batch else None), values, skipped
+
+
+def _reseal_changes_page(
+    args: _ResealArgs, db: sqlite3.Connection
+) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = db.execute(_SQL["reseal_changes_page"], (after, prefix, batch)).fetchall()
+    values = skipped = 0
+    for position, task_id, *old in rows:
+        new, changed = resealed_row(sealing, old, CHANGE_PLACES, task_id)
+        if db.execute(_SQL["reseal_change"], (*new, position, *old)).rowcount:
             values += changed
         else:
             skipped += 1
@@ -1083,7 +1128,7 @@ def _record_answers(
         ).fetchall():
             accepted.append(key)
             _change(
-                db, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
+                db, sealing, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
                 None, reason, at, {"key": key, BY: by},
             )  # fmt: skip
     if not accepted:
@@ -1091,12 +1136,12 @@ def _record_answers(
     ((still_open,),) = db.execute(_SQL["open_input_count"], (task_id,)).fetchall()
     if still_open:
         return accepted, None
-    message = "Input received; resuming"
+    message = sealing.seal("Input received; resuming", MESSAGE, task_id)
     rows = db.execute(_SQL["resume"], (message, at, task_id)).fetchall()
     if not rows:
         return accepted, None
     _change(
-        db, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
+        db, sealing, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
         {BY: by},
     )  # fmt: skip
     return accepted, _rows.task_from_row(rows[0], sealing=sealing)

@@ -24,7 +24,7 @@ from mcp_tasks.journal._records import (
     TaskEvent,
     TaskRow,
 )
-from mcp_tasks.journal._sealing import NO_SEALING, Sealing
+from mcp_tasks.journal._sealing import DATA, MESSAGE, NO_SEALING, Sealing
 
 #: Outcomes larger than this are parsed off the event loop.
 LARGE_JSON_CHARS = 1 << 20
@@ -97,7 +97,7 @@ def task_from_row(
         owner_id=OwnerId(owner_id),
         tool_name=tool,
         status=TaskStatus(status),
-        status_message=message,
+        status_message=sealing.unseal_optional(message, MESSAGE, task_id),
         created_at=from_epoch(created),
         last_updated_at=from_epoch(updated),
         ttl_seconds=ttl,
@@ -120,7 +120,7 @@ def new_task_row(task: NewTask, sealing: Sealing = NO_SEALING) -> tuple[Any, ...
         task.owner_id,
         task.tool_name,
         sealing.seal(dumps(task.arguments), "tasks.arguments", task.task_id),
-        task.status_message,
+        sealing.seal_optional(task.status_message, MESSAGE, task.task_id),
         task.created_at,
         task.created_at,
         task.ttl_seconds,
@@ -131,14 +131,14 @@ def new_task_row(task: NewTask, sealing: Sealing = NO_SEALING) -> tuple[Any, ...
     )
 
 
-def new_task_change(task: NewTask) -> tuple[Any, ...]:
+def new_task_change(task: NewTask, sealing: Sealing = NO_SEALING) -> tuple[Any, ...]:
     """The ``insert_change`` parameters of a new task's first change."""
     return (
         task.task_id,
         task.owner_id,
         ChangeKind.STATUS.value,
         TaskStatus.WORKING.value,
-        task.status_message,
+        sealing.seal_optional(task.status_message, MESSAGE, task.task_id),
         "submitted",
         task.created_at,
         None,
@@ -162,31 +162,31 @@ def submitted_task(task: NewTask) -> Task:
     )
 
 
-def change_from_row(row: Any) -> Change:
-    """A `Change` from a ``changes_after`` row."""
+def change_from_row(row: Any, sealing: Sealing) -> Change:
+    """A `Change` from a ``changes_after`` row (opened)."""
     _position, task_id, owner, kind, status, message, reason, at, data = row
     return Change(
         task_id=TaskId(task_id),
         owner_id=OwnerId(owner),
         kind=ChangeKind(kind),
         status=TaskStatus(status),
-        status_message=message,
+        status_message=sealing.unseal_optional(message, MESSAGE, task_id),
         reason=reason,
         at=at,
-        data=None if data is None else json.loads(data),
+        data=None if data is None else sealing.loads(data, DATA, task_id),
     )
 
 
-def event_from_row(row: Any) -> TaskEvent:
-    """A `TaskEvent` from a ``changes_of`` row."""
+def event_from_row(row: Any, task_id: str, sealing: Sealing) -> TaskEvent:
+    """A `TaskEvent` from a ``changes_of`` row of task ``task_id`` (opened)."""
     kind, status, message, reason, at, data = row
     return TaskEvent(
         kind=ChangeKind(kind),
         status=TaskStatus(status),
-        status_message=message,
+        status_message=sealing.unseal_optional(message, MESSAGE, task_id),
         reason=reason,
         at=at,
-        data=None if data is None else json.loads(data),
+        data=None if data is None else sealing.loads(data, DATA, task_id),
     )
 
 

@@ -325,18 +325,36 @@ ON CONFLICT (key_id) DO NOTHING
 DELETE FROM sealing_keys WHERE key_id = %s
 
 -- reseal_tasks_page --
-SELECT t.seq, t.task_id, t.arguments, t.request_meta, t.outcome, t.tool_error
+SELECT t.seq, t.task_id, t.arguments, t.request_meta, t.outcome, t.tool_error,
+       t.status_message
 FROM tasks t, (SELECT %s::bigint AS after, %s::text AS prefix) p
 WHERE t.seq > p.after AND (
     NOT starts_with(t.arguments, p.prefix) OR NOT starts_with(t.request_meta, p.prefix)
     OR NOT starts_with(t.outcome, p.prefix) OR NOT starts_with(t.tool_error, p.prefix)
+    OR NOT starts_with(t.status_message, p.prefix)
 )
 ORDER BY t.seq LIMIT %s
 
 -- reseal_task --
-UPDATE tasks SET arguments = %s, request_meta = %s, outcome = %s, tool_error = %s
+UPDATE tasks SET arguments = %s, request_meta = %s, outcome = %s, tool_error = %s,
+       status_message = %s
 WHERE seq = %s AND arguments = %s AND request_meta = %s
   AND outcome IS NOT DISTINCT FROM %s::text AND tool_error IS NOT DISTINCT FROM %s::text
+  AND status_message IS NOT DISTINCT FROM %s::text
+
+-- reseal_changes_page --
+SELECT c.feed_key::text, c.position, c.task_id, c.status_message, c.data
+FROM task_changes c,
+     (SELECT %s::xid8 AS feed_key, %s::bigint AS position, %s::text AS prefix) p
+WHERE (c.feed_key, c.position) > (p.feed_key, p.position) AND (
+    NOT starts_with(c.status_message, p.prefix) OR NOT starts_with(c.data, p.prefix)
+)
+ORDER BY c.feed_key, c.position LIMIT %s
+
+-- reseal_change --
+UPDATE task_changes SET status_message = %s, data = %s
+WHERE feed_key = %s::xid8 AND position = %s
+  AND status_message IS NOT DISTINCT FROM %s::text AND data IS NOT DISTINCT FROM %s::text
 
 -- reseal_steps_page --
 SELECT s.task_id, s.step_key, s.result
@@ -366,7 +384,10 @@ WHERE task_id = %s AND request_key = %s AND params = %s
 SELECT EXISTS (
     SELECT 1 FROM tasks t WHERE starts_with(t.arguments, p.prefix)
         OR starts_with(t.request_meta, p.prefix) OR starts_with(t.outcome, p.prefix)
-        OR starts_with(t.tool_error, p.prefix)
+        OR starts_with(t.tool_error, p.prefix) OR starts_with(t.status_message, p.prefix)
+) OR EXISTS (
+    SELECT 1 FROM task_changes c WHERE starts_with(c.status_message, p.prefix)
+        OR starts_with(c.data, p.prefix)
 ) OR EXISTS (
     SELECT 1 FROM steps s WHERE starts_with(s.result, p.prefix)
 ) OR EXISTS (

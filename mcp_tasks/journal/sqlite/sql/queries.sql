@@ -336,17 +336,31 @@ ON CONFLICT (key_id) DO NOTHING
 DELETE FROM sealing_keys WHERE key_id = ?
 
 -- reseal_tasks_page --
-SELECT seq, task_id, arguments, request_meta, outcome, tool_error FROM tasks
+SELECT seq, task_id, arguments, request_meta, outcome, tool_error, status_message
+FROM tasks
 WHERE seq > ?1 AND (
     substr(arguments, 1, length(?2)) <> ?2 OR substr(request_meta, 1, length(?2)) <> ?2
     OR substr(outcome, 1, length(?2)) <> ?2 OR substr(tool_error, 1, length(?2)) <> ?2
+    OR substr(status_message, 1, length(?2)) <> ?2
 )
 ORDER BY seq LIMIT ?3
 
 -- reseal_task --
-UPDATE tasks SET arguments = ?, request_meta = ?, outcome = ?, tool_error = ?
+UPDATE tasks SET arguments = ?, request_meta = ?, outcome = ?, tool_error = ?,
+       status_message = ?
 WHERE seq = ? AND arguments = ? AND request_meta = ? AND outcome IS ?
-  AND tool_error IS ?
+  AND tool_error IS ? AND status_message IS ?
+
+-- reseal_changes_page --
+SELECT position, task_id, status_message, data FROM task_changes
+WHERE position > ?1 AND (
+    substr(status_message, 1, length(?2)) <> ?2 OR substr(data, 1, length(?2)) <> ?2
+)
+ORDER BY position LIMIT ?3
+
+-- reseal_change --
+UPDATE task_changes SET status_message = ?, data = ?
+WHERE position = ? AND status_message IS ? AND data IS ?
 
 -- reseal_steps_page --
 SELECT task_id, step_key, result FROM steps
@@ -372,6 +386,10 @@ SELECT EXISTS (
     SELECT 1 FROM tasks WHERE substr(arguments, 1, length(?1)) = ?1
         OR substr(request_meta, 1, length(?1)) = ?1 OR substr(outcome, 1, length(?1)) = ?1
         OR substr(tool_error, 1, length(?1)) = ?1
+        OR substr(status_message, 1, length(?1)) = ?1
+) OR EXISTS (
+    SELECT 1 FROM task_changes WHERE substr(status_message, 1, length(?1)) = ?1
+        OR substr(data, 1, length(?1)) = ?1
 ) OR EXISTS (
     SELECT 1 FROM steps WHERE substr(result, 1, length(?1)) = ?1
 ) OR EXISTS (
