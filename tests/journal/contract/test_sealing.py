@@ -21,7 +21,6 @@ from psycopg import sql
 from mcp_tasks._exceptions import ConfigurationError, JournalError
 from mcp_tasks._model import InputRequest, Outcome, TaskId, TaskStatus
 from mcp_tasks.journal import NO_SEALING, Journal, Keyring, Report, Sealing
-from mcp_tasks.journal._sealing import add_key
 from tests.journal.conftest import Backend
 
 from .support import ACTOR, HOLDER, LEASE, T0, new_task, submit_and_claim
@@ -298,11 +297,3 @@ def swap(backend: Backend, database: str, source: str, target: str) -> None:
             "(SELECT arguments FROM tasks WHERE task_id = %s) WHERE task_id = %s",
             (source, target),
         )
-
-
-def test_keygen_appends_keys_with_the_next_id(tmp_path: Path) -> None:
-    path = tmp_path / "keys"
-    assert add_key(path) == "k1"
-    assert add_key(path) == "k2"
-    assert (path.stat().st_mode & 0o777) == 0o600
-    assert Keyring.load(path).ids == ["k1", "k2"]
