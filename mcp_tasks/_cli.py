@@ -2,7 +2,8 @@
 
 ``mcp-tasks serve`` runs the server; ``mcp-tasks tasks list|show|cancel|answer|retry``,
 ``stats`` and ``top`` are the operator's commands (`mcp_tasks.ops._commands`,
-their own exit codes); ``mcp-tasks call`` is the client for people
+their own exit codes); ``mcp-tasks journal keygen|rekey`` manage the journal's
+encryption keys (`mcp_tasks.ops._keys`); ``mcp-tasks call`` is the client for people
 (`mcp_tasks.ops._call`, its own exit codes).
 
 Exit codes of ``serve``:

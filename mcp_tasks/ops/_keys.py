@@ -13,7 +13,6 @@ cannot open the journal; 3 the journal cannot be opened or read.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,20 +92,15 @@ def _rekey(args: argparse.Namespace) -> int:
     sealing = sealing_from(key_file)
     _operator.require_existing(args.db)
     done = anyio.run(_reseal, args.db, settings, sealing, args.batch, backend="asyncio")
-    assert sealing.keyring is not None
-    print(
-        f"re-encrypted {done.values} values with key {sealing.keyring.newest}"
-        + (
-            f"; {done.skipped} rows changed meanwhile, left as written"
-            if done.skipped
-            else ""
-        )
-    )
+    newest = sealing.keyring.newest if sealing.keyring is not None else "?"
+    line = f"re-encrypted {done.values} values with key {newest}"
+    if done.skipped:
+        line += f"; {done.skipped} rows changed meanwhile were left as written"
+    print(line)
     if done.forgotten:
         print(
             f"no value uses key {', '.join(done.forgotten)} any more: it may be "
-            f"removed from {key_file}",
-            file=sys.stdout,
+            f"removed from {key_file}"
         )
     return 0
 
