@@ -21,6 +21,7 @@ from mcp_tasks.journal._sealing import (
     resealed_row,
     sealing_from,
 )
+from mcp_tasks.journal.sqlite._rows import change_from_row
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))
@@ -183,3 +184,20 @@ def test_a_key_without_the_cryptography_package_is_one_clear_error(
     )
     with pytest.raises(ConfigurationError, match=r"mcp-tasks\[encryption\]"):
         sealing_from(path)
+
+
+def test_a_change_sealed_with_a_key_this_process_lacks_comes_without_its_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    newer = ring(("k1", KEY_A), ("k2", KEY_B))
+    row = (
+        7, "t1", "alice", "status", "working",
+        newer.seal("a message", "status_message", "t1"), "claimed", 1.0,
+        newer.seal('{"by":"server"}', "task_changes.data", "t1"),
+    )  # fmt: skip
+    assert change_from_row(row, newer).data == {"by": "server"}
+    with caplog.at_level(logging.WARNING, "mcp_tasks.journal"):
+        change = change_from_row(row, ring(("k1", KEY_A)))  # before its restart
+    assert (change.task_id, change.reason) == ("t1", "claimed")
+    assert (change.status_message, change.data) == (None, None)
+    assert "key 'k2', which is not in" in caplog.text

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, cast
 
+from mcp_tasks._exceptions import JournalError
 from mcp_tasks._model import (
     InputRequest,
     Outcome,
@@ -25,6 +27,8 @@ from mcp_tasks.journal._records import (
     TaskRow,
 )
 from mcp_tasks.journal._sealing import DATA, MESSAGE, NO_SEALING, Sealing
+
+logger = logging.getLogger("mcp_tasks.journal")
 
 #: Outcomes larger than this are parsed off the event loop.
 LARGE_JSON_CHARS = 1 << 20
@@ -163,17 +167,31 @@ def submitted_task(task: NewTask) -> Task:
 
 
 def change_from_row(row: Any, sealing: Sealing) -> Change:
-    """A `Change` from a ``changes_after`` row (opened)."""
+    """A `Change` from a ``changes_after`` row (opened).
+
+    A change this process cannot open (sealed with a key it lacks: another
+    process already writes with a newer key, during a rotation) comes without
+    its message and data rather than stopping the change feed of every task;
+    the task itself then reads as a clear `JournalError`.
+    """
     _position, task_id, owner, kind, status, message, reason, at, data = row
+    try:
+        opened = sealing.unseal_optional(message, MESSAGE, task_id)
+        details = None if data is None else sealing.loads(data, DATA, task_id)
+    except JournalError as exc:
+        logger.warning(
+            "a change of task %s is delivered without its details: %s", task_id, exc
+        )
+        opened, details = None, None
     return Change(
         task_id=TaskId(task_id),
         owner_id=OwnerId(owner),
         kind=ChangeKind(kind),
         status=TaskStatus(status),
-        status_message=sealing.unseal_optional(message, MESSAGE, task_id),
+        status_message=opened,
         reason=reason,
         at=at,
-        data=None if data is None else sealing.loads(data, DATA, task_id),
+        data=details,
     )
 
 
