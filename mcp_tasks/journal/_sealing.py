@@ -38,6 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+import anyio
+import anyio.to_thread
+
 from mcp_tasks._exceptions import ConfigurationError, JournalError
 
 logger = logging.getLogger("mcp_tasks.journal")
@@ -48,6 +51,8 @@ KEY_FILE_SETTING: Final = "journal.encryption_key_file"
 PREFIX: Final = "mtk1:"
 NONCE_BYTES: Final = 12
 KEY_BYTES: Final = 32
+#: Values at least this long are sealed off the event loop (`seal_off_loop`).
+LARGE_VALUE_CHARS: Final = 1 << 20
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: What a canary seals: opening it proves the key is the one that sealed.
 _CANARY_TEXT: Final = "mcp-tasks sealing canary"
@@ -293,6 +298,16 @@ class Sealing:
     def unseal_optional(self, stored: str | None, *place: str) -> str | None:
         """`unseal`, passing None through."""
         return None if stored is None else self.unseal(stored, *place)
+
+    async def seal_off_loop(self, text: str | None, *place: str) -> str | None:
+        """`seal_optional`, on a worker thread for a large value (a big result).
+
+        Sealing 16 MB (AES and base64) takes tens of milliseconds, which
+        would stall every other client of the process if done on its loop.
+        """
+        if text is None or self.keyring is None or len(text) < LARGE_VALUE_CHARS:
+            return self.seal_optional(text, *place)
+        return await anyio.to_thread.run_sync(lambda: self.seal(text, *place))
 
     def loads(self, stored: str, *place: str) -> Any:
         """The JSON value of a stored (sealed or plain) JSON text."""

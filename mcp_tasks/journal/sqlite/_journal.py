@@ -498,7 +498,7 @@ class SqliteJournal:
         tool_error = self._sealing.seal_optional(
             _rows.tool_error_text(outcome), "tasks.tool_error", lease.task_id
         )
-        encoded = self._sealing.seal_optional(
+        encoded = await self._sealing.seal_off_loop(
             _rows.outcome_json(outcome), "tasks.outcome", lease.task_id
         )
         message = self._message(message, lease.task_id)

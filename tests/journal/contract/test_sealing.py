@@ -297,3 +297,20 @@ def swap(backend: Backend, database: str, source: str, target: str) -> None:
             "(SELECT arguments FROM tasks WHERE task_id = %s) WHERE task_id = %s",
             (source, target),
         )
+
+
+async def test_a_large_result_is_sealed_and_opened_whole(
+    backend: Backend, database: str, tmp_path: Path
+) -> None:
+    # Over a megabyte: sealed and opened on worker threads, not the loop.
+    big = MARKER + "y" * (1 << 21)
+    async with backend.open(database, keyring(tmp_path / "keys", K1)) as journal:
+        claimed = await submit_and_claim(journal)
+        result = {"content": [{"type": "text", "text": big}]}
+        await journal.finish(
+            claimed.lease, TaskStatus.COMPLETED, "done", T0 + 1, outcome=Outcome(result)
+        )
+        task = await journal.get(claimed.task_id, outcome=True)
+        assert task is not None
+        assert task.outcome == Outcome(result)
+        assert MARKER.encode() not in stored(backend, database)
