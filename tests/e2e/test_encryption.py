@@ -240,3 +240,29 @@ def test_a_missing_or_wrong_key_is_refused_with_one_line_and_exit_2(
     code, stderr = run(serve(db, bad), tmp_path)
     assert code == 2, stderr
     assert "line 1" in assert_one_line(stderr)
+
+
+def test_rekey_refuses_a_wrong_or_missing_key_with_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "keys"
+    keygen(keys)
+    db = tmp_path / "tasks.db"
+    code, stderr = run(serve(db, config_with_key(tmp_path / "c.toml", keys)), tmp_path)
+    assert code == 0, stderr
+    other = tmp_path / "other-keys"
+    keygen(other)
+    wrong = cli("journal", "rekey", "--db", str(db), "--key-file", str(other))
+    assert wrong.returncode == 2, wrong.stderr
+    assert "wrong key" in assert_one_line(wrong.stderr)
+    none = cli("journal", "rekey", "--db", str(db))
+    assert none.returncode == 2, none.stderr
+    assert "needs --key-file" in assert_one_line(none.stderr)
+    absent = cli(
+        "journal", "rekey", "--db", str(tmp_path / "no.db"), "--key-file", str(keys)
+    )
+    assert absent.returncode == 3, absent.stderr
+    assert "no journal there" in assert_one_line(absent.stderr)
+    done = cli("journal", "rekey", "--db", str(db), "--key-file", str(keys))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("re-encrypted ")
