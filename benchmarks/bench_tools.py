@@ -66,3 +66,9 @@ async def plain_steps(count: int = 100) -> int:
     for index in range(count):
         total += await _unit(index)
     return total
+
+
+@tool(task_support="optional")
+async def echo_text(text: str) -> str:
+    """Return ``text``: arguments and a result of the caller's size (sealing cost)."""
+    return text

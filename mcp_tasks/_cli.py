@@ -2,7 +2,8 @@
 
 ``mcp-tasks serve`` runs the server; ``mcp-tasks tasks list|show|cancel|answer|retry``,
 ``stats`` and ``top`` are the operator's commands (`mcp_tasks.ops._commands`,
-their own exit codes); ``mcp-tasks call`` is the client for people
+their own exit codes); ``mcp-tasks journal keygen|rekey`` manage the journal's
+encryption keys (`mcp_tasks.ops._keys`); ``mcp-tasks call`` is the client for people
 (`mcp_tasks.ops._call`, its own exit codes).
 
 Exit codes of ``serve``:
@@ -11,7 +12,9 @@ Exit codes of ``serve``:
 - 1: an unexpected error: a bug, reported with a traceback.
 - 2: a bad command line, config file, token file or tool table, or an
   ``[auth]`` that cannot work (the ``oauth`` extra is missing, the JWKS or
-  secret file is unreadable); the message names the option or key.
+  secret file is unreadable), or an encryption key file that cannot open the
+  journal (missing, malformed, a wrong key, or none for a journal holding
+  encrypted values); the message names the option or key.
 - 3: the journal cannot be opened (not a database, no write access, written by
   a newer mcp-tasks, or in use by another process).
 - 4: ``--http HOST:PORT`` cannot be listened on (address in use, not a local
@@ -48,7 +51,7 @@ from mcp_tasks.binding import (
     url,
 )
 from mcp_tasks.engine import TaskRuntime
-from mcp_tasks.ops import _call, _commands
+from mcp_tasks.ops import _call, _commands, _keys
 
 EXIT_OK: Final = 0
 EXIT_CONFIG: Final = 2
@@ -134,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="text lines, or one JSON object per line (default text)",
     )
     _commands.add_commands(commands, DEFAULT_DB)
+    _keys.add_command(commands, DEFAULT_DB)
     _call.add_command(commands)
     return parser
 
@@ -297,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         configure_logging("WARNING", "text")
         try:
+            if args.command == "journal":
+                return _keys.run(args)
             return _commands.run(args)
         except ConfigurationError as exc:
             return _fail(args, EXIT_CONFIG, exc)

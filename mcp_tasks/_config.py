@@ -35,6 +35,9 @@ Config file shape (every key optional)::
     pool_size = 8                   # PostgreSQL: most connections per process (+1 LISTEN)
     listen_url = "postgresql://…"   # PostgreSQL: direct server URL for LISTEN (behind a pooler)
     prepared_statements = true      # PostgreSQL: false behind PgBouncer < 1.21 in transaction mode
+    encryption_key_file = "/etc/mcp-tasks/keys"  # encrypt arguments, results, answers
+                                    # at rest (pip install 'mcp-tasks[encryption]';
+                                    # keys from: mcp-tasks journal keygen)
 
     [http]                          # only with --http
     max_connections = 1000          # open connections; more evict idle ones or are refused
@@ -195,6 +198,8 @@ class Settings:
     pool_size: int | None = None
     listen_url: str | None = None
     prepared_statements: bool = True
+    #: ``[journal] encryption_key_file``: seal values at rest with its keys.
+    encryption_key_file: Path | None = None
     http: HttpSettings = field(default_factory=HttpSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     budgets: Mapping[str, BudgetLimits] = field(
@@ -439,6 +444,7 @@ _JOURNAL_KEYS: dict[str, Callable[[str, Any], object]] = {
     "listen_url": _text,
     "pool_size": _positive_int,
     "prepared_statements": _flag,
+    "encryption_key_file": lambda key, value: Path(_text(key, value)),
 }
 
 

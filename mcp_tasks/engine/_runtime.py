@@ -76,6 +76,7 @@ from mcp_tasks.journal import (
     by_client,
     by_operator,
     open_journal,
+    sealing_from,
 )
 
 #: How long a synchronous (non-task) call's journal row is kept after it ends.
@@ -224,6 +225,7 @@ class TaskRuntime:
             pool_size=settings.pool_size,
             listen_url=settings.listen_url,
             prepared_statements=settings.prepared_statements,
+            sealing=sealing_from(settings.encryption_key_file),
         ) as journal:
             secret = await journal.secret("cursor")
             runtime = cls(journal, settings, tools, clock=clock, cursor_secret=secret)

@@ -22,15 +22,18 @@ from mcp_tasks.journal._records import (
     Phase,
     Recovery,
     Report,
+    Resealed,
     TaskEvent,
     TaskRow,
     by_client,
     by_operator,
 )
+from mcp_tasks.journal._sealing import NO_SEALING, Keyring, Sealing, sealing_from
 
 __all__ = [
     "BY",
     "BY_SERVER",
+    "NO_SEALING",
     "TERMINAL_GRACE_SECONDS",
     "Change",
     "ChangeKind",
@@ -39,15 +42,19 @@ __all__ = [
     "FeedPage",
     "HeldLease",
     "Journal",
+    "Keyring",
     "Lease",
     "NewTask",
     "Phase",
     "Recovery",
     "Report",
+    "Resealed",
+    "Sealing",
     "Settled",
     "TaskEvent",
     "TaskRow",
     "by_client",
     "by_operator",
     "open_journal",
+    "sealing_from",
 ]

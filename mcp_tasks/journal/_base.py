@@ -38,6 +38,7 @@ from mcp_tasks.journal._records import (
     NewTask,
     Recovery,
     Report,
+    Resealed,
     TaskEvent,
     TaskRow,
 )
@@ -373,6 +374,26 @@ class Journal(Protocol):
 
     async def secret(self, name: str) -> bytes:
         """A per-database random secret, created on first use (e.g. for cursors)."""
+        ...
+
+    async def reseal(self, batch: int = 100) -> Resealed:
+        """Seal every stored sealable value again with the newest key; drop unused keys.
+
+        Task arguments, request metadata, outcomes and tool error texts, step
+        results, questions and answers sealed with an older key, or stored in
+        plaintext, are sealed with the newest key of the journal's keyring,
+        ``batch`` rows per transaction, so it may run while servers serve.
+        Each row is updated compare-and-set on the values read: a row another
+        writer changed meanwhile is skipped, never overwritten. Then every
+        recorded key id (other than the newest) that no stored value uses any
+        more is forgotten, so that key may leave the key file. Running it
+        again finds nothing to do.
+
+        Raises:
+            ConfigurationError: the journal was opened without a keyring.
+            JournalError: a stored value does not open (altered, or its key
+                is not in the keyring); values before it are resealed.
+        """
         ...
 
     # -------------------------------------------------------------- budgets

@@ -15,6 +15,7 @@ from typing import Any
 
 from mcp_tasks._exceptions import ConfigurationError
 from mcp_tasks.journal._base import Journal
+from mcp_tasks.journal._sealing import NO_SEALING, Sealing
 
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -33,14 +34,17 @@ async def open_journal(
     pool_size: int | None = None,
     listen_url: str | None = None,
     prepared_statements: bool = True,
+    sealing: Sealing = NO_SEALING,
 ) -> AsyncGenerator[Journal]:
     """Open the journal at ``location`` (a path or a URL) for as long as the block runs.
 
     ``synchronous`` applies to SQLite; ``pool_size``, ``listen_url`` and
     ``prepared_statements`` to PostgreSQL (see `PostgresJournal.open`).
+    ``sealing`` encrypts values at rest on either (`mcp_tasks.journal._sealing`).
 
     Raises:
-        ConfigurationError: the URL names no backend this build knows.
+        ConfigurationError: the URL names no backend this build knows, or
+            ``sealing``'s keys cannot open the journal's sealed values.
         JournalError: the journal cannot be opened.
         JournalSchemaError: it was written by a newer mcp-tasks.
     """
@@ -51,7 +55,10 @@ async def open_journal(
         path = Path(text[len(SQLITE_PREFIX) - 1 :])
     elif text.startswith(POSTGRES_SCHEMES):
         postgres = _postgres_backend()
-        options: dict[str, Any] = {"prepared_statements": prepared_statements}
+        options: dict[str, Any] = {
+            "prepared_statements": prepared_statements,
+            "sealing": sealing,
+        }
         if pool_size is not None:
             options["pool_size"] = pool_size
         async with postgres.PostgresJournal.open(
@@ -67,7 +74,9 @@ async def open_journal(
         )
     from mcp_tasks.journal.sqlite import SqliteJournal
 
-    async with SqliteJournal.open(path, synchronous=synchronous) as journal:
+    async with SqliteJournal.open(
+        path, synchronous=synchronous, sealing=sealing
+    ) as journal:
         yield journal
 
 

@@ -223,3 +223,19 @@ class TaskRow:
     phase: Phase
     attempts: int
     holder: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resealed:
+    """What `Journal.reseal` did.
+
+    ``values``: stored values sealed again with the newest key (plaintext
+    ones included); ``skipped``: rows changed by another writer between the
+    read and the compare-and-set update (left as that writer stored them);
+    ``forgotten``: key ids no stored value uses any more, whose canaries
+    were dropped (those keys may now leave the key file).
+    """
+
+    values: int = 0
+    skipped: int = 0
+    forgotten: tuple[str, ...] = ()

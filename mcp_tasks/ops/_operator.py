@@ -27,7 +27,13 @@ from mcp_tasks._exceptions import JournalError
 from mcp_tasks._model import InputRequest, OwnerId, Task, TaskId, TaskStatus
 from mcp_tasks._toolapi import ToolSpec
 from mcp_tasks.engine import Requester, TaskRuntime
-from mcp_tasks.journal import ClientLoad, TaskEvent, TaskRow, open_journal
+from mcp_tasks.journal import (
+    ClientLoad,
+    TaskEvent,
+    TaskRow,
+    open_journal,
+    sealing_from,
+)
 from mcp_tasks.journal._open import SQLITE_PREFIX, is_url
 
 
@@ -76,7 +82,11 @@ async def operator_runtime(
     Raises:
         JournalError: the journal cannot be opened.
     """
-    async with open_journal(db, synchronous=settings.synchronous) as journal:
+    async with open_journal(
+        db,
+        synchronous=settings.synchronous,
+        sealing=sealing_from(settings.encryption_key_file),
+    ) as journal:
         yield TaskRuntime(journal, settings, tools)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_tasks.journal import Journal, open_journal
+from mcp_tasks.journal import NO_SEALING, Journal, Sealing, open_journal
 from tests.pg_server import create_database, drop_database, with_database
 
 
@@ -28,9 +28,11 @@ class Backend:
     name: str
     new_database: Callable[[], str]
 
-    def open(self, location: str) -> AbstractAsyncContextManager[Journal]:
+    def open(
+        self, location: str, sealing: Sealing = NO_SEALING
+    ) -> AbstractAsyncContextManager[Journal]:
         """A journal on ``location`` (a second call opens a second journal on it)."""
-        return open_journal(location)
+        return open_journal(location, sealing=sealing)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

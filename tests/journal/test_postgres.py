@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,7 +27,16 @@ from mcp_tasks._budgets import IDLE_BUCKET_SECONDS, BudgetLimits
 from mcp_tasks._exceptions import JournalError, JournalSchemaError
 from mcp_tasks._model import InputRequest, OwnerId, TaskId, TaskStatus
 from mcp_tasks.engine._feed import Feed
-from mcp_tasks.journal import Change, Journal, Lease, Recovery, open_journal
+from mcp_tasks.journal import (
+    Change,
+    Journal,
+    Lease,
+    Recovery,
+    Resealed,
+    open_journal,
+    sealing_from,
+)
+from mcp_tasks.journal._sealing import add_key
 from mcp_tasks.journal._sql import migrations, queries
 from mcp_tasks.journal.postgres import PostgresJournal
 from mcp_tasks.journal.postgres._journal import PURGE_BATCH
@@ -559,3 +569,56 @@ async def test_the_oldest_queued_time_reads_one_queued_task_not_the_queue(
         scans = list(_tasks_scans(plan[0]["Plan"]))
         assert scans, plan
         assert [node["Actual Rows"] for node in scans] == [1] * len(scans), plan
+
+
+async def test_reseal_leaves_a_row_another_writer_changed_meanwhile(
+    postgres_db_url: str, tmp_path: Path
+) -> None:
+    # SQLite reads a page and updates it in one write transaction (nobody can
+    # write in between); on PostgreSQL another transaction can, and the
+    # compare-and-set must let its value stand.
+    old, both = tmp_path / "old", tmp_path / "both"
+    add_key(old)
+    both.write_text(old.read_text())
+    both.chmod(0o600)
+    add_key(both)
+    task = new_task(arguments={"a": 1}, status_message="queued")
+    async with open_journal(postgres_db_url, sealing=sealing_from(old)) as journal:
+        await journal.submit(task)
+    with psycopg.connect(postgres_db_url) as blocker:
+        # Holds the task row's lock until it commits its own change.
+        blocker.execute(
+            "UPDATE tasks SET status_message = 'changed meanwhile' WHERE task_id = %s",
+            (task.task_id,),
+        )
+        async with open_journal(postgres_db_url, sealing=sealing_from(both)) as journal:
+            done: list[Resealed] = []
+
+            async def reseal() -> None:
+                done.append(await journal.reseal())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reseal)
+                with anyio.fail_after(30):
+                    # A bounded wait for a state of the server: reseal's
+                    # UPDATE queued behind the blocker's row lock.
+                    while not _sql(postgres_db_url, _WAITING_FOR_A_LOCK)[0][0]:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                blocker.commit()
+            ((message, arguments),) = _sql(
+                postgres_db_url,
+                "SELECT status_message, arguments FROM tasks WHERE task_id = %s",
+                task.task_id,
+            )
+            (result,) = done
+            assert result.skipped == 1  # the task row, left as the other writer made it
+            assert message == "changed meanwhile"
+            assert str(arguments).startswith("mtk1:k1:")  # untouched, not re-sealed
+            assert result.values == 1  # its change row (status message), re-sealed
+            assert result.forgotten == ()  # k1 still holds its arguments
+
+
+_WAITING_FOR_A_LOCK = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""

@@ -21,12 +21,12 @@ functions over tuples of the same columns).
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Final, TypeVar, final
 
 import anyio
@@ -51,8 +51,23 @@ from mcp_tasks.journal._records import (
     NewTask,
     Recovery,
     Report,
+    Resealed,
     TaskEvent,
     TaskRow,
+)
+from mcp_tasks.journal._sealing import (
+    CHANGE_PLACES,
+    DATA,
+    INPUT_PLACES,
+    MESSAGE,
+    NO_SEALING,
+    STEP_PLACES,
+    TASK_PLACES,
+    Sealing,
+    check_keys,
+    key_prefix,
+    require_keyring,
+    resealed_row,
 )
 from mcp_tasks.journal._sql import queries
 from mcp_tasks.journal.postgres._group_commit import FinishGroup, Row
@@ -98,6 +113,7 @@ async def _run(cur: Cursor, name: str, *params: Any) -> list[tuple[Any, ...]]:
 
 async def _change(
     cur: Cursor,
+    sealing: Sealing,
     task_id: str,
     owner: str,
     kind: ChangeKind,
@@ -107,11 +123,12 @@ async def _change(
     at: float,
     data: Mapping[str, Any] | None = None,
 ) -> None:
+    """Record a change; ``message`` as stored (sealed already), ``data`` sealed here."""
     await cur.execute(
         _SQL["insert_change"],
         (
             task_id, owner, kind.value, str(status), message, reason, at,
-            None if data is None else _rows.dumps(data),
+            None if data is None else sealing.seal(_rows.dumps(data), DATA, task_id),
         ),
     )  # fmt: skip
 
@@ -120,8 +137,14 @@ async def _change(
 class PostgresJournal:
     """The PostgreSQL journal. Open it with `PostgresJournal.open`."""
 
-    def __init__(self, url: str, pool: AsyncConnectionPool[Connection]) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool: AsyncConnectionPool[Connection],
+        sealing: Sealing = NO_SEALING,
+    ) -> None:
         self._location = redacted(url)
+        self._sealing = sealing
         self._pool = pool
         self._committed: list[Callable[[], None]] = []
         self._commit_observers: list[Callable[[float, int], None]] = []
@@ -145,6 +168,7 @@ class PostgresJournal:
         listen_url: str | None = None,
         listen: bool = True,
         prepared_statements: bool = True,
+        sealing: Sealing = NO_SEALING,
     ) -> AsyncGenerator[PostgresJournal]:
         """Open (creating or migrating the schema of) the database at ``url``.
 
@@ -161,10 +185,14 @@ class PostgresJournal:
             prepared_statements: False behind a pooler that cannot keep
                 server-side prepared statements (PgBouncer in transaction
                 mode before 1.21).
+            sealing: Encrypts values at rest (`mcp_tasks.journal._sealing`).
 
         Raises:
             JournalSchemaError: the database was written by a newer mcp-tasks.
             JournalError: the server cannot be reached or the schema created.
+            ConfigurationError: ``sealing`` cannot open this journal's values
+                (a wrong or missing key), or it holds sealed values and
+                ``sealing`` has no keyring.
         """
         location = redacted(url)
         kwargs: dict[str, Any] = {
@@ -182,8 +210,18 @@ class PostgresJournal:
         try:
             await migrate(conn, location)
         except psycopg.Error as exc:
+            await conn.close()
             raise JournalError(
                 f"{location}: cannot create the journal's schema: {_one_line(exc)}"
+            ) from exc
+        except BaseException:
+            await conn.close()
+            raise
+        try:
+            await _check_keys(conn, sealing, location)
+        except psycopg.Error as exc:
+            raise JournalError(
+                f"{location}: cannot open the journal: {_one_line(exc)}"
             ) from exc
         finally:
             await conn.close()
@@ -202,7 +240,7 @@ class PostgresJournal:
             raise JournalError(
                 f"{location}: cannot open the journal: {_one_line(exc)}"
             ) from exc
-        journal = cls(url, pool)
+        journal = cls(url, pool, sealing)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(journal._notifier)
@@ -398,7 +436,11 @@ class PostgresJournal:
 
     async def submit(self, task: NewTask, settled: Settled | None = None) -> Task:
         # One statement (its own transaction): one round trip per submit.
-        params = (*_rows.new_task_row(task), task.concurrency, task.backlog)
+        params = (
+            *_rows.new_task_row(task, self._sealing),
+            task.concurrency,
+            task.backlog,
+        )
         error: BaseException | None = None
         try:
             # The insert goes ahead even if our caller is cancelled meanwhile,
@@ -424,12 +466,15 @@ class PostgresJournal:
         client_limit: int | None = row[_rows.TASK_COLUMNS + 1]
         loaded = None
         if text is not None:
+            place = ("tasks.outcome", task_id)
             if len(text) > _rows.LARGE_JSON_CHARS:
-                data = await anyio.to_thread.run_sync(json.loads, text)
+                data = await anyio.to_thread.run_sync(
+                    lambda: self._sealing.loads(text, *place)
+                )
             else:
-                data = json.loads(text)
+                data = self._sealing.loads(text, *place)
             loaded = _rows.outcome_from(data)
-        return _rows.task_from_row(row, loaded, client_limit)
+        return _rows.task_from_row(row, loaded, client_limit, sealing=self._sealing)
 
     async def list_owned(
         self, owner_id: OwnerId, after_seq: int, limit: int
@@ -448,27 +493,34 @@ class PostgresJournal:
             if row[-1]:
                 position, ahead = ahead, ahead + 1
             task = _rows.task_from_row(
-                (*row[1:-1], position), None, client_limit if row[-1] else None
+                (*row[1:-1], position),
+                None,
+                client_limit if row[-1] else None,
+                sealing=self._sealing,
             )
             listed.append((row[0], task))
         return listed
 
     async def request_meta(self, task_id: TaskId) -> dict[str, Any]:
         rows = await self._read("request_meta_of", task_id)
-        return json.loads(rows[0][0]) if rows else {}
+        if not rows:
+            return {}
+        return self._sealing.loads(rows[0][0], "tasks.request_meta", task_id)
 
     async def events(self, task_id: TaskId) -> list[TaskEvent]:
-        return [
-            _rows.event_from_row(r) for r in await self._read("changes_of", task_id)
-        ]
+        rows = await self._read("changes_of", task_id)
+        return [_rows.event_from_row(r, task_id, self._sealing) for r in rows]
 
     async def steps(self, task_id: TaskId) -> dict[str, Any]:
         rows = await self._read("steps_of", task_id)
-        return {key: json.loads(result) for key, result in rows}
+        return {
+            key: self._sealing.loads(result, "steps.result", task_id, key)
+            for key, result in rows
+        }
 
     async def input_requests(self, task_id: TaskId) -> list[InputRequest]:
         rows = await self._read("input_requests_of", task_id)
-        return [_rows.input_request_from_row(r) for r in rows]
+        return [_rows.input_request_from_row(r, task_id, self._sealing) for r in rows]
 
     async def awaiting_input(self, owner_id: OwnerId, limit: int) -> list[TaskId]:
         rows = await self._read("awaiting_input", owner_id, limit)
@@ -496,7 +548,7 @@ class PostgresJournal:
             "limit": limit,
         }
         rows = await self._fetch("list_tasks", params)
-        return [_rows.task_row_from_row(r) for r in rows]
+        return [_rows.task_row_from_row(r, self._sealing) for r in rows]
 
     # -------------------------------------------------------------- claiming
 
@@ -512,8 +564,8 @@ class PostgresJournal:
                 lease=Lease(TaskId(tid), holder, attempts),
                 owner_id=OwnerId(owner),
                 tool_name=tool,
-                arguments=json.loads(args),
-                request_meta=json.loads(meta),
+                arguments=self._sealing.loads(args, "tasks.arguments", tid),
+                request_meta=self._sealing.loads(meta, "tasks.request_meta", tid),
                 retries=retries,
                 created_at=created,
             )
@@ -545,15 +597,20 @@ class PostgresJournal:
     ) -> Task | None:
         if not status.is_terminal or status is TaskStatus.CANCELLED:
             raise ValueError(f"finish ends a run completed or failed, not {status!r}")
-        tool_error = _rows.tool_error_text(outcome)
-        encoded = _rows.outcome_json(outcome)
+        tool_error = self._sealing.seal_optional(
+            _rows.tool_error_text(outcome), "tasks.tool_error", lease.task_id
+        )
+        encoded = await self._sealing.seal_off_loop(
+            _rows.outcome_json(outcome), "tasks.outcome", lease.task_id
+        )
+        message = self._sealing.seal_optional(message, MESSAGE, lease.task_id)
         keep_until, _ = _retention_params(at)
         rows = await self._finishes.finish(
             lease.task_id,
             (status.value, message, at, encoded, tool_error, keep_until,
              *_fence(lease), reason),
         )  # fmt: skip
-        return _rows.task_from_row(rows[0]) if rows else None
+        return _rows.task_from_row(rows[0], sealing=self._sealing) if rows else None
 
     async def park(
         self,
@@ -565,6 +622,7 @@ class PostgresJournal:
         *,
         retry: bool = False,
     ) -> bool:
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
         params = (not_before, message, at, int(retry), *_fence(lease))
 
         async def apply(cur: Cursor) -> bool:
@@ -573,7 +631,7 @@ class PostgresJournal:
                 return False
             ((owner,),) = rows
             await _change(
-                cur, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                cur, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                 message, reason, at, {"not_before": not_before},
             )  # fmt: skip
             return True
@@ -584,23 +642,33 @@ class PostgresJournal:
         self, lease: Lease, requests: Sequence[InputRequest], message: str, at: float
     ) -> Task | None:
         rows_to_add = [
-            (lease.task_id, r.key, r.method, _rows.dumps(r.params), at, r.expires_at)
+            (
+                lease.task_id,
+                r.key,
+                r.method,
+                self._sealing.seal(
+                    _rows.dumps(r.params), "input_requests.params", lease.task_id, r.key
+                ),
+                at,
+                r.expires_at,
+            )
             for r in requests
         ]
         deadlines = [r.expires_at for r in requests if r.expires_at is not None]
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
 
         async def apply(cur: Cursor) -> Task | None:
             rows = await _run(cur, "ask", message, at, *_fence(lease))
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             if rows_to_add:
                 await cur.executemany(_SQL["add_input_request"], rows_to_add)
             data: dict[str, Any] = {"keys": [r.key for r in requests]}
             if deadlines:
                 data["deadline"] = min(deadlines)
             await _change(
-                cur, lease.task_id, task.owner_id, ChangeKind.STATUS,
+                cur, self._sealing, lease.task_id, task.owner_id, ChangeKind.STATUS,
                 TaskStatus.INPUT_REQUIRED, message, "input requested", at, data,
             )  # fmt: skip
             return task
@@ -608,7 +676,9 @@ class PostgresJournal:
         return await self._write(apply)
 
     async def record_step(self, lease: Lease, key: str, result: Any, at: float) -> bool:
-        encoded = _rows.dumps(result)
+        encoded = self._sealing.seal(
+            _rows.dumps(result), "steps.result", lease.task_id, key
+        )
 
         async def apply(cur: Cursor) -> bool:
             # The row lock keeps the lease current until this commits.
@@ -625,7 +695,10 @@ class PostgresJournal:
 
         async def apply(cur: Cursor) -> bool:
             for report in reports:
-                params = (report.message, report.progress, report.total, at)
+                stored = self._sealing.seal_optional(
+                    report.message, MESSAGE, lease.task_id
+                )
+                params = (stored, report.progress, report.total, at)
                 rows = await _run(cur, "report", *params, *_fence(lease))
                 if not rows:
                     # Record nothing: roll back the reports written before.
@@ -640,7 +713,7 @@ class PostgresJournal:
                     if value is not None
                 }
                 await _change(
-                    cur, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
+                    cur, self._sealing, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
                     current, "progress", at, data or None,
                 )  # fmt: skip
             return True
@@ -657,7 +730,7 @@ class PostgresJournal:
                 return False
             ((owner,),) = rows
             await _change(
-                cur, lease.task_id, owner, ChangeKind.LOG, TaskStatus.WORKING,
+                cur, self._sealing, lease.task_id, owner, ChangeKind.LOG, TaskStatus.WORKING,
                 None, "log", at, {"level": level, "message": message},
             )  # fmt: skip
             return True
@@ -671,7 +744,7 @@ class PostgresJournal:
                 return False
             ((owner,),) = rows
             await _change(
-                cur, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.CANCELLED,
+                cur, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.CANCELLED,
                 None, "run stopped", at,
             )  # fmt: skip
             return True
@@ -679,13 +752,15 @@ class PostgresJournal:
         return await self._write(apply)
 
     async def release(self, lease: Lease, message: str, reason: str, at: float) -> bool:
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
+
         async def apply(cur: Cursor) -> bool:
             rows = await _run(cur, "requeue_running", message, at, *_fence(lease))
             if not rows:
                 return False
             ((owner,),) = rows
             await _change(
-                cur, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                cur, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                 message, reason, at,
             )  # fmt: skip
             return True
@@ -697,15 +772,16 @@ class PostgresJournal:
     async def cancel(
         self, task_id: TaskId, message: str, reason: str, at: float, *, by: str
     ) -> Task | None:
+        message = self._sealing.seal(message, MESSAGE, task_id)
         params = (message, at, *_retention_params(at), task_id)
 
         async def apply(cur: Cursor) -> Task | None:
             rows = await _run(cur, "cancel", *params)
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             await _change(
-                cur, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
+                cur, self._sealing, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
                 message, reason, at, {BY: by},
             )  # fmt: skip
             return task
@@ -722,17 +798,19 @@ class PostgresJournal:
         forget_steps: bool = False,
         by: str,
     ) -> Task | None:
+        message = self._sealing.seal(message, MESSAGE, task_id)
+
         async def apply(cur: Cursor) -> Task | None:
             # Compare-and-set on `failed`: of two retries at once, the second
             # re-checks the row after the first commits and finds it working.
             rows = await _run(cur, "retry", message, at, task_id)
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             if forget_steps:
                 await cur.execute(_SQL["forget_steps"], (task_id,))
             await _change(
-                cur, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
+                cur, self._sealing, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
                 message, reason, at, {BY: by},
             )  # fmt: skip
             return task
@@ -751,7 +829,7 @@ class PostgresJournal:
 
         async def apply(cur: Cursor) -> tuple[list[str], Task | None]:
             return await _record_answers(
-                cur, task_id, encoded, at, "input received", by
+                cur, task_id, encoded, at, "input received", by, self._sealing
             )
 
         return await self._write(apply)
@@ -770,8 +848,9 @@ class PostgresJournal:
             # the same rows in the same order.
             for task_id, pairs in sorted(due.items()):
                 _, done = await _record_answers(
-                    cur, task_id, pairs, now, "question timed out", BY_SERVER
-                )
+                    cur, task_id, pairs, now, "question timed out", BY_SERVER,
+                    self._sealing,
+                )  # fmt: skip
                 if done is not None:
                     resumed.append(TaskId(task_id))
             return resumed
@@ -783,7 +862,7 @@ class PostgresJournal:
             rows = await _run(cur, "wake_due", now, now)
             for task_id, owner, message in rows:
                 await _change(
-                    cur, task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                    cur, self._sealing, task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                     message, "wait over", now,
                 )  # fmt: skip
             return len(rows)
@@ -809,12 +888,15 @@ class PostgresJournal:
         fence = _fence(held.lease)
         task_id = held.lease.task_id
         error = {"code": -32603, "message": message}
-        failed_outcome = _rows.outcome_json(Outcome(error=error))
+        failed_outcome = self._sealing.seal_optional(
+            _rows.outcome_json(Outcome(error=error)), "tasks.outcome", task_id
+        )
+        message = self._sealing.seal(message, MESSAGE, task_id)
 
         async def apply(cur: Cursor) -> bool:
             if await _run(cur, "stopped", *fence):
                 await _change(
-                    cur, task_id, held.owner_id, ChangeKind.PHASE,
+                    cur, self._sealing, task_id, held.owner_id, ChangeKind.PHASE,
                     TaskStatus.CANCELLED, None, reason, at, {BY: BY_SERVER},
                 )  # fmt: skip
                 return True
@@ -831,7 +913,16 @@ class PostgresJournal:
                 await cur.execute(_SQL["forget_steps"], (task_id,))
             owner = rows[0][1] if policy is Recovery.FAIL else rows[0][0]
             await _change(
-                cur, task_id, owner, kind, status, message, reason, at, {BY: BY_SERVER}
+                cur,
+                self._sealing,
+                task_id,
+                owner,
+                kind,
+                status,
+                message,
+                reason,
+                at,
+                {BY: BY_SERVER},
             )
             return True
 
@@ -894,6 +985,42 @@ class PostgresJournal:
 
         value = await self._write(apply)
         return bytes.fromhex(value)
+
+    async def reseal(self, batch: int = 100) -> Resealed:
+        prefix = require_keyring(self._sealing)
+        sealing = self._sealing
+        values = skipped = 0
+        # One page per transaction, each row compare-and-set on the values
+        # read: a writer that changed the row meanwhile wins (read committed
+        # re-checks the WHERE against its committed row).
+        pages: list[tuple[_ResealPage, Any]] = [
+            (_reseal_tasks_page, 0),
+            (_reseal_changes_page, ("0", 0)),
+            (_reseal_steps_page, ("", "")),
+            (_reseal_inputs_page, ("", "")),
+        ]
+        for page, start in pages:
+            cursor: Any = start
+            while cursor is not None:
+                args = (sealing, prefix, cursor, batch)
+                cursor, done, lost = await self._write(partial(page, args))
+                values += done
+                skipped += lost
+
+        async def forget(cur: Cursor) -> tuple[str, ...]:
+            recorded = [r[0] for r in await _run(cur, "sealing_keys")]
+            gone: list[str] = []
+            for key_id in sorted(recorded):
+                if sealing.keyring is not None and key_id == sealing.keyring.newest:
+                    continue
+                ((used,),) = await _run(cur, "key_in_use", key_prefix(key_id))
+                if not used:
+                    await cur.execute(_SQL["forget_sealing_key"], (key_id,))
+                    gone.append(key_id)
+            return tuple(gone)
+
+        forgotten = await self._write(forget)
+        return Resealed(values, skipped, forgotten)
 
     # --------------------------------------------------------------- budgets
 
@@ -970,13 +1097,86 @@ class PostgresJournal:
             # Everything below the horizon has been read.
             cursor = max((key, position), (horizon, 0))
         return FeedPage(
-            [_rows.change_from_row(r[:9]) for r in found], f"{cursor[0]}:{cursor[1]}"
+            [_rows.change_from_row(r[:9], self._sealing) for r in found],
+            f"{cursor[0]}:{cursor[1]}",
         )
 
 
 def _one_line(error: Exception) -> str:
     """A driver message on one line (libpq adds hints on lines of their own)."""
     return " ".join(str(error).split())
+
+
+async def _check_keys(conn: Connection, sealing: Sealing, location: str) -> None:
+    """Refuse a keyring that cannot open this journal; record a new key's canary."""
+    async with conn.transaction():
+        cursor = await conn.execute(_SQL["sealing_keys"])
+        recorded = {str(k): str(v) for k, v in await cursor.fetchall()}
+        new_key = check_keys(sealing, recorded, location)
+        if new_key is not None:
+            await conn.execute(
+                _SQL["add_sealing_key"], (new_key, sealing.canary(new_key))
+            )
+
+
+_ResealArgs = tuple[Sealing, str, Any, int]
+_ResealPage = Callable[[_ResealArgs, Cursor], Awaitable[tuple[Any, int, int]]]
+
+
+async def _reseal_tasks_page(args: _ResealArgs, cur: Cursor) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = await _run(cur, "reseal_tasks_page", after, prefix, batch)
+    values = skipped = 0
+    for seq, task_id, *old in rows:
+        new, changed = resealed_row(sealing, old, TASK_PLACES, task_id)
+        await cur.execute(_SQL["reseal_task"], (*new, seq, *old))
+        if cur.rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (rows[-1][0] if len(rows) == batch else None), values, skipped
+
+
+async def _reseal_changes_page(args: _ResealArgs, cur: Cursor) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = await _run(cur, "reseal_changes_page", *after, prefix, batch)
+    values = skipped = 0
+    for feed_key, position, task_id, *old in rows:
+        new, changed = resealed_row(sealing, old, CHANGE_PLACES, task_id)
+        await cur.execute(_SQL["reseal_change"], (*new, feed_key, position, *old))
+        if cur.rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (tuple(rows[-1][:2]) if len(rows) == batch else None), values, skipped
+
+
+async def _reseal_steps_page(args: _ResealArgs, cur: Cursor) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = await _run(cur, "reseal_steps_page", *after, prefix, batch)
+    values = skipped = 0
+    for task_id, key, result in rows:
+        new, changed = resealed_row(sealing, [result], STEP_PLACES, task_id, key)
+        await cur.execute(_SQL["reseal_step"], (new[0], task_id, key, result))
+        if cur.rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (tuple(rows[-1][:2]) if len(rows) == batch else None), values, skipped
+
+
+async def _reseal_inputs_page(args: _ResealArgs, cur: Cursor) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = await _run(cur, "reseal_inputs_page", *after, prefix, batch)
+    values = skipped = 0
+    for task_id, key, *old in rows:
+        new, changed = resealed_row(sealing, old, INPUT_PLACES, task_id, key)
+        await cur.execute(_SQL["reseal_input"], (*new, task_id, key, *old))
+        if cur.rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (tuple(rows[-1][:2]) if len(rows) == batch else None), values, skipped
 
 
 def _cursor_of(cursor: str) -> tuple[int, int]:
@@ -1008,8 +1208,9 @@ async def _record_answers(
     at: float,
     reason: str,
     by: str,
+    sealing: Sealing,
 ) -> tuple[list[str], Task | None]:
-    """Record answers (each once) and who gave them; resume the task if none is open.
+    """Record answers (each once, sealed) and who gave them; resume the task if none is open.
 
     The task row is locked first, so two answers to one task take turns and
     the second sees the first's when it counts the questions left open.
@@ -1020,10 +1221,11 @@ async def _record_answers(
     ((owner,),) = owners
     accepted: list[str] = []
     for key, response in encoded:
-        if await _run(cur, "answer_input_request", response, at, task_id, key):
+        stored = sealing.seal(response, "input_requests.response", task_id, key)
+        if await _run(cur, "answer_input_request", stored, at, task_id, key):
             accepted.append(key)
             await _change(
-                cur, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
+                cur, sealing, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
                 None, reason, at, {"key": key, BY: by},
             )  # fmt: skip
     if not accepted:
@@ -1031,12 +1233,12 @@ async def _record_answers(
     ((still_open,),) = await _run(cur, "open_input_count", task_id)
     if still_open:
         return accepted, None
-    message = "Input received; resuming"
+    message = sealing.seal("Input received; resuming", MESSAGE, task_id)
     rows = await _run(cur, "resume", message, at, task_id)
     if not rows:
         return accepted, None
     await _change(
-        cur, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
+        cur, sealing, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
         {BY: by},
     )  # fmt: skip
-    return accepted, _rows.task_from_row(rows[0])
+    return accepted, _rows.task_from_row(rows[0], sealing=sealing)

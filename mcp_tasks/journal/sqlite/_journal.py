@@ -18,6 +18,7 @@ import secrets
 import sqlite3
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, final
 
@@ -41,8 +42,23 @@ from mcp_tasks.journal._records import (
     NewTask,
     Recovery,
     Report,
+    Resealed,
     TaskEvent,
     TaskRow,
+)
+from mcp_tasks.journal._sealing import (
+    CHANGE_PLACES,
+    DATA,
+    INPUT_PLACES,
+    MESSAGE,
+    NO_SEALING,
+    STEP_PLACES,
+    TASK_PLACES,
+    Sealing,
+    check_keys,
+    key_prefix,
+    require_keyring,
+    resealed_row,
 )
 from mcp_tasks.journal._sql import queries
 from mcp_tasks.journal.sqlite import _rows
@@ -65,6 +81,7 @@ _NO_SEQ_LIMIT = 2**63 - 1
 
 def _change(
     db: sqlite3.Connection,
+    sealing: Sealing,
     task_id: str,
     owner: str,
     kind: ChangeKind,
@@ -74,6 +91,7 @@ def _change(
     at: float,
     data: Mapping[str, Any] | None = None,
 ) -> None:
+    """Record a change; ``message`` as stored (sealed already), ``data`` sealed here."""
     db.execute(
         _SQL["insert_change"],
         (
@@ -84,7 +102,7 @@ def _change(
             message,
             reason,
             at,
-            None if data is None else _rows.dumps(data),
+            None if data is None else sealing.seal(_rows.dumps(data), DATA, task_id),
         ),
     )
 
@@ -94,7 +112,7 @@ def _fence(lease: Lease) -> tuple[str, str, int]:
 
 
 def _insert_batch(
-    db: sqlite3.Connection, tasks: Sequence[NewTask]
+    db: sqlite3.Connection, tasks: Sequence[NewTask], sealing: Sealing = NO_SEALING
 ) -> list[Exception | None]:
     """Insert new tasks, each only if its client's backlog has room."""
     room: dict[str, int] = {}
@@ -112,8 +130,8 @@ def _insert_batch(
             refusals.append(CapacityError(owner, task.backlog))
             continue
         room[owner] -= 1
-        rows.append(_rows.new_task_row(task))
-        changes.append(_rows.new_task_change(task))
+        rows.append(_rows.new_task_row(task, sealing))
+        changes.append(_rows.new_task_change(task, sealing))
         refusals.append(None)
     db.executemany(_SQL["insert_task"], rows)
     db.executemany(_SQL["insert_change"], changes)
@@ -149,8 +167,10 @@ class SqliteJournal:
         reader_db: aiosqlite.Connection,
         identity: FileIdentity | None,
         turnstile: Turnstile | None,
+        sealing: Sealing = NO_SEALING,
     ) -> None:
         self.path = path
+        self._sealing = sealing
         self._reader = reader_db
         self._identity = identity
         self._broken: JournalError | None = None
@@ -158,7 +178,7 @@ class SqliteJournal:
         self._commit_observers: list[Callable[[float, int], None]] = []
         self._writer = GroupCommitWriter(
             writer_db,
-            _insert_batch,
+            lambda db, tasks: _insert_batch(db, tasks, sealing),
             before_batch=self._check_file,
             after_commit=self._tell_committed,
             turnstile=turnstile,
@@ -167,15 +187,23 @@ class SqliteJournal:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, path: Path | str, *, synchronous: str = "FULL"
+        cls,
+        path: Path | str,
+        *,
+        synchronous: str = "FULL",
+        sealing: Sealing = NO_SEALING,
     ) -> AsyncGenerator[SqliteJournal]:
         """Open (creating or migrating) the database at ``path``.
 
-        Any number of processes may open the same file at once.
+        Any number of processes may open the same file at once. With a
+        keyring in ``sealing``, values are sealed (`mcp_tasks.journal._sealing`).
 
         Raises:
             JournalSchemaError: the database was written by a newer mcp-tasks.
             JournalError: the file is not a database, or cannot be opened or written.
+            ConfigurationError: ``sealing`` cannot open this journal's values
+                (a wrong or missing key), or it holds sealed values and
+                ``sealing`` has no keyring.
         """
         path = Path(path)
         if synchronous not in ("FULL", "NORMAL"):
@@ -187,13 +215,19 @@ class SqliteJournal:
             raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
         turnstile = _turnstile_for(path)
         try:
+            await anyio.to_thread.run_sync(_check_keys, writer_db, sealing, str(path))
             try:
                 reader_db = await _open_reader(path)
             except sqlite3.Error as exc:
                 raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
             try:
                 journal = cls(
-                    path, writer_db, reader_db, FileIdentity.of(path), turnstile
+                    path,
+                    writer_db,
+                    reader_db,
+                    FileIdentity.of(path),
+                    turnstile,
+                    sealing,
                 )
                 async with anyio.create_task_group() as tg:
                     await tg.start(journal._writer.run)
@@ -256,6 +290,10 @@ class SqliteJournal:
             logger.error("%s", self._broken)
             raise self._broken
 
+    def _message(self, text: str | None, task_id: str) -> str | None:
+        """A status message as stored (sealed for its task)."""
+        return self._sealing.seal_optional(text, MESSAGE, task_id)
+
     async def check(self) -> None:
         if self._broken is not None:
             raise self._broken
@@ -292,13 +330,16 @@ class SqliteJournal:
         client_limit: int | None = row[_rows.TASK_COLUMNS + 1]
         loaded = None
         if text is not None:
+            place = ("tasks.outcome", task_id)
             if len(text) > _rows.LARGE_JSON_CHARS:
                 # Parsing a very large result would stall every other client.
-                data = await anyio.to_thread.run_sync(json.loads, text)
+                data = await anyio.to_thread.run_sync(
+                    lambda: self._sealing.loads(text, *place)
+                )
             else:
-                data = json.loads(text)
+                data = self._sealing.loads(text, *place)
             loaded = _rows.outcome_from(data)
-        return _rows.task_from_row(row, loaded, client_limit)
+        return _rows.task_from_row(row, loaded, client_limit, sealing=self._sealing)
 
     async def list_owned(
         self, owner_id: OwnerId, after_seq: int, limit: int
@@ -318,27 +359,34 @@ class SqliteJournal:
             if row[-1]:
                 position, ahead = ahead, ahead + 1
             task = _rows.task_from_row(
-                (*row[1:-1], position), None, client_limit if row[-1] else None
+                (*row[1:-1], position),
+                None,
+                client_limit if row[-1] else None,
+                sealing=self._sealing,
             )
             listed.append((row[0], task))
         return listed
 
     async def request_meta(self, task_id: TaskId) -> dict[str, Any]:
         rows = await self._read("request_meta_of", task_id)
-        return json.loads(rows[0][0]) if rows else {}
+        if not rows:
+            return {}
+        return self._sealing.loads(rows[0][0], "tasks.request_meta", task_id)
 
     async def events(self, task_id: TaskId) -> list[TaskEvent]:
-        return [
-            _rows.event_from_row(r) for r in await self._read("changes_of", task_id)
-        ]
+        rows = await self._read("changes_of", task_id)
+        return [_rows.event_from_row(r, task_id, self._sealing) for r in rows]
 
     async def steps(self, task_id: TaskId) -> dict[str, Any]:
         rows = await self._read("steps_of", task_id)
-        return {key: json.loads(result) for key, result in rows}
+        return {
+            key: self._sealing.loads(result, "steps.result", task_id, key)
+            for key, result in rows
+        }
 
     async def input_requests(self, task_id: TaskId) -> list[InputRequest]:
         rows = await self._read("input_requests_of", task_id)
-        return [_rows.input_request_from_row(r) for r in rows]
+        return [_rows.input_request_from_row(r, task_id, self._sealing) for r in rows]
 
     async def awaiting_input(self, owner_id: OwnerId, limit: int) -> list[TaskId]:
         rows = await self._read("awaiting_input", owner_id, limit)
@@ -362,7 +410,7 @@ class SqliteJournal:
         wanted = json.dumps([TaskStatus(s).value for s in statuses])
         before = _NO_SEQ_LIMIT if before_seq is None else before_seq
         rows = await self._read("list_tasks", owner_id, wanted, before, limit)
-        return [_rows.task_row_from_row(r) for r in rows]
+        return [_rows.task_row_from_row(r, self._sealing) for r in rows]
 
     # -------------------------------------------------------------- claiming
 
@@ -372,6 +420,8 @@ class SqliteJournal:
     async def claim(
         self, holder: str, lease_expires_at: float, limit: int, at: float
     ) -> list[Claimed]:
+        sealing = self._sealing
+
         def apply(db: sqlite3.Connection) -> list[Claimed]:
             claimed: list[Claimed] = []
             for _ in range(limit):
@@ -398,7 +448,7 @@ class SqliteJournal:
                     ),
                 ) = rows
                 _change(
-                    db, tid, owner_id, ChangeKind.PHASE, TaskStatus.WORKING,
+                    db, self._sealing, tid, owner_id, ChangeKind.PHASE, TaskStatus.WORKING,
                     message, "claimed", at, {"holder": holder, "attempt": attempts},
                 )  # fmt: skip
                 claimed.append(
@@ -406,8 +456,8 @@ class SqliteJournal:
                         lease=Lease(TaskId(tid), holder, attempts),
                         owner_id=OwnerId(owner_id),
                         tool_name=tool,
-                        arguments=json.loads(args),
-                        request_meta=json.loads(meta),
+                        arguments=sealing.loads(args, "tasks.arguments", tid),
+                        request_meta=sealing.loads(meta, "tasks.request_meta", tid),
                         retries=retries,
                         created_at=created,
                     )
@@ -445,8 +495,13 @@ class SqliteJournal:
     ) -> Task | None:
         if not status.is_terminal or status is TaskStatus.CANCELLED:
             raise ValueError(f"finish ends a run completed or failed, not {status!r}")
-        tool_error = _rows.tool_error_text(outcome)
-        encoded = _rows.outcome_json(outcome)
+        tool_error = self._sealing.seal_optional(
+            _rows.tool_error_text(outcome), "tasks.tool_error", lease.task_id
+        )
+        encoded = await self._sealing.seal_off_loop(
+            _rows.outcome_json(outcome), "tasks.outcome", lease.task_id
+        )
+        message = self._message(message, lease.task_id)
         params = (
             status.value, message, at, encoded, tool_error,
             *_retention_params(at), *_fence(lease),
@@ -456,9 +511,9 @@ class SqliteJournal:
             rows = db.execute(_SQL["finish"], params).fetchall()
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             _change(
-                db, lease.task_id, task.owner_id, ChangeKind.STATUS, status,
+                db, self._sealing, lease.task_id, task.owner_id, ChangeKind.STATUS, status,
                 message, reason, at,
             )  # fmt: skip
             return task
@@ -476,6 +531,7 @@ class SqliteJournal:
         *,
         retry: bool = False,
     ) -> bool:
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
         params = (not_before, message, at, int(retry), *_fence(lease))
 
         def apply(db: sqlite3.Connection) -> bool:
@@ -484,7 +540,7 @@ class SqliteJournal:
                 return False
             ((owner,),) = rows
             _change(
-                db, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                db, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                 message, reason, at, {"not_before": not_before},
             )  # fmt: skip
             return True
@@ -496,22 +552,32 @@ class SqliteJournal:
         self, lease: Lease, requests: Sequence[InputRequest], message: str, at: float
     ) -> Task | None:
         rows_to_add = [
-            (lease.task_id, r.key, r.method, _rows.dumps(r.params), at, r.expires_at)
+            (
+                lease.task_id,
+                r.key,
+                r.method,
+                self._sealing.seal(
+                    _rows.dumps(r.params), "input_requests.params", lease.task_id, r.key
+                ),
+                at,
+                r.expires_at,
+            )
             for r in requests
         ]
         deadlines = [r.expires_at for r in requests if r.expires_at is not None]
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
 
         def apply(db: sqlite3.Connection) -> Task | None:
             rows = db.execute(_SQL["ask"], (message, at, *_fence(lease))).fetchall()
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             db.executemany(_SQL["add_input_request"], rows_to_add)
             data: dict[str, Any] = {"keys": [r.key for r in requests]}
             if deadlines:
                 data["deadline"] = min(deadlines)
             _change(
-                db, lease.task_id, task.owner_id, ChangeKind.STATUS,
+                db, self._sealing, lease.task_id, task.owner_id, ChangeKind.STATUS,
                 TaskStatus.INPUT_REQUIRED, message, "input requested", at, data,
             )  # fmt: skip
             return task
@@ -520,7 +586,9 @@ class SqliteJournal:
         return asked
 
     async def record_step(self, lease: Lease, key: str, result: Any, at: float) -> bool:
-        encoded = _rows.dumps(result)
+        encoded = self._sealing.seal(
+            _rows.dumps(result), "steps.result", lease.task_id, key
+        )
 
         def apply(db: sqlite3.Connection) -> bool:
             if not db.execute(_SQL["lease_owner"], _fence(lease)).fetchall():
@@ -534,7 +602,8 @@ class SqliteJournal:
     async def report(self, lease: Lease, at: float, reports: Sequence[Report]) -> bool:
         def apply(db: sqlite3.Connection) -> bool:
             for report in reports:
-                params = (report.message, report.progress, report.total, at)
+                stored = self._message(report.message, lease.task_id)
+                params = (stored, report.progress, report.total, at)
                 rows = db.execute(_SQL["report"], (*params, *_fence(lease))).fetchall()
                 if not rows:
                     return False
@@ -548,7 +617,7 @@ class SqliteJournal:
                     if value is not None
                 }
                 _change(
-                    db, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
+                    db, self._sealing, lease.task_id, owner, ChangeKind.PROGRESS, TaskStatus.WORKING,
                     current, "progress", at, data or None,
                 )  # fmt: skip
             return True
@@ -563,7 +632,7 @@ class SqliteJournal:
                 return False
             ((owner,),) = rows
             _change(
-                db, lease.task_id, owner, ChangeKind.LOG, TaskStatus.WORKING,
+                db, self._sealing, lease.task_id, owner, ChangeKind.LOG, TaskStatus.WORKING,
                 None, "log", at, {"level": level, "message": message},
             )  # fmt: skip
             return True
@@ -578,7 +647,7 @@ class SqliteJournal:
                 return False
             ((owner,),) = rows
             _change(
-                db, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.CANCELLED,
+                db, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.CANCELLED,
                 None, "run stopped", at,
             )  # fmt: skip
             return True
@@ -587,6 +656,8 @@ class SqliteJournal:
         return ended
 
     async def release(self, lease: Lease, message: str, reason: str, at: float) -> bool:
+        message = self._sealing.seal(message, MESSAGE, lease.task_id)
+
         def apply(db: sqlite3.Connection) -> bool:
             rows = db.execute(
                 _SQL["requeue_running"], (message, at, *_fence(lease))
@@ -595,7 +666,7 @@ class SqliteJournal:
                 return False
             ((owner,),) = rows
             _change(
-                db, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                db, self._sealing, lease.task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                 message, reason, at,
             )  # fmt: skip
             return True
@@ -608,15 +679,16 @@ class SqliteJournal:
     async def cancel(
         self, task_id: TaskId, message: str, reason: str, at: float, *, by: str
     ) -> Task | None:
+        message = self._sealing.seal(message, MESSAGE, task_id)
         params = (message, at, *_retention_params(at), task_id)
 
         def apply(db: sqlite3.Connection) -> Task | None:
             rows = db.execute(_SQL["cancel"], params).fetchall()
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             _change(
-                db, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
+                db, self._sealing, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.CANCELLED,
                 message, reason, at, {BY: by},
             )  # fmt: skip
             return task
@@ -634,15 +706,17 @@ class SqliteJournal:
         forget_steps: bool = False,
         by: str,
     ) -> Task | None:
+        message = self._sealing.seal(message, MESSAGE, task_id)
+
         def apply(db: sqlite3.Connection) -> Task | None:
             rows = db.execute(_SQL["retry"], (message, at, task_id)).fetchall()
             if not rows:
                 return None
-            task = _rows.task_from_row(rows[0])
+            task = _rows.task_from_row(rows[0], sealing=self._sealing)
             if forget_steps:
                 db.execute(_SQL["forget_steps"], (task_id,))
             _change(
-                db, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
+                db, self._sealing, task_id, task.owner_id, ChangeKind.STATUS, TaskStatus.WORKING,
                 message, reason, at, {BY: by},
             )  # fmt: skip
             return task
@@ -659,9 +733,12 @@ class SqliteJournal:
         by: str,
     ) -> tuple[list[str], Task | None]:
         encoded = [(key, _rows.dumps(response)) for key, response in answers.items()]
+        sealing = self._sealing
 
         def apply(db: sqlite3.Connection) -> tuple[list[str], Task | None]:
-            return _record_answers(db, task_id, encoded, at, "input received", by)
+            return _record_answers(
+                db, task_id, encoded, at, "input received", by, sealing
+            )
 
         result: tuple[list[str], Task | None] = await self._write(apply)
         return result
@@ -670,6 +747,7 @@ class SqliteJournal:
         self, now: float, response: Mapping[str, Any]
     ) -> list[TaskId]:
         encoded = _rows.dumps(dict(response))
+        sealing = self._sealing
 
         def apply(db: sqlite3.Connection) -> list[TaskId]:
             due: dict[str, list[tuple[str, str]]] = {}
@@ -678,7 +756,7 @@ class SqliteJournal:
             resumed: list[TaskId] = []
             for task_id, pairs in due.items():
                 _, done = _record_answers(
-                    db, task_id, pairs, now, "question timed out", BY_SERVER
+                    db, task_id, pairs, now, "question timed out", BY_SERVER, sealing
                 )
                 if done is not None:
                     resumed.append(TaskId(task_id))
@@ -692,7 +770,7 @@ class SqliteJournal:
             rows = db.execute(_SQL["wake_due"], (now, now)).fetchall()
             for task_id, owner, message in rows:
                 _change(
-                    db, task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
+                    db, self._sealing, task_id, owner, ChangeKind.PHASE, TaskStatus.WORKING,
                     message, "wait over", now,
                 )  # fmt: skip
             return len(rows)
@@ -719,14 +797,17 @@ class SqliteJournal:
         fence = _fence(held.lease)
         task_id = held.lease.task_id
         error = {"code": -32603, "message": message}
-        failed_outcome = _rows.outcome_json(Outcome(error=error))
+        failed_outcome = self._sealing.seal_optional(
+            _rows.outcome_json(Outcome(error=error)), "tasks.outcome", task_id
+        )
+        message = self._sealing.seal(message, MESSAGE, task_id)
 
         def apply(db: sqlite3.Connection) -> bool:
             # A task cancelled while its run stopped: the run is gone, so it
             # has stopped. Whatever the policy, it only has to end its phase.
             if db.execute(_SQL["stopped"], fence).fetchall():
                 _change(
-                    db, task_id, held.owner_id, ChangeKind.PHASE,
+                    db, self._sealing, task_id, held.owner_id, ChangeKind.PHASE,
                     TaskStatus.CANCELLED, None, reason, at, {BY: BY_SERVER},
                 )  # fmt: skip
                 return True
@@ -745,7 +826,16 @@ class SqliteJournal:
                 db.execute(_SQL["forget_steps"], (task_id,))
             owner = rows[0][1] if policy is Recovery.FAIL else rows[0][0]
             _change(
-                db, task_id, owner, kind, status, message, reason, at, {BY: BY_SERVER}
+                db,
+                self._sealing,
+                task_id,
+                owner,
+                kind,
+                status,
+                message,
+                reason,
+                at,
+                {BY: BY_SERVER},
             )
             return True
 
@@ -797,6 +887,43 @@ class SqliteJournal:
 
         value: str = await self._write(apply)
         return bytes.fromhex(value)
+
+    async def reseal(self, batch: int = 100) -> Resealed:
+        prefix = require_keyring(self._sealing)
+        sealing = self._sealing
+        values = skipped = 0
+        # One page per write transaction (other processes write in between),
+        # each row compare-and-set on the values it read.
+        pages: list[tuple[_ResealPage, Any]] = [
+            (_reseal_tasks_page, 0),
+            (_reseal_changes_page, 0),
+            (_reseal_steps_page, ("", "")),
+            (_reseal_inputs_page, ("", "")),
+        ]
+        for page, start in pages:
+            cursor: Any = start
+            while cursor is not None:
+                args = (sealing, prefix, cursor, batch)
+                cursor, done, lost = await self._write(partial(page, args))
+                values += done
+                skipped += lost
+
+        def forget(db: sqlite3.Connection) -> tuple[str, ...]:
+            recorded = [r[0] for r in db.execute(_SQL["sealing_keys"]).fetchall()]
+            gone: list[str] = []
+            for key_id in sorted(recorded):
+                if sealing.keyring is not None and key_id == sealing.keyring.newest:
+                    continue
+                ((used,),) = db.execute(
+                    _SQL["key_in_use"], (key_prefix(key_id),)
+                ).fetchall()
+                if not used:
+                    db.execute(_SQL["forget_sealing_key"], (key_id,))
+                    gone.append(key_id)
+            return tuple(gone)
+
+        forgotten: tuple[str, ...] = await self._write(forget)
+        return Resealed(values, skipped, forgotten)
 
     # --------------------------------------------------------------- budgets
 
@@ -857,7 +984,90 @@ class SqliteJournal:
         rows = await self._read("changes_after", position, limit)
         if rows:
             position = rows[-1][0]
-        return FeedPage([_rows.change_from_row(r) for r in rows], str(position))
+        return FeedPage(
+            [_rows.change_from_row(r, self._sealing) for r in rows], str(position)
+        )
+
+
+def _check_keys(db: sqlite3.Connection, sealing: Sealing, where: str) -> None:
+    """Refuse a keyring that cannot open this journal; record a new key's canary."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            recorded: dict[str, str] = dict(db.execute(_SQL["sealing_keys"]).fetchall())
+            new_key = check_keys(sealing, recorded, where)
+            if new_key is not None:
+                db.execute(_SQL["add_sealing_key"], (new_key, sealing.canary(new_key)))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise JournalError(f"{where}: cannot open the journal: {exc}") from exc
+
+
+_ResealArgs = tuple[Sealing, str, Any, int]
+_ResealPage = Callable[[_ResealArgs, sqlite3.Connection], tuple[Any, int, int]]
+
+
+def _reseal_tasks_page(
+    args: _ResealArgs, db: sqlite3.Connection
+) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = db.execute(_SQL["reseal_tasks_page"], (after, prefix, batch)).fetchall()
+    values = skipped = 0
+    for seq, task_id, *old in rows:
+        new, changed = resealed_row(sealing, old, TASK_PLACES, task_id)
+        if db.execute(_SQL["reseal_task"], (*new, seq, *old)).rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (rows[-1][0] if len(rows) == batch else None), values, skipped
+
+
+def _reseal_changes_page(
+    args: _ResealArgs, db: sqlite3.Connection
+) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = db.execute(_SQL["reseal_changes_page"], (after, prefix, batch)).fetchall()
+    values = skipped = 0
+    for position, task_id, *old in rows:
+        new, changed = resealed_row(sealing, old, CHANGE_PLACES, task_id)
+        if db.execute(_SQL["reseal_change"], (*new, position, *old)).rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (rows[-1][0] if len(rows) == batch else None), values, skipped
+
+
+def _reseal_steps_page(
+    args: _ResealArgs, db: sqlite3.Connection
+) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = db.execute(_SQL["reseal_steps_page"], (*after, prefix, batch)).fetchall()
+    values = skipped = 0
+    for task_id, key, result in rows:
+        new, changed = resealed_row(sealing, [result], STEP_PLACES, task_id, key)
+        if db.execute(_SQL["reseal_step"], (new[0], task_id, key, result)).rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (tuple(rows[-1][:2]) if len(rows) == batch else None), values, skipped
+
+
+def _reseal_inputs_page(
+    args: _ResealArgs, db: sqlite3.Connection
+) -> tuple[Any, int, int]:
+    sealing, prefix, after, batch = args
+    rows = db.execute(_SQL["reseal_inputs_page"], (*after, prefix, batch)).fetchall()
+    values = skipped = 0
+    for task_id, key, *old in rows:
+        new, changed = resealed_row(sealing, old, INPUT_PLACES, task_id, key)
+        if db.execute(_SQL["reseal_input"], (*new, task_id, key, *old)).rowcount:
+            values += changed
+        else:
+            skipped += 1
+    return (tuple(rows[-1][:2]) if len(rows) == batch else None), values, skipped
 
 
 def _position_of(cursor: str) -> int:
@@ -903,20 +1113,22 @@ def _record_answers(
     at: float,
     reason: str,
     by: str,
+    sealing: Sealing,
 ) -> tuple[list[str], Task | None]:
-    """Record answers (each once); resume the task if none is left open."""
+    """Record answers (each once, sealed); resume the task if none is left open."""
     owners = db.execute(_SQL["owner_of"], (task_id,)).fetchall()
     if not owners:
         return [], None
     ((owner,),) = owners
     accepted: list[str] = []
     for key, response in encoded:
+        stored = sealing.seal(response, "input_requests.response", task_id, key)
         if db.execute(
-            _SQL["answer_input_request"], (response, at, task_id, key)
+            _SQL["answer_input_request"], (stored, at, task_id, key)
         ).fetchall():
             accepted.append(key)
             _change(
-                db, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
+                db, sealing, task_id, owner, ChangeKind.ANSWER, TaskStatus.INPUT_REQUIRED,
                 None, reason, at, {"key": key, BY: by},
             )  # fmt: skip
     if not accepted:
@@ -924,12 +1136,12 @@ def _record_answers(
     ((still_open,),) = db.execute(_SQL["open_input_count"], (task_id,)).fetchall()
     if still_open:
         return accepted, None
-    message = "Input received; resuming"
+    message = sealing.seal("Input received; resuming", MESSAGE, task_id)
     rows = db.execute(_SQL["resume"], (message, at, task_id)).fetchall()
     if not rows:
         return accepted, None
     _change(
-        db, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
+        db, sealing, task_id, owner, ChangeKind.STATUS, TaskStatus.WORKING, message, reason, at,
         {BY: by},
     )  # fmt: skip
-    return accepted, _rows.task_from_row(rows[0])
+    return accepted, _rows.task_from_row(rows[0], sealing=sealing)

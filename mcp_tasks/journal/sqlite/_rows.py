@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, cast
 
+from mcp_tasks._exceptions import JournalError
 from mcp_tasks._model import (
     InputRequest,
     Outcome,
@@ -24,6 +26,9 @@ from mcp_tasks.journal._records import (
     TaskEvent,
     TaskRow,
 )
+from mcp_tasks.journal._sealing import DATA, MESSAGE, NO_SEALING, Sealing
+
+logger = logging.getLogger("mcp_tasks.journal")
 
 #: Outcomes larger than this are parsed off the event loop.
 LARGE_JSON_CHARS = 1 << 20
@@ -68,9 +73,13 @@ TASK_COLUMNS = 14
 
 
 def task_from_row(
-    row: Any, outcome: Outcome | None = None, client_limit: int | None = None
+    row: Any,
+    outcome: Outcome | None = None,
+    client_limit: int | None = None,
+    *,
+    sealing: Sealing,
 ) -> Task:
-    """A `Task` from the 14 task columns of a read."""
+    """A `Task` from the 14 task columns of a read (its tool error text opened)."""
     (
         task_id,
         owner_id,
@@ -92,14 +101,14 @@ def task_from_row(
         owner_id=OwnerId(owner_id),
         tool_name=tool,
         status=TaskStatus(status),
-        status_message=message,
+        status_message=sealing.unseal_optional(message, MESSAGE, task_id),
         created_at=from_epoch(created),
         last_updated_at=from_epoch(updated),
         ttl_seconds=ttl,
         poll_interval_seconds=poll,
         outcome=outcome,
         listed=bool(listed),
-        tool_error=tool_error,
+        tool_error=sealing.unseal_optional(tool_error, "tasks.tool_error", task_id),
         queued_ahead=ahead,
         progress=progress,
         progress_total=total,
@@ -107,33 +116,33 @@ def task_from_row(
     )
 
 
-def new_task_row(task: NewTask) -> tuple[Any, ...]:
-    """The ``insert_task`` parameters of a new task."""
+def new_task_row(task: NewTask, sealing: Sealing = NO_SEALING) -> tuple[Any, ...]:
+    """The ``insert_task`` parameters of a new task (arguments and metadata sealed)."""
     expires = None if task.ttl_seconds is None else task.created_at + task.ttl_seconds
     return (
         task.task_id,
         task.owner_id,
         task.tool_name,
-        dumps(task.arguments),
-        task.status_message,
+        sealing.seal(dumps(task.arguments), "tasks.arguments", task.task_id),
+        sealing.seal_optional(task.status_message, MESSAGE, task.task_id),
         task.created_at,
         task.created_at,
         task.ttl_seconds,
         expires,
         task.poll_interval_seconds,
         1 if task.listed else 0,
-        dumps(task.request_meta),
+        sealing.seal(dumps(task.request_meta), "tasks.request_meta", task.task_id),
     )
 
 
-def new_task_change(task: NewTask) -> tuple[Any, ...]:
+def new_task_change(task: NewTask, sealing: Sealing = NO_SEALING) -> tuple[Any, ...]:
     """The ``insert_change`` parameters of a new task's first change."""
     return (
         task.task_id,
         task.owner_id,
         ChangeKind.STATUS.value,
         TaskStatus.WORKING.value,
-        task.status_message,
+        sealing.seal_optional(task.status_message, MESSAGE, task.task_id),
         "submitted",
         task.created_at,
         None,
@@ -157,31 +166,45 @@ def submitted_task(task: NewTask) -> Task:
     )
 
 
-def change_from_row(row: Any) -> Change:
-    """A `Change` from a ``changes_after`` row."""
+def change_from_row(row: Any, sealing: Sealing) -> Change:
+    """A `Change` from a ``changes_after`` row (opened).
+
+    A change this process cannot open (sealed with a key it lacks: another
+    process already writes with a newer key, during a rotation) comes without
+    its message and data rather than stopping the change feed of every task;
+    the task itself then reads as a clear `JournalError`.
+    """
     _position, task_id, owner, kind, status, message, reason, at, data = row
+    try:
+        opened = sealing.unseal_optional(message, MESSAGE, task_id)
+        details = None if data is None else sealing.loads(data, DATA, task_id)
+    except JournalError as exc:
+        logger.warning(
+            "a change of task %s is delivered without its details: %s", task_id, exc
+        )
+        opened, details = None, None
     return Change(
         task_id=TaskId(task_id),
         owner_id=OwnerId(owner),
         kind=ChangeKind(kind),
         status=TaskStatus(status),
-        status_message=message,
+        status_message=opened,
         reason=reason,
         at=at,
-        data=None if data is None else json.loads(data),
+        data=details,
     )
 
 
-def event_from_row(row: Any) -> TaskEvent:
-    """A `TaskEvent` from a ``changes_of`` row."""
+def event_from_row(row: Any, task_id: str, sealing: Sealing) -> TaskEvent:
+    """A `TaskEvent` from a ``changes_of`` row of task ``task_id`` (opened)."""
     kind, status, message, reason, at, data = row
     return TaskEvent(
         kind=ChangeKind(kind),
         status=TaskStatus(status),
-        status_message=message,
+        status_message=sealing.unseal_optional(message, MESSAGE, task_id),
         reason=reason,
         at=at,
-        data=None if data is None else json.loads(data),
+        data=None if data is None else sealing.loads(data, DATA, task_id),
     )
 
 
@@ -193,14 +216,16 @@ def held_from_row(row: Any) -> HeldLease:
     )
 
 
-def input_request_from_row(row: Any) -> InputRequest:
-    """An `InputRequest` from an ``input_requests_of`` row."""
+def input_request_from_row(row: Any, task_id: str, sealing: Sealing) -> InputRequest:
+    """An `InputRequest` from an ``input_requests_of`` row (opened)."""
     key, method, params, response, expires = row
     return InputRequest(
         key=key,
         method=method,
-        params=json.loads(params),
-        response=None if response is None else json.loads(response),
+        params=sealing.loads(params, "input_requests.params", task_id, key),
+        response=None
+        if response is None
+        else sealing.loads(response, "input_requests.response", task_id, key),
         expires_at=expires,
     )
 
@@ -213,9 +238,8 @@ def load_from_row(row: Any) -> ClientLoad:
     )
 
 
-def task_row_from_row(row: Any) -> TaskRow:
+def task_row_from_row(row: Any, sealing: Sealing) -> TaskRow:
     """A `TaskRow` from `list_tasks`: the task columns, then seq, phase, attempts, holder."""
     seq, phase, attempts, holder = row[TASK_COLUMNS:]
-    return TaskRow(
-        seq=seq, task=task_from_row(row), phase=phase, attempts=attempts, holder=holder
-    )
+    task = task_from_row(row, sealing=sealing)
+    return TaskRow(seq=seq, task=task, phase=phase, attempts=attempts, holder=holder)

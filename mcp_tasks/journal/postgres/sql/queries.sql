@@ -316,3 +316,85 @@ WHERE task_id = %s AND status = 'failed'
 RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
           updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
           progress, progress_total, NULL
+
+-- sealing_keys --
+SELECT key_id, canary FROM sealing_keys
+
+-- add_sealing_key --
+INSERT INTO sealing_keys (key_id, canary) VALUES (%s, %s)
+ON CONFLICT (key_id) DO NOTHING
+
+-- forget_sealing_key --
+DELETE FROM sealing_keys WHERE key_id = %s
+
+-- reseal_tasks_page --
+SELECT t.seq, t.task_id, t.arguments, t.request_meta, t.outcome, t.tool_error,
+       t.status_message
+FROM tasks t, (SELECT %s::bigint AS after, %s::text AS prefix) p
+WHERE t.seq > p.after AND (
+    NOT starts_with(t.arguments, p.prefix) OR NOT starts_with(t.request_meta, p.prefix)
+    OR NOT starts_with(t.outcome, p.prefix) OR NOT starts_with(t.tool_error, p.prefix)
+    OR NOT starts_with(t.status_message, p.prefix)
+)
+ORDER BY t.seq LIMIT %s
+
+-- reseal_task --
+UPDATE tasks SET arguments = %s, request_meta = %s, outcome = %s, tool_error = %s,
+       status_message = %s
+WHERE seq = %s AND arguments = %s AND request_meta = %s
+  AND outcome IS NOT DISTINCT FROM %s::text AND tool_error IS NOT DISTINCT FROM %s::text
+  AND status_message IS NOT DISTINCT FROM %s::text
+
+-- reseal_changes_page --
+SELECT c.feed_key::text, c.position, c.task_id, c.status_message, c.data
+FROM task_changes c,
+     (SELECT %s::xid8 AS feed_key, %s::bigint AS position, %s::text AS prefix) p
+WHERE (c.feed_key, c.position) > (p.feed_key, p.position) AND (
+    NOT starts_with(c.status_message, p.prefix) OR NOT starts_with(c.data, p.prefix)
+)
+ORDER BY c.feed_key, c.position LIMIT %s
+
+-- reseal_change --
+UPDATE task_changes SET status_message = %s, data = %s
+WHERE feed_key = %s::xid8 AND position = %s
+  AND status_message IS NOT DISTINCT FROM %s::text AND data IS NOT DISTINCT FROM %s::text
+
+-- reseal_steps_page --
+SELECT s.task_id, s.step_key, s.result
+FROM steps s, (SELECT %s::text AS task_id, %s::text AS step_key, %s::text AS prefix) p
+WHERE (s.task_id, s.step_key) > (p.task_id, p.step_key)
+  AND NOT starts_with(s.result, p.prefix)
+ORDER BY s.task_id, s.step_key LIMIT %s
+
+-- reseal_step --
+UPDATE steps SET result = %s WHERE task_id = %s AND step_key = %s AND result = %s
+
+-- reseal_inputs_page --
+SELECT i.task_id, i.request_key, i.params, i.response
+FROM input_requests i,
+     (SELECT %s::text AS task_id, %s::text AS request_key, %s::text AS prefix) p
+WHERE (i.task_id, i.request_key) > (p.task_id, p.request_key) AND (
+    NOT starts_with(i.params, p.prefix) OR NOT starts_with(i.response, p.prefix)
+)
+ORDER BY i.task_id, i.request_key LIMIT %s
+
+-- reseal_input --
+UPDATE input_requests SET params = %s, response = %s
+WHERE task_id = %s AND request_key = %s AND params = %s
+  AND response IS NOT DISTINCT FROM %s::text
+
+-- key_in_use --
+SELECT EXISTS (
+    SELECT 1 FROM tasks t WHERE starts_with(t.arguments, p.prefix)
+        OR starts_with(t.request_meta, p.prefix) OR starts_with(t.outcome, p.prefix)
+        OR starts_with(t.tool_error, p.prefix) OR starts_with(t.status_message, p.prefix)
+) OR EXISTS (
+    SELECT 1 FROM task_changes c WHERE starts_with(c.status_message, p.prefix)
+        OR starts_with(c.data, p.prefix)
+) OR EXISTS (
+    SELECT 1 FROM steps s WHERE starts_with(s.result, p.prefix)
+) OR EXISTS (
+    SELECT 1 FROM input_requests i WHERE starts_with(i.params, p.prefix)
+        OR starts_with(i.response, p.prefix)
+)
+FROM (SELECT %s::text AS prefix) p

@@ -324,3 +324,75 @@ WHERE task_id = ? AND status = 'failed'
 RETURNING task_id, owner_id, tool_name, status, status_message, created_at,
           updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
           progress, progress_total, NULL
+
+-- sealing_keys --
+SELECT key_id, canary FROM sealing_keys
+
+-- add_sealing_key --
+INSERT INTO sealing_keys (key_id, canary) VALUES (?, ?)
+ON CONFLICT (key_id) DO NOTHING
+
+-- forget_sealing_key --
+DELETE FROM sealing_keys WHERE key_id = ?
+
+-- reseal_tasks_page --
+SELECT seq, task_id, arguments, request_meta, outcome, tool_error, status_message
+FROM tasks
+WHERE seq > ?1 AND (
+    substr(arguments, 1, length(?2)) <> ?2 OR substr(request_meta, 1, length(?2)) <> ?2
+    OR substr(outcome, 1, length(?2)) <> ?2 OR substr(tool_error, 1, length(?2)) <> ?2
+    OR substr(status_message, 1, length(?2)) <> ?2
+)
+ORDER BY seq LIMIT ?3
+
+-- reseal_task --
+UPDATE tasks SET arguments = ?, request_meta = ?, outcome = ?, tool_error = ?,
+       status_message = ?
+WHERE seq = ? AND arguments = ? AND request_meta = ? AND outcome IS ?
+  AND tool_error IS ? AND status_message IS ?
+
+-- reseal_changes_page --
+SELECT position, task_id, status_message, data FROM task_changes
+WHERE position > ?1 AND (
+    substr(status_message, 1, length(?2)) <> ?2 OR substr(data, 1, length(?2)) <> ?2
+)
+ORDER BY position LIMIT ?3
+
+-- reseal_change --
+UPDATE task_changes SET status_message = ?, data = ?
+WHERE position = ? AND status_message IS ? AND data IS ?
+
+-- reseal_steps_page --
+SELECT task_id, step_key, result FROM steps
+WHERE (task_id, step_key) > (?1, ?2) AND substr(result, 1, length(?3)) <> ?3
+ORDER BY task_id, step_key LIMIT ?4
+
+-- reseal_step --
+UPDATE steps SET result = ? WHERE task_id = ? AND step_key = ? AND result = ?
+
+-- reseal_inputs_page --
+SELECT task_id, request_key, params, response FROM input_requests
+WHERE (task_id, request_key) > (?1, ?2) AND (
+    substr(params, 1, length(?3)) <> ?3 OR substr(response, 1, length(?3)) <> ?3
+)
+ORDER BY task_id, request_key LIMIT ?4
+
+-- reseal_input --
+UPDATE input_requests SET params = ?, response = ?
+WHERE task_id = ? AND request_key = ? AND params = ? AND response IS ?
+
+-- key_in_use --
+SELECT EXISTS (
+    SELECT 1 FROM tasks WHERE substr(arguments, 1, length(?1)) = ?1
+        OR substr(request_meta, 1, length(?1)) = ?1 OR substr(outcome, 1, length(?1)) = ?1
+        OR substr(tool_error, 1, length(?1)) = ?1
+        OR substr(status_message, 1, length(?1)) = ?1
+) OR EXISTS (
+    SELECT 1 FROM task_changes WHERE substr(status_message, 1, length(?1)) = ?1
+        OR substr(data, 1, length(?1)) = ?1
+) OR EXISTS (
+    SELECT 1 FROM steps WHERE substr(result, 1, length(?1)) = ?1
+) OR EXISTS (
+    SELECT 1 FROM input_requests WHERE substr(params, 1, length(?1)) = ?1
+        OR substr(response, 1, length(?1)) = ?1
+)
