@@ -469,14 +469,29 @@ def _lines_of(replica: Replica, task_id: str) -> str:
 async def test_a_clients_cap_of_two_holds_across_the_replicas(
     shared: Cluster, gates: Gates, hub: EventHub
 ) -> None:
-    keys = [gates.key() for _ in range(SLOTS)]
-    async with connect(shared.balancer_url, MODERN, token=CAPPED) as on:
-        task_ids = [await create(on, "placed", {"key": key}) for key in keys]
-        await wait_started(hub, keys, 2)
-        for key in keys:
-            gates.release(key)
-        for task_id in task_ids:
-            await poll_until(on, task_id, {"completed"})
+    async with connect(shared.balancer_url, MODERN) as alice:
+        # Every worker busy (two per replica), then one freed on each replica:
+        # the capped client's two runs at once must be on two replicas.
+        filler = await fill(shared, alice, gates, hub)
+        placed = shared.placement(list(filler))
+        freed = [
+            next(t for t in filler if placed[t] is replica)
+            for replica in shared.replicas
+        ]
+        for task_id in freed:
+            gates.release(filler[task_id])
+            await poll_until(alice, task_id, {"completed"})
+        keys = [gates.key() for _ in range(SLOTS)]
+        async with connect(shared.balancer_url, MODERN, token=CAPPED) as on:
+            task_ids = [await create(on, "placed", {"key": key}) for key in keys]
+            await wait_started(hub, keys, 2)
+            for key in keys:
+                gates.release(key)
+            for task_id in task_ids:
+                await poll_until(on, task_id, {"completed"})
+        for task_id in filler.keys() - freed:
+            gates.release(filler[task_id])
+            await poll_until(alice, task_id, {"completed"})
     runs = [run for run in shared.runs() if run.task_id in task_ids]
     assert len(runs) == SLOTS
     edges = sorted(
@@ -485,8 +500,9 @@ async def test_a_clients_cap_of_two_holds_across_the_replicas(
     )
     running = list(itertools.accumulate(step for _, step in edges))
     assert max(running) == 2, f"capped at 2, ran at once: {max(running)}"
-    # The replicas took the client's tasks through the balancer, round robin.
-    assert len({run.replica for run in runs}) >= 2
+    # One free worker per replica: the two at once ran on two replicas.
+    first_two = sorted(runs, key=lambda run: run.start)[:2]
+    assert first_two[0].replica != first_two[1].replica
 
 
 async def test_a_killed_replica_s_tasks_are_finished_by_the_others_after_its_lease(
