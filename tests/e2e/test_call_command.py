@@ -142,6 +142,10 @@ async def test_follows_its_task_across_a_server_restart(
                 await gates.hub.wait("started", key, 1)
                 server.signal(signal.SIGKILL)
                 await anyio.to_thread.run_sync(server.stop)  # reaps it
+                # Its next poll finds nobody there. (On 2026-07-28, which has no
+                # session, a server back before that poll would go unnoticed;
+                # a quick restart on 2025-11-25 is the test below.)
+                await run.until("connection lost")
                 await anyio.to_thread.run_sync(server.start)  # same port, journal
                 await gates.hub.wait("started", key, 2)
                 gates.release(key)

@@ -144,17 +144,20 @@ async def test_a_request_over_the_rate_waits_its_turn_when_that_is_soon(
 
 
 async def test_a_client_with_its_burst_already_waiting_is_refused_at_once(
-    open_runtime: OpenRuntime,
+    open_runtime: OpenRuntime, clock: FakeClock
 ) -> None:
     limits = {
         "requests_per_second": 0.5,
         "request_burst": 1,
         "request_delay_seconds": 5,
     }
-    async with open_runtime(None, **limits) as runtime:
+    # The clock stands still: the second request keeps waiting for its token
+    # however slow the machine (with real time it could be admitted after 2 s,
+    # before the third is made, and there would be nobody waiting).
+    async with open_runtime(clock, **limits) as runtime:
         await runtime.admit_request(ALICE)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(runtime.admit_request, ALICE)  # waits up to 2 s
+            tg.start_soon(runtime.admit_request, ALICE)  # waits for its token
             await anyio.wait_all_tasks_blocked()
             with anyio.fail_after(TIMEOUT), pytest.raises(RateLimitedError):
                 await runtime.admit_request(ALICE)
