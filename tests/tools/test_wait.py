@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from mcp_tasks import TaskStatus, ToolError
@@ -32,16 +31,19 @@ async def test_refuses_out_of_range_durations(seconds: float) -> None:
 
 
 class FirstProgress:
-    """A change listener that signals the first progress report it hears."""
+    """A change listener: the first progress report, and the run's stop."""
 
     def __init__(self) -> None:
         self.events: list[Change] = []
         self.heard = anyio.Event()
+        self.run_stopped = anyio.Event()
 
     def task_changed(self, change: Change) -> None:
         if change.kind is ChangeKind.PROGRESS:
             self.events.append(change)
             self.heard.set()
+        if change.kind is ChangeKind.PHASE and change.reason == "run stopped":
+            self.run_stopped.set()
 
 
 async def test_runtime_cancel_stops_a_long_wait(tmp_path: Path) -> None:
@@ -56,8 +58,9 @@ async def test_runtime_cancel_stops_a_long_wait(tmp_path: Path) -> None:
         assert running.status_message == "waiting 3600 s"
         cancelled = await runtime.cancel(TESTER, task.task_id)
         assert cancelled.status is TaskStatus.CANCELLED
-        # The body unwinds and gives its worker back.
+        # The body unwinds, the run records that it stopped (freeing the
+        # task's slot in the journal) and gives its worker back.
         with anyio.fail_after(TIMEOUT):
-            while runtime.statistics().running:
-                await anyio.wait_all_tasks_blocked()
-                await anyio.lowlevel.checkpoint()
+            await listener.run_stopped.wait()
+            await anyio.wait_all_tasks_blocked()
+        assert runtime.statistics().running == 0
