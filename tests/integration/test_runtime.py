@@ -34,6 +34,7 @@ from mcp_tasks import (
 from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime
 from mcp_tasks.journal.sqlite import SqliteJournal
 
+from ..quiesce import settle_tasks
 from .gated_tools import QUESTION_TIMEOUT_SECONDS, Gates, make_tools
 
 #: A bound on waits, generous: `settle` waits for every task to block, which a
@@ -140,10 +141,10 @@ async def settle(runtime: TaskRuntime) -> None:
     """
     with anyio.fail_after(TIMEOUT):
         for _ in range(6):
-            await anyio.wait_all_tasks_blocked()
+            await settle_tasks()
             await runtime.journal.secret("settle")
             await runtime.catch_up()
-        await anyio.wait_all_tasks_blocked()
+        await settle_tasks()
 
 
 async def counts(runtime: TaskRuntime, owner: Requester = ALICE) -> tuple[int, int]:
