@@ -187,7 +187,8 @@ async def test_a_live_lease_of_another_machine_is_left_alone(
 async def test_a_live_process_of_this_machine_is_left_alone(
     open_runtime: OpenRuntime, db_path: Path
 ) -> None:
-    command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    # A live process of this machine: it waits for input that never comes.
+    command = [sys.executable, "-c", "import sys; sys.stdin.read()"]
     async with await anyio.open_process(command) as sleeper:
         holder = f"{machine_id()}/{sleeper.pid}/x"
         task_id = await orphan(db_path, "quick", holder, time.time() + 3600)
