@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 import h11
@@ -195,6 +196,78 @@ class ConnectionGuard:
             self.dropped = self.timed_out = self.refused = 0
 
 
+class HeadDeadline:
+    """One connection's standing with its `ConnectionGuard`, for either protocol.
+
+    The guarded protocols (h11 here, httptools in `_httptools_guard`) differ
+    only in how they tell that a connection waits for (the rest of) a request
+    head, ``awaiting_head``; the bookkeeping is this: waiting connections are
+    the guard's to shed, and each wait for a head has one deadline.
+    """
+
+    def __init__(
+        self,
+        connection: GuardedConnection,
+        guard: ConnectionGuard,
+        loop: asyncio.AbstractEventLoop,
+        awaiting_head: Callable[[], bool],
+    ) -> None:
+        self._connection = connection
+        self._guard = guard
+        self._loop = loop
+        self._awaiting_head = awaiting_head
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def opened(self, transport: asyncio.Transport) -> bool:
+        """Admit the new connection, or refuse it (answered and closed): whether admitted."""
+        if not self._guard.admit(self._connection):
+            transport.write(REFUSAL)
+            transport.close()
+            return False
+        self.track(transport)
+        return True
+
+    def track(self, transport: asyncio.Transport) -> None:
+        """After any event: waiting for a head (deadline running) or busy."""
+        if transport.is_closing():
+            self._guard.forget(self._connection)
+        elif self._awaiting_head():
+            # A deadline already running keeps its start: dribbling bytes
+            # does not extend it.
+            self._guard.waiting(self._connection)
+            if self._deadline is None:
+                self._deadline = self._loop.call_later(
+                    self._guard.header_timeout, self._overdue
+                )
+        else:
+            self._guard.busy(self._connection)
+            self.stop()
+
+    def lost(self) -> None:
+        """The connection closed."""
+        self.stop()
+        self._guard.closed(self._connection)
+
+    def close(self, transport: asyncio.Transport) -> None:
+        """Close now, without a response (nothing was asked)."""
+        self.stop()
+        self._guard.forget(self._connection)
+        if not transport.is_closing():
+            transport.close()
+
+    def stop(self) -> None:
+        """No deadline (the head is in)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _overdue(self) -> None:
+        self._deadline = None
+        if self._awaiting_head():
+            self._guard.timed_out += 1
+            self._connection.close()
+
+
 class GuardedProtocol(H11Protocol):
     """uvicorn's h11 protocol under a `ConnectionGuard` (see the module docs).
 
@@ -206,63 +279,32 @@ class GuardedProtocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.logger = CONNECTION_LOG
-        self._head_deadline: asyncio.TimerHandle | None = None
+        # Waiting for (the rest of) a request head.
+        self._head = HeadDeadline(
+            self, self.guard, self.loop, lambda: self.conn.their_state is h11.IDLE
+        )
 
     def connection_made(  # pyright: ignore[reportIncompatibleMethodOverride]
         self, transport: asyncio.Transport
     ) -> None:
         super().connection_made(transport)
-        if not self.guard.admit(self):
-            transport.write(REFUSAL)
-            transport.close()
-            return
-        self._track()
+        self._head.opened(transport)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        self._track()
+        self._head.track(self.transport)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._track()
+        self._head.track(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_deadline()
-        self.guard.closed(self)
+        self._head.lost()
         super().connection_lost(exc)
 
     def close(self) -> None:
         """Close now, without a response (nothing was asked)."""
-        self._stop_deadline()
-        self.guard.forget(self)
-        if not self.transport.is_closing():
-            self.transport.close()
-
-    def _track(self) -> None:
-        if self.transport.is_closing():
-            self.guard.forget(self)
-        elif self.conn.their_state is h11.IDLE:
-            # Waiting for (the rest of) a request head. A deadline already
-            # running keeps its start: dribbling bytes does not extend it.
-            self.guard.waiting(self)
-            if self._head_deadline is None:
-                self._head_deadline = self.loop.call_later(
-                    self.guard.header_timeout, self._head_overdue
-                )
-        else:
-            self.guard.busy(self)
-            self._stop_deadline()
-
-    def _head_overdue(self) -> None:
-        self._head_deadline = None
-        if self.conn.their_state is h11.IDLE:
-            self.guard.timed_out += 1
-            self.close()
-
-    def _stop_deadline(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+        self._head.close(self.transport)
 
 
 def guarded_protocol(guard: ConnectionGuard) -> type[GuardedProtocol]:

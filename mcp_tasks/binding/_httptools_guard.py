@@ -17,8 +17,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mcp_tasks.binding._connections import (
     CONNECTION_LOG,
-    REFUSAL,
     ConnectionGuard,
+    HeadDeadline,
 )
 
 
@@ -33,22 +33,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.logger = CONNECTION_LOG
-        self._head_deadline: asyncio.TimerHandle | None = None
         self._awaiting_head = True
+        self._head = HeadDeadline(
+            self, self.guard, self.loop, lambda: self._awaiting_head
+        )
 
     def connection_made(  # pyright: ignore[reportIncompatibleMethodOverride]
         self, transport: asyncio.Transport
     ) -> None:
         super().connection_made(transport)
-        if not self.guard.admit(self):
-            transport.write(REFUSAL)
-            transport.close()
-            return
-        self._track()
+        self._head.opened(transport)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        self._track()
+        self._head.track(self.transport)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -59,45 +57,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         # A pipelined request starts now; otherwise the next head is awaited.
         self._awaiting_head = not pipelined
-        self._track()
+        self._head.track(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_deadline()
-        self.guard.closed(self)
+        self._head.lost()
         super().connection_lost(exc)
 
     def close(self) -> None:
         """Close now, without a response (nothing was asked)."""
-        self._stop_deadline()
-        self.guard.forget(self)
-        if not self.transport.is_closing():
-            self.transport.close()
-
-    def _track(self) -> None:
-        if self.transport.is_closing():
-            self.guard.forget(self)
-        elif self._awaiting_head:
-            # A deadline already running keeps its start: dribbling bytes
-            # does not extend it.
-            self.guard.waiting(self)
-            if self._head_deadline is None:
-                self._head_deadline = self.loop.call_later(
-                    self.guard.header_timeout, self._head_overdue
-                )
-        else:
-            self.guard.busy(self)
-            self._stop_deadline()
-
-    def _head_overdue(self) -> None:
-        self._head_deadline = None
-        if self._awaiting_head:
-            self.guard.timed_out += 1
-            self.close()
-
-    def _stop_deadline(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+        self._head.close(self.transport)
 
 
 def guarded_httptools_protocol(
