@@ -43,7 +43,7 @@ from mcp_tasks.journal import Claimed, Journal, open_journal
 from mcp_tasks.journal._records import NewTask
 from mcp_tasks.journal._sql import queries
 from mcp_tasks.journal.postgres._group_commit import FinishGroup
-from mcp_tasks.journal.postgres._journal import DEFAULT_POOL_SIZE
+from mcp_tasks.journal.postgres._journal import DEFAULT_POOL_SIZE, finish_group
 from mcp_tasks.journal.postgres._schema import PACKAGE
 from mcp_tasks.journal.sqlite import _rows
 
@@ -196,21 +196,8 @@ class RawLoop:
     async def finish_group(
         self, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
     ) -> list[list[tuple[Any, ...]]]:
-        async with self.pool.connection() as conn, conn.transaction():
-            cursor = await conn.execute(_SQL["owners_of"], (list(task_ids),))
-            owners = dict(await cursor.fetchall())
-            order = sorted(
-                range(len(calls)),
-                key=lambda i: (owners.get(task_ids[i], ""), task_ids[i]),
-            )
-            results: list[list[tuple[Any, ...]]] = [[] for _ in calls]
-            async with conn.pipeline():
-                cursors = [
-                    (i, await conn.execute(_SQL["finish"], calls[i])) for i in order
-                ]
-            for i, done in cursors:
-                results[i] = await done.fetchall()
-        return results
+        async with self.pool.connection() as conn:
+            return await finish_group(conn, task_ids, calls)
 
     async def submitter(self, index: int, count: int) -> None:
         for _ in range(count):

@@ -133,6 +133,29 @@ async def _change(
     )  # fmt: skip
 
 
+async def finish_group(
+    conn: Connection, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
+) -> list[list[Row]]:
+    """``finish`` calls (for ``task_ids``) as one transaction on ``conn``.
+
+    They run in (owner, task id) order, the lock order that keeps two
+    processes' groups from deadlocking (see `_group_commit`), pipelined;
+    each call's rows come back in the order given.
+    """
+    async with conn.transaction():
+        cursor = await conn.execute(_SQL["owners_of"], (list(task_ids),))
+        owners = dict(await cursor.fetchall())
+        order = sorted(
+            range(len(calls)), key=lambda i: (owners.get(task_ids[i], ""), task_ids[i])
+        )
+        results: list[list[Row]] = [[] for _ in calls]
+        async with conn.pipeline():
+            cursors = [(i, await conn.execute(_SQL["finish"], calls[i])) for i in order]
+        for i, done in cursors:
+            results[i] = await done.fetchall()
+    return results
+
+
 @final
 class PostgresJournal:
     """The PostgreSQL journal. Open it with `PostgresJournal.open`."""
@@ -416,21 +439,7 @@ class PostgresJournal:
         failing row costs a retry, never another task's outcome.
         """
         async with self._pool.connection() as conn:
-            async with conn.transaction():
-                cursor = await conn.execute(_SQL["owners_of"], (list(task_ids),))
-                owners = dict(await cursor.fetchall())
-                order = sorted(
-                    range(len(calls)),
-                    key=lambda i: (owners.get(task_ids[i], ""), task_ids[i]),
-                )
-                results: list[list[Row]] = [[] for _ in calls]
-                async with conn.pipeline():
-                    cursors = [
-                        (i, await conn.execute(_SQL["finish"], calls[i])) for i in order
-                    ]
-                for i, done in cursors:
-                    results[i] = await done.fetchall()
-        return results
+            return await finish_group(conn, task_ids, calls)
 
     # ---------------------------------------------------------- submit, read
 
