@@ -89,7 +89,8 @@ class RequestLimiter:
             deadline = self._engine.now() + settings.request_delay_seconds
             while True:
                 async with lease.lock:
-                    wait = await self._take(owner_id, lease, limit)
+                    left = deadline - self._engine.now()
+                    wait = await self._take(owner_id, lease, limit, left)
                 if wait <= 0:
                     return
                 # Durations compared, not instants: a wait too short to move a
@@ -101,9 +102,15 @@ class RequestLimiter:
             lease.waiting -= 1
 
     async def _take(
-        self, owner_id: OwnerId, lease: _Lease, limit: RequestLimit
+        self, owner_id: OwnerId, lease: _Lease, limit: RequestLimit, left: float
     ) -> float:
-        """Take one token for a request: 0, or the seconds until one is due."""
+        """Take one token for a request: 0, or the seconds to wait for one.
+
+        With the bucket empty, a request that may wait (``left`` seconds)
+        waits for a whole lease's worth, so a client polling faster than its
+        rate costs the journal two budget writes per lease, not several per
+        request; only a request that cannot wait that long takes a single token.
+        """
         now = self._engine.now()
         if now - lease.taken_at > LEASE_SECONDS:
             lease.tokens = 0.0  # stale: give other processes their share
@@ -119,7 +126,7 @@ class RequestLimiter:
         if wait <= 0:
             lease.tokens, lease.taken_at = chunk - 1, now
             return 0.0
-        if chunk > 1:
+        if chunk > 1 and wait > left:
             wait = await self._engine.take_requests(name, budget, 1.0)
             if wait <= 0:
                 return 0.0

@@ -178,6 +178,32 @@ async def test_a_flooding_client_costs_no_journal_write_per_refused_request(
     assert after == before
 
 
+async def test_a_client_polling_over_its_rate_costs_two_writes_per_lease(
+    open_runtime: OpenRuntime,
+) -> None:
+    """Slowed requests wait for a lease's worth of tokens, not one token each.
+
+    Real time: 100/s leases 10 tokens at a time, so 60 requests back to back
+    (about half a second) need 5 more leases after the first, each one budget
+    write that finds the bucket empty and one that takes the lease. Taking a
+    single token per slowed request cost two or three writes per request.
+    """
+    limits = {
+        "requests_per_second": 100,
+        "request_burst": 10,
+        "request_delay_seconds": 1,
+    }
+    async with open_runtime(None, **limits) as runtime:
+        for _ in range(10):
+            await runtime.admit_request(ALICE)  # the burst
+        before = runtime.statistics().journal_writes
+        with anyio.fail_after(TIMEOUT):
+            for _ in range(50):
+                await runtime.admit_request(ALICE)
+        writes = runtime.statistics().journal_writes - before
+    assert writes <= 2 * 5 + 2
+
+
 async def test_an_unlimited_client_is_never_slowed_and_writes_nothing(
     open_runtime: OpenRuntime,
 ) -> None:
