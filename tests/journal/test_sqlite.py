@@ -17,13 +17,23 @@ import pytest
 
 from mcp_tasks._budgets import IDLE_BUCKET_SECONDS, BudgetLimits
 from mcp_tasks._exceptions import JournalError, JournalSchemaError
-from mcp_tasks._model import OwnerId, TaskId, TaskStatus
+from mcp_tasks._model import Outcome, OwnerId, TaskId, TaskStatus
 from mcp_tasks.journal import ChangeKind, NewTask, open_journal
 from mcp_tasks.journal._sql import migrations
 from mcp_tasks.journal.sqlite import SqliteJournal
+from mcp_tasks.journal.sqlite._rows import LARGE_JSON_CHARS
 from mcp_tasks.journal.sqlite._schema import PACKAGE, WAL_SIZE_LIMIT_BYTES, statements
 
-from .contract.support import ALICE, BOB, HOLDER, LEASE, T0, new_task
+from .contract.support import (
+    ALICE,
+    BOB,
+    HOLDER,
+    LEASE,
+    T0,
+    complete,
+    new_task,
+    submit_and_claim,
+)
 
 LATEST = migrations(PACKAGE)[-1][0]
 
@@ -239,6 +249,85 @@ async def test_writes_and_reads_after_closing_are_refused(db_path: Path) -> None
     assert isinstance(heard[0], JournalError)
     with pytest.raises(JournalError):
         await opened.get(TaskId("any"))
+
+
+# ------------------------------------------------------------- quick reads
+
+
+class _BusyConnection:
+    """Stands in for the quick reader when another process holds a lock.
+
+    In WAL mode readers meet SQLITE_BUSY only during another process's
+    recovery of the WAL index, which a test cannot stage reliably.
+    """
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.calls = 0
+
+    def execute(self, sql: str, params: object) -> Any:
+        self.calls += 1
+        error = sqlite3.OperationalError("database is locked")
+        error.sqlite_errorcode = self.code
+        raise error
+
+
+async def test_a_read_that_would_wait_on_a_lock_is_done_on_the_reader_thread(
+    sqlite_journal: SqliteJournal,
+) -> None:
+    claimed = await submit_and_claim(sqlite_journal)
+    quick = await sqlite_journal.get(claimed.task_id)
+    busy = _BusyConnection(sqlite3.SQLITE_BUSY)
+    sqlite_journal._quick = busy  # type: ignore[assignment]  # pyright: ignore[reportPrivateUsage]
+    assert await sqlite_journal.get(claimed.task_id) == quick
+    assert busy.calls == 1
+
+
+async def test_a_large_outcome_is_read_whole(sqlite_journal: SqliteJournal) -> None:
+    """An outcome over the quick read's limit is read (and parsed) off the loop."""
+    claimed = await submit_and_claim(sqlite_journal)
+    text = "x" * (LARGE_JSON_CHARS + 10)
+    big = Outcome(result={"content": [{"type": "text", "text": text}]})
+    await sqlite_journal.finish(
+        claimed.lease, TaskStatus.COMPLETED, "test", T0 + 1, outcome=big
+    )
+    read = await sqlite_journal.get(claimed.task_id, outcome=True)
+    assert read is not None
+    assert read.outcome == big
+
+
+async def test_a_quick_read_that_fails_otherwise_is_a_journal_error(
+    sqlite_journal: SqliteJournal,
+) -> None:
+    claimed = await submit_and_claim(sqlite_journal)
+    sqlite_journal._quick = _BusyConnection(sqlite3.SQLITE_IOERR)  # type: ignore[assignment]  # pyright: ignore[reportPrivateUsage]
+    with pytest.raises(JournalError, match="journal read failed"):
+        await sqlite_journal.get(claimed.task_id)
+
+
+async def test_quick_and_full_reads_see_the_same_task(
+    sqlite_journal: SqliteJournal,
+) -> None:
+    """A running, a queued and a finished task read as the full read shows them."""
+    claimed = await submit_and_claim(sqlite_journal)
+    running = await sqlite_journal.get(claimed.task_id)
+    queued_new = new_task(BOB)
+    await sqlite_journal.submit(queued_new)
+    queued = await sqlite_journal.get(queued_new.task_id)
+    assert running is not None
+    assert queued is not None
+    assert running.status is TaskStatus.WORKING
+    assert queued.queued_ahead == 0  # only the full read counts the queue
+    await complete(sqlite_journal, claimed)
+    finished = await sqlite_journal.get(claimed.task_id, outcome=True)
+    bare = await sqlite_journal.get(claimed.task_id)
+    assert finished is not None
+    assert finished.outcome is not None
+    assert bare is not None
+    assert bare.outcome is None
+    assert dataclasses.replace(finished, outcome=None) == bare
+    assert finished.outcome == Outcome(result={"content": []})
+    assert await sqlite_journal.get(TaskId("no-such-task")) is None
 
 
 # ------------------------------------------------------------------ settings

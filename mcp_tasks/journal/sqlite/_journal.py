@@ -143,6 +143,17 @@ def _retention_params(at: float) -> tuple[float, float]:
     return keep_until, keep_until
 
 
+def _open_quick_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection for `SqliteJournal._read_now` (never waits on locks)."""
+    db = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        db.execute("PRAGMA query_only=ON")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 async def _open_reader(path: Path) -> aiosqlite.Connection:
     """A read-only connection; the writer has already checked and migrated."""
     db = await aiosqlite.connect(
@@ -168,10 +179,12 @@ class SqliteJournal:
         identity: FileIdentity | None,
         turnstile: Turnstile | None,
         sealing: Sealing = NO_SEALING,
+        quick_db: sqlite3.Connection | None = None,
     ) -> None:
         self.path = path
         self._sealing = sealing
         self._reader = reader_db
+        self._quick = quick_db
         self._identity = identity
         self._broken: JournalError | None = None
         self._committed: list[Callable[[], None]] = []
@@ -220,7 +233,9 @@ class SqliteJournal:
                 reader_db = await _open_reader(path)
             except sqlite3.Error as exc:
                 raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
+            quick_db: sqlite3.Connection | None = None
             try:
+                quick_db = _open_quick_reader(path)
                 journal = cls(
                     path,
                     writer_db,
@@ -228,6 +243,7 @@ class SqliteJournal:
                     FileIdentity.of(path),
                     turnstile,
                     sealing,
+                    quick_db,
                 )
                 async with anyio.create_task_group() as tg:
                     await tg.start(journal._writer.run)
@@ -240,6 +256,8 @@ class SqliteJournal:
                     shield=True
                 ):  # threads must not outlive the loop
                     await reader_db.close()
+                if quick_db is not None:
+                    quick_db.close()
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(writer_db.close)
@@ -308,6 +326,48 @@ class SqliteJournal:
         except ValueError as exc:  # aiosqlite: "Connection closed"
             raise JournalError("the journal is closed") from exc
 
+    def _read_now(self, name: str, *params: Any) -> list[Any] | None:
+        """Run a small read on the event loop; None if it would have to wait.
+
+        A thread hop costs more than a primary-key lookup (`benchmarks/
+        RESULTS.md`, "reads on the event loop"), but the loop must never
+        wait on SQLite's locks (a checkpoint, WAL recovery by another
+        process): this connection has no busy timeout, and a read that meets
+        a lock returns None for the caller to go through `_read` instead.
+        """
+        if self._quick is None:
+            return None
+        try:
+            return self._quick.execute(_SQL[name], params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in (
+                sqlite3.SQLITE_BUSY,
+                sqlite3.SQLITE_LOCKED,
+            ):
+                return None
+            raise JournalError(f"journal read failed: {exc}") from exc
+        except sqlite3.ProgrammingError as exc:  # "Cannot operate on a closed database"
+            raise JournalError("the journal is closed") from exc
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal read failed: {exc}") from exc
+
+    def _outcome_now(self, seq: int) -> str | None:
+        """The outcome of row ``seq`` read on the loop, if small; else None.
+
+        Its size comes from the record header (an incremental-blob handle),
+        so a large result is never read here: it is parsed off the loop by
+        the full read. None too if the read would wait, or the row is gone.
+        """
+        if self._quick is None:
+            return None
+        try:
+            with self._quick.blobopen("tasks", "outcome", seq, readonly=True) as blob:
+                if len(blob) > _rows.LARGE_JSON_CHARS:
+                    return None
+                return blob.read().decode()
+        except (sqlite3.Error, UnicodeDecodeError):
+            return None  # the full read decides (and reports what is wrong)
+
     async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         return await self._writer.write(fn)
 
@@ -322,6 +382,23 @@ class SqliteJournal:
         return _rows.submitted_task(task)
 
     async def get(self, task_id: TaskId, *, outcome: bool = False) -> Task | None:
+        # Most reads are of a running or finished task (a client polling it):
+        # one primary-key lookup, done on the loop. A queued task's place in
+        # its queue (a count) and a stored outcome (up to 16 MB) are read on
+        # the reader's thread, as is everything when the quick read would wait.
+        quick = self._read_now("get_task_quick", task_id)
+        if quick is not None:
+            if not quick:
+                return None
+            row = quick[0]
+            queued, has_outcome, seq = row[-3:]
+            if not queued and not (outcome and has_outcome):
+                return _rows.task_from_row(row, None, None, sealing=self._sealing)
+            text = None if queued else self._outcome_now(seq)
+            if text is not None:
+                data = self._sealing.loads(text, "tasks.outcome", task_id)
+                loaded = _rows.outcome_from(data)
+                return _rows.task_from_row(row, loaded, None, sealing=self._sealing)
         rows = await self._read("get_task", int(outcome), task_id)
         if not rows:
             return None

@@ -36,6 +36,16 @@ SELECT t.task_id, t.owner_id, t.tool_name, t.status, t.status_message, t.created
        ) END
 FROM tasks t WHERE t.task_id = ?
 
+-- get_task_quick --
+-- One primary-key lookup, nothing else: read on the event loop (`_read_now`).
+-- The last three columns: whether it is queued (the full read counts its
+-- place), whether it has an outcome, and its rowid (to read the outcome).
+SELECT t.task_id, t.owner_id, t.tool_name, t.status, t.status_message, t.created_at,
+       t.updated_at, t.ttl_seconds, t.poll_interval_seconds, t.listed, t.tool_error,
+       t.progress, t.progress_total, NULL, NULL, NULL,
+       t.phase = 'queued', t.outcome IS NOT NULL, t.seq
+FROM tasks t WHERE t.task_id = ?
+
 -- list_owned --
 SELECT seq, task_id, owner_id, tool_name, status, status_message, created_at,
        updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
