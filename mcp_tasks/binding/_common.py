@@ -251,6 +251,16 @@ class Requesters:
         """The requestor of the request behind ``ctx``."""
         if self.transport is Transport.STDIO:
             return Requester(LOCAL_OWNER)
+        return self.of_http(connection_of(ctx).session_id, ctx.request)
+
+    def of_http(self, session_id: str | None, request: object) -> Requester:
+        """The requestor of an HTTP request in session ``session_id`` (or none).
+
+        ``request`` is the Starlette request (its client address and
+        ``X-Forwarded-For`` matter without tokens and sessions). Also called
+        outside the SDK's request context (`_direct`): the access token is
+        read from the SDK's auth context, set by its middleware per request.
+        """
         token = get_access_token()
         if token is not None:
             # The plain client id: per-client limits are configured by it.
@@ -259,10 +269,8 @@ class Requesters:
         if self.auth:
             # The auth middleware admits no unauthenticated request; be safe anyway.
             raise MCPError(INVALID_REQUEST, "Authentication required")
-        session_id = connection_of(ctx).session_id
         if session_id is not None:
             return Requester(OwnerId(f"session:{session_id}"), scoped=False)
-        request = ctx.request
         client = getattr(request, "client", None)
         headers = getattr(request, "headers", None)
         forwarded: list[str] = (
@@ -282,7 +290,7 @@ class Requesters:
         """
         if peer is None:
             return "unknown"
-        if not self._trusted(peer):
+        if not self.trusted_proxies or not self._trusted(peer):
             return peer
         hops = [
             self._host_of(hop) for value in forwarded_for for hop in value.split(",")

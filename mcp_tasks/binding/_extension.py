@@ -109,7 +109,8 @@ def detailed_task_json(task: Task, open_requests: list[InputRequest]) -> dict[st
     return data
 
 
-def _decode_header(value: str) -> str:
+def decode_name_header(value: str) -> str:
+    """A routing header's value: ``=?base64?...?=`` decoded, anything else as sent."""
     # Values that are not header-safe travel as =?base64?...?= (2026-07-28 HTTP).
     if value.startswith("=?base64?") and value.endswith("?="):
         try:
@@ -158,7 +159,7 @@ class ExtensionTasks:
                 HEADER_MISMATCH,
                 f"Header mismatch: Mcp-Name header is required for {ctx.method}",
             )
-        if _decode_header(sent) != task_id:
+        if decode_name_header(sent) != task_id:
             raise MCPError(
                 HEADER_MISMATCH,
                 f"Header mismatch: Mcp-Name header value {excerpt(sent)} does not "

@@ -99,6 +99,32 @@ def task_json(task: Task) -> dict[str, Any]:
     return data
 
 
+def result_json(task: Task) -> dict[str, Any]:
+    """The ``tasks/result`` answer of a finished ``task`` (read with its outcome).
+
+    Raises:
+        ReplayedError: the call ended in a JSON-RPC error; it is answered again
+            exactly as recorded.
+    """
+    related = {RELATED_TASK_META: {"taskId": task.task_id}}
+    outcome = task.outcome
+    if outcome is not None and outcome.error is not None:
+        error = outcome.error
+        raise ReplayedError(
+            int(error["code"]), str(error["message"]), error.get("data")
+        )
+    if outcome is None or outcome.result is None:
+        result: dict[str, Any] = {
+            "content": [{"type": "text", "text": CANCELLED_TEXT}],
+            "isError": True,
+        }
+    else:
+        result = dict(outcome.result)
+    meta = result.get("_meta")
+    result["_meta"] = {**(meta if isinstance(meta, dict) else {}), **related}
+    return result
+
+
 def _ended(status: TaskStatus) -> str:
     """Why a question of a task is withdrawn once the task is over."""
     if status is TaskStatus.CANCELLED:
@@ -313,23 +339,7 @@ class LegacyTasks:
             task = await self._runtime.get(requester, params.task_id, outcome=True)
         except McpTasksError as exc:
             raise rpc_error(exc) from None
-        related = {RELATED_TASK_META: {"taskId": task.task_id}}
-        outcome = task.outcome
-        if outcome is not None and outcome.error is not None:
-            error = outcome.error
-            raise ReplayedError(
-                int(error["code"]), str(error["message"]), error.get("data")
-            )
-        if outcome is None or outcome.result is None:
-            result: dict[str, Any] = {
-                "content": [{"type": "text", "text": CANCELLED_TEXT}],
-                "isError": True,
-            }
-        else:
-            result = dict(outcome.result)
-        meta = result.get("_meta")
-        result["_meta"] = {**(meta if isinstance(meta, dict) else {}), **related}
-        return result
+        return result_json(task)
 
     async def list(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
 import pydantic_core
@@ -68,6 +68,9 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from mcp_tasks.binding._direct import DirectReads
 
 logger = logging.getLogger("mcp_tasks.http")
 
@@ -98,8 +101,12 @@ class PerRequestTransport(StreamableHTTPServerTransport):
     """The SDK's handshake-era transport, answering each request POST in its mode.
 
     Adds no state of its own (`install` turns the SDK's transports into this
-    class as the session manager admits them).
+    class as the session manager admits them). Task reads `DirectReads` can
+    answer are answered by it, without a dispatch (`_direct`).
     """
+
+    #: Set on the subclass `install` makes for one server.
+    direct_reads: ClassVar[DirectReads | None] = None
 
     async def _handle_post_request(
         self, scope: Scope, request: Request, receive: Receive, send: Send
@@ -115,6 +122,13 @@ class PerRequestTransport(StreamableHTTPServerTransport):
             raise SdkChangedError("the transport's read stream is not connected")
         if not await self._validate_request_headers(request, send):
             return
+        if self.direct_reads is not None:
+            answer = await self.direct_reads.legacy(
+                message, self.mcp_session_id, request
+            )
+            if answer is not None:
+                await self._create_json_response(answer)(scope, receive, send)
+                return
         try:
             await self._answer(message, scope, request, receive, send)
         except Exception as error:
@@ -236,8 +250,12 @@ class PerRequestTransport(StreamableHTTPServerTransport):
             await self._clean_up_memory_streams(request_id)
 
 
-def install(manager: StreamableHTTPSessionManager) -> None:
+def install(
+    manager: StreamableHTTPSessionManager, direct: DirectReads | None = None
+) -> None:
     """Make every session ``manager`` admits from now on answer per request.
+
+    With ``direct``, the task reads it can answer skip the dispatch.
 
     Raises:
         SdkChangedError: mcp's transport or session manager lacks a method
@@ -246,12 +264,15 @@ def install(manager: StreamableHTTPSessionManager) -> None:
     check_sdk()
     admit = manager._admit_session  # pyright: ignore[reportPrivateUsage]
 
+    class ServerTransport(PerRequestTransport):
+        direct_reads = direct
+
     def admit_per_request(*args: Any, **kwargs: Any) -> Any:
         transport = admit(*args, **kwargs)
         if type(transport) is StreamableHTTPServerTransport:
             # The subclass adds methods only, no state: the SDK built and
             # registered the object; it now answers through our POST handler.
-            transport.__class__ = PerRequestTransport
+            transport.__class__ = ServerTransport
         return transport
 
     manager._admit_session = admit_per_request  # pyright: ignore[reportPrivateUsage, reportAttributeAccessIssue]

@@ -46,6 +46,8 @@ from mcp_tasks.binding._common import (
 )
 from mcp_tasks.binding._dashboard import install_dashboard
 from mcp_tasks.binding._delivery import request_channel, serve_until_terminal
+from mcp_tasks.binding._direct import DirectReads
+from mcp_tasks.binding._direct import install_modern as install_modern_reads
 from mcp_tasks.binding._extension import (
     ExtensionTasks,
     declares_extension,
@@ -223,9 +225,21 @@ class McpTasksServer:
         #: Operator endpoints on the HTTP listener: metrics, health and the
         #: dashboard (`_dashboard`).
         self.ops: OpsRoutes | None = None
+        #: Task reads answered without the SDK's dispatch (HTTP, `_direct`).
+        self.direct: DirectReads | None = None
         if transport is Transport.HTTP:
-            self.ops = standard_routes(runtime, Metrics(runtime))
+            metrics = Metrics(runtime)
+            self.ops = standard_routes(runtime, metrics)
             install_dashboard(self.ops, runtime)
+            if runtime.settings.http.direct_reads:
+                self.direct = DirectReads(
+                    runtime,
+                    self.requesters,
+                    self.pushes,
+                    self.extension.render,
+                    self.server,
+                    on_answer=metrics.direct_answered,
+                )
 
     def _build(self) -> _TasksServer:
         server = _TasksServer(
@@ -567,8 +581,11 @@ class McpTasksServer:
             else auth.sdk_settings(url(host, bound_port(sockets))),
             token_verifier=None if auth is None else auth.verifier,
         )
-        # 2025-11-25 POSTs: JSON unless something must go out before the answer.
-        answer_per_request(self.server.session_manager)
+        # 2025-11-25 POSTs: JSON unless something must go out before the answer;
+        # task reads on both wires without the SDK's dispatch.
+        answer_per_request(self.server.session_manager, self.direct)
+        if self.direct is not None:
+            install_modern_reads(self.server.session_manager, self.direct)
         if self.streams is not None:
             app = self.streams.wrap(app)
         if auth is not None:

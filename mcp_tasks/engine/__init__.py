@@ -16,6 +16,7 @@ from mcp_tasks.engine._runtime import (
     TaskRuntime,
     queue_message,
 )
+from mcp_tasks.engine._tracing import tracing_on
 
 __all__ = [
     "AnswerReceipt",
@@ -28,4 +29,5 @@ __all__ = [
     "TaskRuntime",
     "queue_message",
     "run_preflight",
+    "tracing_on",
 ]

@@ -177,6 +177,12 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.direct_answers = Counter(
+            f"{PREFIX}_http_direct_answers",
+            "Task reads this process answered without the SDK's dispatch, by method",
+            ["method"],
+            registry=self.registry,
+        )
         self._scrape = anyio.Lock()
         runtime.observe(self)
         runtime.journal.observe_commits(self.commit)
@@ -200,6 +206,10 @@ class Metrics:
         """Observe one journal commit of this process."""
         self.commit_seconds.observe(seconds)
         self.commit_writes.observe(writes)
+
+    def direct_answered(self, method: str) -> None:
+        """Count a task read answered without the SDK's dispatch (HTTP)."""
+        self.direct_answers.labels(method).inc()
 
     async def exposition(self) -> bytes:
         """Read the journal's gauges now and render every metric (text format).
