@@ -9,6 +9,9 @@ the client's poll interval.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import os
 import signal
 import socket
@@ -251,10 +254,39 @@ def rss_kb(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
+    """User + system CPU time a process has used so far (all its threads).
+
+    Read from the process's CPU-time clock (``clock_getcpuclockid``), which
+    the kernel keeps in nanoseconds, dead threads included. ``/proc/PID/stat``
+    counts in 10 ms ticks, too coarse for a few hundred requests of 0.1 ms
+    each; it is the fallback where the clock cannot be read.
+    """
+    clock = _cpu_clock(pid)
+    if clock is not None:
+        try:
+            return time.clock_gettime(clock)
+        except OSError:
+            pass  # the process is gone, or not ours to read
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    return None if name is None else ctypes.CDLL(name, use_errno=True)
+
+
+def _cpu_clock(pid: int) -> int | None:
+    """The CPU-time clock id of process ``pid``, or None where there is none."""
+    libc = _libc()
+    if libc is None:
+        return None
+    clock = ctypes.c_int()
+    if libc.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
+        return None
+    return clock.value
 
 
 def self_cpu_seconds() -> float:

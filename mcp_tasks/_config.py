@@ -49,8 +49,8 @@ Config file shape (every key optional)::
                                     # an operator token when --tokens is given
     event_loop = "auto"             # "uvloop" when installed (default), or "asyncio"
     parser = "auto"                 # "httptools" when installed (default), or "h11"
-    direct_reads = true             # answer tasks/get (and a finished task's
-                                    # tasks/result) without the SDK's dispatch
+    direct_answers = true           # answer task creation, tasks/get and a finished
+                                    # task's tasks/result without the SDK's dispatch
 
     [tracing]                       # OpenTelemetry (pip install 'mcp-tasks[otel]')
     exporter = "otlp"               # OTLP/HTTP, endpoint from OTEL_EXPORTER_OTLP_*;
@@ -153,8 +153,8 @@ class HttpSettings:
     event_loop: str = "auto"
     #: ``auto`` (httptools when installed), ``httptools`` or ``h11``.
     parser: str = "auto"
-    #: Answer task reads without the SDK's dispatch (`mcp_tasks.binding._direct`).
-    direct_reads: bool = True
+    #: Answer a task's hot requests without the SDK's dispatch (`binding._direct`).
+    direct_answers: bool = True
 
 
 #: What ``[tracing] exporter`` may name.
@@ -500,8 +500,8 @@ def _http(raw: Mapping[str, Any]) -> HttpSettings:
         parser=_choice(
             "http.parser", raw.get("parser", "auto"), ("auto", "httptools", "h11")
         ),
-        direct_reads=_flag(
-            "http.direct_reads", raw.get("direct_reads", defaults.direct_reads)
+        direct_answers=_flag(
+            "http.direct_answers", raw.get("direct_answers", defaults.direct_answers)
         ),
     )
 

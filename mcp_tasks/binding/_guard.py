@@ -51,17 +51,26 @@ async def guard(
     try:
         reject_non_finite(ctx.params)
         return await call_next(ctx)
-    except MCPError as exc:
-        raise bounded(exc) from None
-    except ValidationError as exc:
-        if _is_params_model(exc):
-            raise validation_error(exc, ctx.params) from None
-        raise _internal(ctx, exc) from None
     except Exception as exc:
-        single = _single_mcp_error(exc)
-        if single is not None:
-            raise bounded(single) from None
-        raise _internal(ctx, exc) from None
+        raise error_of(exc, ctx.method, ctx.params) from None
+
+
+def error_of(exc: Exception, method: str, params: Mapping[str, Any] | None) -> MCPError:
+    """The error a client sees for ``exc``, raised while serving ``method``.
+
+    An `MCPError` bounded; a params model's `ValidationError` as -32602
+    naming the fields; anything else -32603, logged with its traceback.
+    """
+    if isinstance(exc, MCPError):
+        return bounded(exc)
+    if isinstance(exc, ValidationError):
+        if _is_params_model(exc):
+            return validation_error(exc, params)
+        return _internal(method, exc)
+    single = _single_mcp_error(exc)
+    if single is not None:
+        return bounded(single)
+    return _internal(method, exc)
 
 
 def reject_non_finite(params: Mapping[str, Any] | None) -> None:
@@ -206,8 +215,8 @@ def _single_mcp_error(exc: Exception) -> MCPError | None:
     return found if isinstance(found, MCPError) else None
 
 
-def _internal(ctx: ServerRequestContext[Any, Any], exc: Exception) -> MCPError:
-    logger.error("%s failed", ctx.method, exc_info=exc)
+def _internal(method: str, exc: Exception) -> MCPError:
+    logger.error("%s failed", method, exc_info=exc)
     return MCPError(INTERNAL_ERROR, "Internal error")
 
 

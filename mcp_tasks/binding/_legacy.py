@@ -23,7 +23,7 @@ import logging
 import math
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any, Final, cast
 
@@ -72,6 +72,12 @@ Job = Callable[[], Coroutine[Any, Any, None]]
 
 #: Where a session keeps the progress tokens of the tasks it created.
 _PROGRESS_TOKENS = "mcp_tasks.progress_tokens"
+
+
+Preflight = Callable[
+    [ToolSpec, Mapping[str, Any], Mapping[str, Any]], Awaitable[dict[str, Any]]
+]
+"""Asks a tool's preflight questions: (tool, arguments, client capabilities) -> answers."""
 
 
 def wire_status(task: Task) -> str:
@@ -227,6 +233,29 @@ class LegacyTasks:
     async def _create_task(
         self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any]
     ) -> dict[str, Any]:
+        async def preflight(
+            spec: ToolSpec,
+            arguments: Mapping[str, Any],
+            capabilities: Mapping[str, Any],
+        ) -> dict[str, Any]:
+            return await self._preflight(ctx, spec, arguments, capabilities)
+
+        return await self.create_task(
+            self._requesters.of(ctx), connection_of(ctx), params, preflight
+        )
+
+    async def create_task(
+        self,
+        requester: Requester,
+        connection: Connection,
+        params: Mapping[str, Any],
+        preflight: Preflight | None = None,
+    ) -> dict[str, Any]:
+        """Answer a task-augmented ``tools/call`` on ``connection``: the created task.
+
+        ``preflight`` asks a tool's preflight questions on the call's own
+        stream; without it, a tool with a preflight is a bug of the caller.
+        """
         # This path answers before the SDK validates params (as it does for a
         # plain call), so validate with the same model here: both paths accept
         # the same params (``arguments: []`` is -32602, not ``{}``). ``task`` is
@@ -239,7 +268,7 @@ class LegacyTasks:
         arguments: Mapping[str, Any] = typed.arguments or {}
         check_arguments_size(arguments, self._runtime.settings.max_argument_bytes)
         ttl_seconds = _ttl_seconds(params["task"])
-        capabilities = ctx.session.client_capabilities
+        capabilities = connection.client_capabilities
         request_meta: dict[str, Any] = {
             "clientCapabilities": (
                 capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
@@ -255,14 +284,13 @@ class LegacyTasks:
             if spec.task_support == "forbidden":
                 raise TaskSupportError(name, required=False)
             if spec.preflight is not None:
-                request_meta["preflight"] = await self._preflight(
-                    ctx,
-                    spec,
-                    arguments,
-                    request_meta["clientCapabilities"],
+                if preflight is None:
+                    raise RuntimeError(f"{name}: a preflight needs the call's stream")
+                request_meta["preflight"] = await preflight(
+                    spec, arguments, request_meta["clientCapabilities"]
                 )
             task = await self._runtime.submit(
-                self._requesters.of(ctx),
+                requester,
                 name,
                 arguments,
                 ttl_seconds=ttl_seconds,
@@ -270,7 +298,6 @@ class LegacyTasks:
             )
         except McpTasksError as exc:
             raise rpc_error(exc) from None
-        connection = connection_of(ctx)
         self._origins[task.task_id] = connection
         token = request_meta.get("progressToken")
         if token is not None:

@@ -70,7 +70,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from mcp_tasks.binding._direct import DirectReads
+    from mcp_tasks.binding._direct import DirectAnswers
 
 logger = logging.getLogger("mcp_tasks.http")
 
@@ -101,12 +101,12 @@ class PerRequestTransport(StreamableHTTPServerTransport):
     """The SDK's handshake-era transport, answering each request POST in its mode.
 
     Adds no state of its own (`install` turns the SDK's transports into this
-    class as the session manager admits them). Task reads `DirectReads` can
-    answer are answered by it, without a dispatch (`_direct`).
+    class as the session manager admits them). What `DirectAnswers` can
+    answer it answers, without a dispatch (`_direct`).
     """
 
     #: Set on the subclass `install` makes for one server.
-    direct_reads: ClassVar[DirectReads | None] = None
+    direct_answers: ClassVar[DirectAnswers | None] = None
 
     async def _handle_post_request(
         self, scope: Scope, request: Request, receive: Receive, send: Send
@@ -122,8 +122,8 @@ class PerRequestTransport(StreamableHTTPServerTransport):
             raise SdkChangedError("the transport's read stream is not connected")
         if not await self._validate_request_headers(request, send):
             return
-        if self.direct_reads is not None:
-            answer = await self.direct_reads.legacy(
+        if self.direct_answers is not None:
+            answer = await self.direct_answers.legacy(
                 message, self.mcp_session_id, request
             )
             if answer is not None:
@@ -251,11 +251,11 @@ class PerRequestTransport(StreamableHTTPServerTransport):
 
 
 def install(
-    manager: StreamableHTTPSessionManager, direct: DirectReads | None = None
+    manager: StreamableHTTPSessionManager, direct: DirectAnswers | None = None
 ) -> None:
     """Make every session ``manager`` admits from now on answer per request.
 
-    With ``direct``, the task reads it can answer skip the dispatch.
+    With ``direct``, the requests it can answer skip the dispatch.
 
     Raises:
         SdkChangedError: mcp's transport or session manager lacks a method
@@ -265,7 +265,7 @@ def install(
     admit = manager._admit_session  # pyright: ignore[reportPrivateUsage]
 
     class ServerTransport(PerRequestTransport):
-        direct_reads = direct
+        direct_answers = direct
 
     def admit_per_request(*args: Any, **kwargs: Any) -> Any:
         transport = admit(*args, **kwargs)

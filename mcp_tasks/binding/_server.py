@@ -46,8 +46,8 @@ from mcp_tasks.binding._common import (
 )
 from mcp_tasks.binding._dashboard import install_dashboard
 from mcp_tasks.binding._delivery import request_channel, serve_until_terminal
-from mcp_tasks.binding._direct import DirectReads
-from mcp_tasks.binding._direct import install_modern as install_modern_reads
+from mcp_tasks.binding._direct import DirectAnswers
+from mcp_tasks.binding._direct_modern import install as install_modern_entry
 from mcp_tasks.binding._extension import (
     ExtensionTasks,
     declares_extension,
@@ -225,17 +225,18 @@ class McpTasksServer:
         #: Operator endpoints on the HTTP listener: metrics, health and the
         #: dashboard (`_dashboard`).
         self.ops: OpsRoutes | None = None
-        #: Task reads answered without the SDK's dispatch (HTTP, `_direct`).
-        self.direct: DirectReads | None = None
+        #: A task's hot requests answered without the SDK's dispatch (`_direct`).
+        self.direct: DirectAnswers | None = None
         if transport is Transport.HTTP:
             metrics = Metrics(runtime)
             self.ops = standard_routes(runtime, metrics)
             install_dashboard(self.ops, runtime)
-            if runtime.settings.http.direct_reads:
-                self.direct = DirectReads(
+            if runtime.settings.http.direct_answers:
+                self.direct = DirectAnswers(
                     runtime,
                     self.requesters,
                     self.pushes,
+                    self.legacy,
                     self.extension.render,
                     self.server,
                     on_answer=metrics.direct_answered,
@@ -582,10 +583,12 @@ class McpTasksServer:
             token_verifier=None if auth is None else auth.verifier,
         )
         # 2025-11-25 POSTs: JSON unless something must go out before the answer;
-        # task reads on both wires without the SDK's dispatch.
+        # a task's hot requests on both wires without the SDK's dispatch.
         answer_per_request(self.server.session_manager, self.direct)
         if self.direct is not None:
-            install_modern_reads(self.server.session_manager, self.direct)
+            install_modern_entry(
+                self.server.session_manager, self.direct, self.requesters
+            )
         if self.streams is not None:
             app = self.streams.wrap(app)
         if auth is not None:

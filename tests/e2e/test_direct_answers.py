@@ -1,15 +1,17 @@
-"""Direct task reads answer exactly as the SDK's path does (spec-notes C67).
+"""Direct answers are exactly what the SDK's path answers (spec-notes C67).
 
 Two real ``mcp-tasks serve --http`` processes share one journal: one as
-shipped (task reads answered by ``mcp_tasks.binding._direct``), one with
-``[http] direct_reads = false`` (every request through mcp's dispatch). The
-same raw request goes to both and the answers are compared: HTTP status,
-content type, session header and body, byte for byte. Requests the direct
-path must leave to the SDK (bad params, a missing or wrong ``Mcp-Name``, no
-extension declared, a 2026-07-28 envelope on a 2025-11-25 session, an
-unfinished task's ``tasks/result``) are compared too. The metric each
-process keeps shows the direct path answered on one and never on the other,
-so these tests fail if the direct path is removed or stops being taken.
+shipped (task creation, ``tasks/get`` and a finished task's ``tasks/result``
+answered by ``mcp_tasks.binding._direct``), one with ``[http] direct_answers
+= false`` (every request through mcp's dispatch). The same raw request goes
+to both and the answers are compared: HTTP status, content type, session
+header and body, byte for byte (a created task's id and times aside).
+Requests the direct path must leave to the SDK (bad params, a missing or
+wrong ``Mcp-Name``, no extension declared, a 2026-07-28 envelope on a
+2025-11-25 session, an unfinished task's ``tasks/result``, synchronous and
+unknown calls) are compared too. The metric each process keeps shows the
+direct path answered on one and never on the other, so these tests fail if
+the direct path is removed or stops being taken.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx2
@@ -38,7 +40,10 @@ JSON_AND_SSE = "application/json, text/event-stream"
 ENVELOPE: dict[str, Any] = {
     "io.modelcontextprotocol/protocolVersion": MODERN,
     "io.modelcontextprotocol/clientCapabilities": {"extensions": {EXTENSION: {}}},
-    "io.modelcontextprotocol/clientInfo": {"name": "direct-reads-test", "version": "1"},
+    "io.modelcontextprotocol/clientInfo": {
+        "name": "direct-answers-test",
+        "version": "1",
+    },
 }
 DIRECT_METRIC = re.compile(
     r'^mcp_tasks_http_direct_answers_total\{method="([^"]+)"\} (\S+)$', re.M
@@ -55,9 +60,11 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair(server_files: ServerFilesFactory) -> Iterator[Pair]:
-    direct_files = server_files("direct-reads-on")
+    direct_files = server_files("direct-answers-on")
     sdk_files = dataclasses.replace(
-        server_files("direct-reads-off", extra_toml="[http]\ndirect_reads = false\n"),
+        server_files(
+            "direct-answers-off", extra_toml="[http]\ndirect_answers = false\n"
+        ),
         db=direct_files.db,
     )
     direct, sdk = HttpServer(direct_files), HttpServer(sdk_files)
@@ -88,7 +95,7 @@ class LegacySession:
             "params": {
                 "protocolVersion": LEGACY,
                 "capabilities": {},
-                "clientInfo": {"name": "direct-reads-test", "version": "1"},
+                "clientInfo": {"name": "direct-answers-test", "version": "1"},
             },
         }
         answer = await self.http.post(self.url, headers=self.headers, json=hello)
@@ -102,7 +109,10 @@ class LegacySession:
         assert done.status_code == 202
         return self
 
-    async def post(self, body: dict[str, Any]) -> httpx2.Response:
+    async def post(self, body: dict[str, Any] | str) -> httpx2.Response:
+        """POST ``body`` (a JSON value, or JSON text as it is to be sent)."""
+        if isinstance(body, str):
+            return await self.http.post(self.url, headers=self.headers, content=body)
         return await self.http.post(self.url, headers=self.headers, json=body)
 
 
@@ -110,16 +120,35 @@ def request(method: str, params: object, request_id: int | str = 7) -> dict[str,
     return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
 
 
-def modern_headers(task_id: str | None) -> dict[str, str]:
+def modern_headers(name: str | None, method: str = "tasks/get") -> dict[str, str]:
     headers = {
         "content-type": "application/json",
         "accept": JSON_AND_SSE,
         "mcp-protocol-version": MODERN,
-        "mcp-method": "tasks/get",
+        "mcp-method": method,
     }
-    if task_id is not None:
-        headers["mcp-name"] = task_id
+    if name is not None:
+        headers["mcp-name"] = name
     return headers
+
+
+#: What differs between two answers creating two tasks from the same request.
+CREATED_FIELDS = ("taskId", "createdAt", "lastUpdatedAt")
+
+
+def created_shape(response: httpx2.Response) -> tuple[int, str, bool, object]:
+    """`shape` of an answer that created a task, its id and times blanked."""
+
+    def blank(value: object) -> object:
+        if isinstance(value, dict):
+            items = cast("dict[str, object]", value).items()
+            return {k: "…" if k in CREATED_FIELDS else blank(v) for k, v in items}
+        if isinstance(value, list):
+            return [blank(v) for v in cast("list[object]", value)]
+        return value
+
+    status, kind, session, _ = shape(response)
+    return status, kind, session, blank(response.json())
 
 
 def shape(response: httpx2.Response) -> tuple[int, str, bool, bytes]:
@@ -298,6 +327,101 @@ async def test_2026_task_reads_answer_as_the_sdk_does(
     assert result["status"] == "completed"
     assert result["resultType"] == "complete"
     assert result["result"]["structuredContent"] == {"text": "hi"} or result["result"]
+
+
+async def test_2025_task_creation_answers_as_the_sdk_does(
+    pair: Pair, http: httpx2.AsyncClient
+) -> None:
+    before = await metrics(http, pair.direct)
+    on_direct = await LegacySession(http, pair.direct.url).open()
+    on_sdk = await LegacySession(http, pair.sdk.url).open()
+    task = {"ttl": 60_000}
+    created = [
+        request(
+            "tools/call", {"name": "echo", "arguments": {"text": "a"}, "task": task}
+        ),
+        request(
+            "tools/call",
+            {
+                "name": "echo",
+                "arguments": {"text": "b"},
+                "task": {},
+                "_meta": {"progressToken": "p-1"},
+            },
+        ),
+    ]
+    refused: list[dict[str, Any] | str] = [
+        # Arguments the tool's schema refuses.
+        request("tools/call", {"name": "echo", "arguments": {"text": 5}, "task": task}),
+        # A number that is not a double (sent as JSON text: 1e400).
+        json.dumps(
+            request(
+                "tools/call", {"name": "echo", "arguments": {"text": 1.5}, "task": task}
+            )
+        ).replace("1.5", "1e400"),
+        # Params the model refuses (answered directly, in the SDK's words).
+        request("tools/call", {"name": "echo", "arguments": [], "task": task}),
+        # Left to the SDK: a tool that never runs as a task, an unknown tool,
+        # a synchronous call.
+        request(
+            "tools/call", {"name": "no_task", "arguments": {"text": "c"}, "task": task}
+        ),
+        request("tools/call", {"name": "nope", "arguments": {}, "task": task}),
+        request("tools/call", {"name": "echo", "arguments": {"text": "d"}}),
+    ]
+    for body in created:
+        direct, sdk = await on_direct.post(body), await on_sdk.post(body)
+        assert created_shape(direct) == created_shape(sdk), body
+        assert direct.json()["result"]["task"]["status"] == "working"
+    for body in refused:
+        direct, sdk = await on_direct.post(body), await on_sdk.post(body)
+        assert shape(direct) == shape(sdk), body
+    after = await metrics(http, pair.direct)
+    # The two tasks and echo's three refusals (the schema, a number that is
+    # not a double, arguments that are not an object), as the SDK words them.
+    assert after.get("tools/call", 0) - before.get("tools/call", 0) == 5
+    assert await metrics(http, pair.sdk) == {}
+
+
+async def test_2026_task_creation_answers_as_the_sdk_does(
+    pair: Pair, http: httpx2.AsyncClient
+) -> None:
+    before = await metrics(http, pair.direct)
+    bare = {k: v for k, v in ENVELOPE.items() if "clientCapabilities" not in k}
+    bare["io.modelcontextprotocol/clientCapabilities"] = {}
+
+    def call(name: str, arguments: object, meta: dict[str, Any]) -> dict[str, Any]:
+        return request(
+            "tools/call", {"name": name, "arguments": arguments, "_meta": meta}
+        )
+
+    created = [
+        call("echo", {"text": "a"}, ENVELOPE),
+        call("task_only", {"text": "b"}, ENVELOPE),
+    ]
+    others = [
+        # A tool error the model reads: arguments the schema refuses.
+        call("echo", {"text": 5}, ENVELOPE),
+        # Left to the SDK: no extension declared (a synchronous call, or
+        # -32021 for a task-only tool), a tool that never runs as a task.
+        call("echo", {"text": "c"}, bare),
+        call("task_only", {"text": "d"}, bare),
+        call("no_task", {"text": "e"}, ENVELOPE),
+    ]
+    for body in created:
+        headers = modern_headers(body["params"]["name"], "tools/call")
+        direct = await http.post(pair.direct.url, headers=headers, json=body)
+        sdk = await http.post(pair.sdk.url, headers=headers, json=body)
+        assert created_shape(direct) == created_shape(sdk), body
+        assert direct.json()["result"]["resultType"] == "task"
+    for body in others:
+        headers = modern_headers(body["params"]["name"], "tools/call")
+        direct = await http.post(pair.direct.url, headers=headers, json=body)
+        sdk = await http.post(pair.sdk.url, headers=headers, json=body)
+        assert shape(direct) == shape(sdk), body
+    after = await metrics(http, pair.direct)
+    assert after.get("tools/call", 0) - before.get("tools/call", 0) == 3
+    assert await metrics(http, pair.sdk) == {}
 
 
 def test_the_metric_pattern_reads_an_exposition() -> None:
