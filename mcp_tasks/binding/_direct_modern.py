@@ -91,8 +91,12 @@ class ModernEntry:
         status = 200
         if isinstance(answer, JSONRPCError):
             status = ERROR_CODE_HTTP_STATUS.get(answer.error.code, 200)
-        # As the SDK writes a 2026-07-28 answer.
-        dumped = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+        # As the SDK writes a 2026-07-28 answer (its dump leaves a result's
+        # own values as they are, so a success needs no model dump).
+        if isinstance(answer, JSONRPCError):
+            dumped = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+        else:
+            dumped = {"jsonrpc": "2.0", "id": answer.id, "result": answer.result}
         content = json.dumps(dumped, separators=(",", ":")).encode()
         headers = [
             (b"content-type", b"application/json"),

@@ -183,6 +183,7 @@ class Metrics:
             ["method"],
             registry=self.registry,
         )
+        self._direct_children: dict[str, Counter] = {}
         self._scrape = anyio.Lock()
         runtime.observe(self)
         runtime.journal.observe_commits(self.commit)
@@ -208,8 +209,11 @@ class Metrics:
         self.commit_writes.observe(writes)
 
     def direct_answered(self, method: str) -> None:
-        """Count a task read answered without the SDK's dispatch (HTTP)."""
-        self.direct_answers.labels(method).inc()
+        """Count a request answered without the SDK's dispatch (HTTP)."""
+        child = self._direct_children.get(method)
+        if child is None:  # a handful of methods: each child is made once
+            child = self._direct_children[method] = self.direct_answers.labels(method)
+        child.inc()
 
     async def exposition(self) -> bytes:
         """Read the journal's gauges now and render every metric (text format).
