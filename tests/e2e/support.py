@@ -16,8 +16,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, suppress
+from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO, cast
@@ -438,6 +438,21 @@ class EventHub:
             with suppress(anyio.EndOfStream, anyio.BrokenResourceError):
                 await lines.receive()
             tg.cancel_scope.cancel()
+
+
+@contextmanager
+def running(*servers: HttpServer) -> Generator[None]:
+    """Every one of ``servers`` serving (started together, so their start-ups
+    overlap); all stopped on the way out, however it is left."""
+    try:
+        for server in servers:
+            server.launch()
+        for server in servers:
+            server.ready()
+        yield
+    finally:
+        for server in servers:
+            server.stop()
 
 
 class Gates:

@@ -32,7 +32,7 @@ from mcp_tasks.client import TaskClient
 
 from ..pg_server import fresh_database
 from .conftest import ServerFilesFactory
-from .support import TIMEOUT, Gates, HttpServer, start_task
+from .support import TIMEOUT, Gates, HttpServer, running, start_task
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,15 +112,8 @@ def pair(
     other.root.mkdir(exist_ok=True)
     args = [*journal_args, "--tools", str(ASK_TOOL)]
     servers = [HttpServer(f, extra_args=args) for f in (files, other)]
-    try:
-        for server in servers:
-            server.launch()
-        for server in servers:
-            server.ready()
+    with running(*servers):
         yield servers[0], servers[1]
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def journal_of(server: HttpServer) -> str:

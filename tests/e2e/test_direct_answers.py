@@ -29,7 +29,7 @@ import pytest
 from mcp_tasks.client import TaskClient
 
 from .conftest import ServerFilesFactory
-from .support import TIMEOUT, Gates, HttpServer, rpc_error, start_task
+from .support import TIMEOUT, Gates, HttpServer, rpc_error, running, start_task
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,15 +68,8 @@ def pair(server_files: ServerFilesFactory) -> Iterator[Pair]:
         db=direct_files.db,
     )
     direct, sdk = HttpServer(direct_files), HttpServer(sdk_files)
-    try:
-        direct.launch()
-        sdk.launch()
-        direct.ready()
-        sdk.ready()
+    with running(direct, sdk):
         yield Pair(direct, sdk)
-    finally:
-        direct.stop()
-        sdk.stop()
 
 
 class LegacySession:

@@ -17,7 +17,7 @@ import pytest
 from mcp_tasks.client import RpcError, TaskClient
 
 from .conftest import ServerFilesFactory
-from .support import HttpServer
+from .support import HttpServer, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,15 +50,8 @@ def two_processes(
         db=first_files.db,  # one journal
     )
     first, second = HttpServer(first_files), HttpServer(second_files)
-    try:
-        first.launch()
-        second.launch()
-        first.ready()
-        second.ready()
+    with running(first, second):
         yield first, second
-    finally:
-        first.stop()
-        second.stop()
 
 
 async def create(client: TaskClient, text: str) -> str:
