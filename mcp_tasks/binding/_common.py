@@ -20,6 +20,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, Final
 
 import anyio
+import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
@@ -202,6 +203,18 @@ def milliseconds(seconds: float | None) -> int | None:
     if seconds is None:
         return None
     return max(1, math.ceil(seconds * 1000))
+
+
+def argument_error_result(exc: InvalidArgumentsError) -> types.CallToolResult:
+    """Arguments a tool's schema refused, as a tool execution error.
+
+    Input validation errors are tool execution errors (2025-11-25
+    server/tools, SEP-1303): the model reads which field was wrong and can
+    correct itself. Raised by submit, so nothing was stored.
+    """
+    return types.CallToolResult(
+        content=[types.TextContent(text=str(exc))], is_error=True
+    )
 
 
 def check_arguments_size(arguments: object, limit: int) -> None:

@@ -60,13 +60,15 @@ from mcp_tasks.binding._common import (
     MODERN_VERSION,
     PushChannels,
     Requesters,
+    argument_error_result,
     check_arguments_size,
     rpc_error,
 )
-from mcp_tasks.binding._extension import task_json as modern_task_json
+from mcp_tasks.binding._extension import ExtensionTasks
 from mcp_tasks.binding._guard import error_of, reject_non_finite
 from mcp_tasks.binding._legacy import LegacyTasks, result_json
 from mcp_tasks.binding._legacy import task_json as legacy_task_json
+from mcp_tasks.binding._mrtr import capabilities_json
 from mcp_tasks.engine import Requester, TaskRuntime, tracing_on
 
 Answer = JSONRPCResponse | JSONRPCError
@@ -83,9 +85,9 @@ TASKS_GET: Final = "tasks/get"
 class DirectAnswers:
     """Answers a task's hot requests without the SDK's dispatch (module docstring).
 
-    ``render`` is the extension's ``DetailedTask`` of a task, as its
-    ``tasks/get`` handler answers it. ``on_answer`` is told the method of
-    every request answered here (``mcp_tasks_http_direct_answers_total``).
+    ``legacy`` and ``extension`` are the two wires' bindings, whose task
+    creation and ``DetailedTask`` it shares. ``on_answer`` is told the method
+    of every request answered here (``mcp_tasks_http_direct_answers_total``).
     """
 
     def __init__(
@@ -94,7 +96,7 @@ class DirectAnswers:
         requesters: Requesters,
         pushes: PushChannels,
         legacy: LegacyTasks,
-        render: Callable[[Requester, str], Awaitable[dict[str, Any]]],
+        extension: ExtensionTasks,
         server: Server[Any],
         on_answer: Callable[[str], None] | None = None,
     ) -> None:
@@ -102,7 +104,7 @@ class DirectAnswers:
         self._requesters = requesters
         self._pushes = pushes
         self._legacy = legacy
-        self._render = render
+        self._extension = extension
         # The SDK copies its stamp for every result (a handler could change
         # it); these answers are serialised at once and never changed.
         self._server_info = server.server_info_stamp
@@ -195,7 +197,7 @@ class DirectAnswers:
         """Answer a 2026-07-28 ``tasks/get`` the SDK's checks have let through."""
 
         async def get() -> dict[str, Any]:
-            return self._stamped(await self._render(requester, task_id))
+            return self._stamped(await self._extension.render(requester, task_id))
 
         return await self._modern(message, requester, get)
 
@@ -209,32 +211,23 @@ class DirectAnswers:
         """Create the task of a 2026-07-28 ``tools/call`` the SDK's checks let through."""
         params = message.params or {}
         arguments: Mapping[str, Any] = params.get("arguments") or {}
-        request_meta: dict[str, Any] = {
-            "clientCapabilities": capabilities.model_dump(
-                by_alias=True, mode="json", exclude_none=True
-            )
-        }
+        request_meta = {"clientCapabilities": capabilities_json(capabilities)}
 
         async def create() -> dict[str, Any]:
             check_arguments_size(arguments, self._runtime.settings.max_argument_bytes)
             try:
-                task = await self._runtime.submit(
-                    requester, spec.name, arguments, request_meta=request_meta
+                created = await self._extension.create_task(
+                    requester, spec, arguments, request_meta
                 )
             except InvalidArgumentsError as exc:
-                # A tool execution error the model can read (as `_call_tool`
-                # answers it), shaped by the SDK's result pipeline.
-                result = types.CallToolResult(
-                    content=[types.TextContent(text=str(exc))], is_error=True
-                )
-                dumped = result.model_dump(
+                # As `_call_tool` answers it, shaped by the SDK's result pipeline.
+                dumped = argument_error_result(exc).model_dump(
                     by_alias=True, mode="json", exclude_none=True
                 )
-                dumped = spec_methods.serialize_server_result(
+                created = spec_methods.serialize_server_result(
                     TOOLS_CALL, MODERN_VERSION, dumped
                 )
-                return self._stamped(dumped)
-            return self._stamped({"resultType": "task", **modern_task_json(task)})
+            return self._stamped(created)
 
         return await self._modern(message, requester, create)
 

@@ -50,7 +50,7 @@ from mcp_tasks.binding._direct import (
     DirectAnswers,
     modern_task_id,
 )
-from mcp_tasks.binding._extension import EXTENSION_ID, decode_name_header
+from mcp_tasks.binding._extension import declares, decode_name_header
 from mcp_tasks.binding._response_mode import SdkChangedError
 from mcp_tasks.engine import tracing_on
 
@@ -115,9 +115,7 @@ class ModernEntry:
         capabilities = _capabilities(verdict.client_capabilities)
         if capabilities is None:
             return None
-        declared = capabilities.extensions is not None and (
-            EXTENSION_ID in capabilities.extensions
-        )
+        declared = declares(capabilities)
         params = message.params or {}
         if message.method == TASKS_GET:
             task_id = modern_task_id(message.params)

@@ -67,7 +67,11 @@ def missing_extension_error() -> MCPError:
 
 def declares_extension(ctx: ServerRequestContext[Any, Any]) -> bool:
     """Whether this request's own ``_meta`` client capabilities declare the extension."""
-    capabilities = ctx.session.client_capabilities
+    return declares(ctx.session.client_capabilities)
+
+
+def declares(capabilities: types.ClientCapabilities | None) -> bool:
+    """Whether ``capabilities`` declare the extension."""
     extensions = capabilities.extensions if capabilities is not None else None
     return bool(extensions is not None and EXTENSION_ID in extensions)
 
@@ -204,6 +208,16 @@ class ExtensionTasks:
                 )
             except ProtocolError as exc:
                 raise MCPError(exc.code, exc.message, exc.data) from None
+        return await self.create_task(requester, spec, arguments, request_meta)
+
+    async def create_task(
+        self,
+        requester: Requester,
+        spec: ToolSpec,
+        arguments: Mapping[str, Any],
+        request_meta: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Submit the call's task; the create result (``resultType: "task"``)."""
         task = await self._runtime.submit(
             requester, spec.name, arguments, request_meta=request_meta
         )

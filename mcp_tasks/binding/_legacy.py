@@ -57,6 +57,7 @@ from mcp_tasks.binding._delivery import (
     serve_until_terminal,
     standalone_channel,
 )
+from mcp_tasks.binding._mrtr import capabilities_json
 from mcp_tasks.engine import Change, ChangeKind, Requester, TaskRuntime, run_preflight
 
 logger = logging.getLogger("mcp_tasks.binding.legacy")
@@ -105,28 +106,38 @@ def task_json(task: Task) -> dict[str, Any]:
     return data
 
 
-def result_json(task: Task) -> dict[str, Any]:
-    """The ``tasks/result`` answer of a finished ``task`` (read with its outcome).
+def recorded_result(task: Task) -> Mapping[str, Any] | None:
+    """The call's recorded result; None if it ended without one (cancelled first).
 
     Raises:
         ReplayedError: the call ended in a JSON-RPC error; it is answered again
             exactly as recorded.
     """
-    related = {RELATED_TASK_META: {"taskId": task.task_id}}
     outcome = task.outcome
     if outcome is not None and outcome.error is not None:
         error = outcome.error
         raise ReplayedError(
             int(error["code"]), str(error["message"]), error.get("data")
         )
-    if outcome is None or outcome.result is None:
+    return None if outcome is None else outcome.result
+
+
+def result_json(task: Task) -> dict[str, Any]:
+    """The ``tasks/result`` answer of a finished ``task`` (read with its outcome).
+
+    Raises:
+        ReplayedError: as `recorded_result`.
+    """
+    recorded = recorded_result(task)
+    if recorded is None:
         result: dict[str, Any] = {
             "content": [{"type": "text", "text": CANCELLED_TEXT}],
             "isError": True,
         }
     else:
-        result = dict(outcome.result)
+        result = dict(recorded)
     meta = result.get("_meta")
+    related = {RELATED_TASK_META: {"taskId": task.task_id}}
     result["_meta"] = {**(meta if isinstance(meta, dict) else {}), **related}
     return result
 
@@ -268,13 +279,8 @@ class LegacyTasks:
         arguments: Mapping[str, Any] = typed.arguments or {}
         check_arguments_size(arguments, self._runtime.settings.max_argument_bytes)
         ttl_seconds = _ttl_seconds(params["task"])
-        capabilities = connection.client_capabilities
         request_meta: dict[str, Any] = {
-            "clientCapabilities": (
-                capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
-                if capabilities
-                else {}
-            )
+            "clientCapabilities": capabilities_json(connection.client_capabilities)
         }
         token = (typed.meta or {}).get("progress_token")
         if token is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
@@ -49,10 +50,14 @@ def raw_request_state(ctx: ServerRequestContext[Any, Any]) -> str | None:
 
 def client_capabilities(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
     """This request's declared client capabilities as MCP JSON."""
-    caps = ctx.session.client_capabilities
-    return (
-        caps.model_dump(by_alias=True, mode="json", exclude_none=True) if caps else {}
-    )
+    return capabilities_json(ctx.session.client_capabilities)
+
+
+def capabilities_json(capabilities: types.ClientCapabilities | None) -> dict[str, Any]:
+    """Declared client capabilities as MCP JSON (``{}`` when none were declared)."""
+    if capabilities is None:
+        return {}
+    return capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 def bad_state() -> MCPError:

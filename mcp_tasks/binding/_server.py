@@ -37,9 +37,9 @@ from mcp_tasks.binding._common import (
     METHOD_NOT_FOUND,
     MODERN_VERSION,
     PushChannels,
-    ReplayedError,
     Requesters,
     Transport,
+    argument_error_result,
     check_arguments_size,
     connection_of,
     rpc_error,
@@ -65,7 +65,12 @@ from mcp_tasks.binding._http import (
     url,
     uvicorn_config,
 )
-from mcp_tasks.binding._legacy import CANCELLED_TEXT, LegacyTasks, tasks_capability
+from mcp_tasks.binding._legacy import (
+    CANCELLED_TEXT,
+    LegacyTasks,
+    recorded_result,
+    tasks_capability,
+)
 from mcp_tasks.binding._listen import TaskNotifications
 from mcp_tasks.binding._mrtr import client_capabilities
 from mcp_tasks.binding._ops import OpsRoutes, standard_routes
@@ -237,7 +242,7 @@ class McpTasksServer:
                     self.requesters,
                     self.pushes,
                     self.legacy,
-                    self.extension.render,
+                    self.extension,
                     self.server,
                     on_answer=metrics.direct_answered,
                 )
@@ -390,12 +395,7 @@ class McpTasksServer:
                 raise TaskSupportError(spec.name, required=True)
             return await self.call_now(ctx, self.requesters.of(ctx), spec, arguments)
         except InvalidArgumentsError as exc:
-            # Input validation errors are tool execution errors (2025-11-25
-            # server/tools, SEP-1303): the model reads which field was wrong and
-            # can correct itself. Raised by submit, so nothing was stored.
-            return types.CallToolResult(
-                content=[types.TextContent(text=str(exc))], is_error=True
-            )
+            return argument_error_result(exc)
         except McpTasksError as exc:
             raise rpc_error(exc) from None
 
@@ -667,17 +667,12 @@ async def _forward_log(
 
 
 def _call_result(task: Task) -> types.CallToolResult:
-    outcome = task.outcome
-    if outcome is not None and outcome.error is not None:
-        error = outcome.error
-        raise ReplayedError(
-            int(error["code"]), str(error["message"]), error.get("data")
-        )
-    if outcome is None or outcome.result is None:
+    recorded = recorded_result(task)
+    if recorded is None:
         return types.CallToolResult(
             content=[types.TextContent(text=CANCELLED_TEXT)], is_error=True
         )
-    return types.CallToolResult.model_validate(outcome.result, by_name=False)
+    return types.CallToolResult.model_validate(recorded, by_name=False)
 
 
 async def _end_sessions(server: Server[Any]) -> None:

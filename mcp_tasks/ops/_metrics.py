@@ -179,7 +179,7 @@ class Metrics:
         )
         self.direct_answers = Counter(
             f"{PREFIX}_http_direct_answers",
-            "Task reads this process answered without the SDK's dispatch, by method",
+            "Requests this process answered without the SDK's dispatch, by method",
             ["method"],
             registry=self.registry,
         )

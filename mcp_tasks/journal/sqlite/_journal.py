@@ -329,8 +329,8 @@ class SqliteJournal:
     def _read_now(self, name: str, *params: Any) -> list[Any] | None:
         """Run a small read on the event loop; None if it would have to wait.
 
-        A thread hop costs more than a primary-key lookup (`benchmarks/
-        RESULTS.md`, "reads on the event loop"), but the loop must never
+        A thread hop costs more than a primary-key lookup
+        (`benchmarks/sqlite_thread_hop.py`), but the loop must never
         wait on SQLite's locks (a checkpoint, WAL recovery by another
         process): this connection has no busy timeout, and a read that meets
         a lock returns None for the caller to go through `_read` instead.
@@ -386,6 +386,7 @@ class SqliteJournal:
         # one primary-key lookup, done on the loop. A queued task's place in
         # its queue (a count) and a stored outcome (up to 16 MB) are read on
         # the reader's thread, as is everything when the quick read would wait.
+        place = ("tasks.outcome", task_id)
         quick = self._read_now("get_task_quick", task_id)
         if quick is not None:
             if not quick:
@@ -395,9 +396,8 @@ class SqliteJournal:
             if not queued and not (outcome and has_outcome):
                 return _rows.task_from_row(row, None, None, sealing=self._sealing)
             text = None if queued else self._outcome_now(seq)
-            if text is not None:
-                data = self._sealing.loads(text, "tasks.outcome", task_id)
-                loaded = _rows.outcome_from(data)
+            if text is not None:  # small: parsed here, as the full read would
+                loaded = _rows.outcome_from(self._sealing.loads(text, *place))
                 return _rows.task_from_row(row, loaded, None, sealing=self._sealing)
         rows = await self._read("get_task", int(outcome), task_id)
         if not rows:
@@ -407,7 +407,6 @@ class SqliteJournal:
         client_limit: int | None = row[_rows.TASK_COLUMNS + 1]
         loaded = None
         if text is not None:
-            place = ("tasks.outcome", task_id)
             if len(text) > _rows.LARGE_JSON_CHARS:
                 # Parsing a very large result would stall every other client.
                 data = await anyio.to_thread.run_sync(
