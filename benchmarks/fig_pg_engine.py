@@ -2,16 +2,19 @@
 
 **Engine.** 64 submitters (each its own client id) call `TaskRuntime.submit`
 back to back while the engine's 8 workers claim and complete the no-op tasks;
-the figure is tasks/s from the first submit until every task is completed.
+the figure is tasks/s from the first submit until the last run's end is
+committed (counted as the journal returns it, as the peers' harnesses count
+their jobs; the journal's counts are checked afterwards, off the clock).
 
 **Raw ceiling.** The same SQL statements from a plain psycopg loop with no
 engine: the same pool size, 64 submitter coroutines calling ``submit_task``,
 and a dispatcher that claims up to its free workers' worth with ``claim``
 (the engine's batching: claims are counted in both runs and reported), each
 claimed task finished by the journal's ``finish`` statement (``finish_task``,
-which also records the change), grouped as the journal groups them (its
-`FinishGroup`: finishes that arrive during a commit share the next
-transaction). No asyncio task per run beyond what that needs, no feed
+which also records the change), submits and finishes grouped as the journal
+groups them (its `GroupCommit`: writes that arrive during a commit share the
+next transaction, one statement), and a worker freed while its task's end
+commits, as the engine frees it. No asyncio task per run beyond what that needs, no feed
 follower, no heartbeat, no engine book-keeping.
 
 Both run on fresh databases of one server, alternately, ``trials`` times; the
@@ -38,12 +41,16 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from mcp_tasks import OwnerId, Requester, Settings, TaskRuntime
-from mcp_tasks._model import TaskStatus, new_task_id
-from mcp_tasks.journal import Claimed, Journal, open_journal
+from mcp_tasks._model import Task, TaskStatus, new_task_id
+from mcp_tasks.journal import Claimed, Journal, Lease, open_journal
 from mcp_tasks.journal._records import NewTask
 from mcp_tasks.journal._sql import queries
-from mcp_tasks.journal.postgres._group_commit import FinishGroup
-from mcp_tasks.journal.postgres._journal import DEFAULT_POOL_SIZE, finish_group
+from mcp_tasks.journal.postgres._group_commit import GroupCommit
+from mcp_tasks.journal.postgres._journal import (
+    DEFAULT_POOL_SIZE,
+    finish_group,
+    submit_group,
+)
 from mcp_tasks.journal.postgres._schema import PACKAGE
 from mcp_tasks.journal.sqlite import _rows
 
@@ -83,11 +90,16 @@ class ClaimCounter:
 
 
 class CountingJournal:
-    """A journal that counts its non-empty claims (everything else passes through)."""
+    """A journal that counts its non-empty claims and its committed run ends
+    (everything else passes through)."""
 
-    def __init__(self, inner: Journal, counter: ClaimCounter) -> None:
+    def __init__(self, inner: Journal, counter: ClaimCounter, total: int) -> None:
         self._inner = inner
         self._counter = counter
+        self._total = total
+        self._finished = 0
+        #: Set once ``total`` runs ended: their ends are committed.
+        self.all_finished = anyio.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -100,6 +112,14 @@ class CountingJournal:
             self._counter.calls += 1
             self._counter.tasks += len(claimed)
         return claimed
+
+    async def finish(self, lease: Lease, *args: Any, **kwargs: Any) -> Task | None:
+        ended = await self._inner.finish(lease, *args, **kwargs)
+        if ended is not None:
+            self._finished += 1
+            if self._finished == self._total:
+                self.all_finished.set()
+        return ended
 
 
 def _settings() -> Settings:
@@ -126,7 +146,7 @@ async def engine_run(url: str, per_submitter: int) -> RunFigures:
     counter = ClaimCounter()
     total = SUBMITTERS * per_submitter
     async with open_journal(url) as inner:
-        journal = CountingJournal(inner, counter)
+        journal = CountingJournal(inner, counter, total)
         runtime = TaskRuntime(
             journal,  # type: ignore[arg-type]  # a pass-through proxy
             _settings(),
@@ -145,11 +165,15 @@ async def engine_run(url: str, per_submitter: int) -> RunFigures:
             async with anyio.create_task_group() as tg:
                 for index in range(SUBMITTERS):
                     tg.start_soon(submitter, index)
+            # As the peers' harnesses do: wait for the last run's end (here
+            # its commit), then check the journal agrees, outside the clock.
             with anyio.fail_after(DRAIN_TIMEOUT):
-                while any(load.unfinished for load in await runtime.load()):  # noqa: ASYNC110
-                    await anyio.sleep(0.005)  # a bounded poll of the journal's counts
+                await journal.all_finished.wait()
             elapsed = time.perf_counter() - start
             cpu = time.process_time() - cpu
+            unfinished = [load for load in await runtime.load() if load.unfinished]
+            if unfinished:
+                raise RuntimeError(f"runs ended but tasks are unfinished: {unfinished}")
     return RunFigures(total / elapsed, counter.mean_batch, cpu * 1000 / total)
 
 
@@ -181,12 +205,26 @@ class RawLoop:
         self.pool = pool
         self.total = total
         self.free = anyio.Semaphore(WORKERS)
+        #: Runs whose worker was freed while their end commits.
+        self.recording = 0
         self.done = 0
         self.finished = anyio.Event()
         self.counter = ClaimCounter()
-        # The journal's batching of run ends (its group commit), over plain
-        # statements: the same transactions the journal sends.
-        self.finishes = FinishGroup(self.finish_group, self.finish_one, _ignore)
+        # The journal's batching of submits and run ends (its group commit),
+        # over plain statements: the same transactions the journal sends.
+        self.submits = GroupCommit(self.submit_group, self.submit_one, _ignore)
+        self.finishes = GroupCommit(self.finish_group, self.finish_one, _ignore)
+
+    async def submit_one(self, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(_SQL["submit_task"], params)
+            return await cursor.fetchall()
+
+    async def submit_group(
+        self, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
+    ) -> list[list[tuple[Any, ...]]]:
+        async with self.pool.connection() as conn:
+            return await submit_group(conn, task_ids, calls)
 
     async def finish_one(self, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         async with self.pool.connection() as conn:
@@ -203,17 +241,25 @@ class RawLoop:
         for _ in range(count):
             task = _new_task(index)
             params = (*_rows.new_task_row(task), task.concurrency, task.backlog)
-            async with self.pool.connection() as conn:
-                await conn.execute(_SQL["submit_task"], params)
+            await self.submits.call(task.task_id, params)
 
     async def finish(self, tid: str, attempt: int) -> None:
         now = time.time()
-        await self.finishes.finish(
+        # As the engine does: the worker is free while the end commits, for
+        # at most WORKERS runs at a time (`Dispatcher.tool_returned`).
+        early = self.recording < WORKERS
+        if early:
+            self.recording += 1
+            self.free.release()
+        await self.finishes.call(
             tid,
             (TaskStatus.COMPLETED.value, None, now, self.OUTCOME, None, now + 60,
              tid, self.HOLDER, attempt, "completed"),
         )  # fmt: skip
-        self.free.release()
+        if early:
+            self.recording -= 1
+        else:
+            self.free.release()
         self.done += 1
         if self.done == self.total:
             self.finished.set()
@@ -262,13 +308,14 @@ async def raw_run(url: str, per_submitter: int) -> RunFigures:
         start = time.perf_counter()
         cpu = time.process_time()
         async with anyio.create_task_group() as tg:
+            tg.start_soon(loop.submits.run)
             tg.start_soon(loop.finishes.run)
             tg.start_soon(loop.dispatcher)
             for index in range(SUBMITTERS):
                 tg.start_soon(loop.submitter, index, per_submitter)
             with anyio.fail_after(DRAIN_TIMEOUT):
                 await loop.finished.wait()
-            tg.cancel_scope.cancel()  # the finishes' flusher
+            tg.cancel_scope.cancel()  # the flushers
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu
     return RunFigures(

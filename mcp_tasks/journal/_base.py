@@ -64,7 +64,9 @@ class Journal(Protocol):
 
         The engine uses it to read the change feed at once rather than at its
         next poll; other processes' commits are found by polling (or a
-        backend's notifications).
+        backend's notifications). A backend may leave out commits no one
+        waits on (PostgreSQL leaves out claims: a claim never frees a slot or
+        makes work claimable); their changes arrive with the next read.
         """
         ...
 

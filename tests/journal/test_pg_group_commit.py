@@ -1,15 +1,16 @@
-"""Group commit of run ends on PostgreSQL (`FinishGroup`).
+"""Group commit of submits and run ends on PostgreSQL (`GroupCommit`).
 
-With fakes: finishes that arrive while one commits share the next
-transaction, each caller gets its own rows, a failing group is retried one by
-one, and nobody waits forever when the journal closes. On a real server:
-one transaction carries the group, every finish keeps its own fence, and the
-group runs in (owner, task id) order, the lock order that keeps two
-replicas' groups from deadlocking.
+With fakes: writes that arrive while one commits share the next transaction,
+each caller gets its own rows, a failing group is retried one by one, and
+nobody waits forever when the journal closes. On a real server: one
+transaction carries the group, every finish keeps its own fence and every
+submit its own backlog check, a bad submit fails alone, and the group runs in
+owner order, the lock order that keeps two replicas' groups from deadlocking.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,11 +18,12 @@ import anyio
 import psycopg
 import pytest
 
-from mcp_tasks._exceptions import JournalError
+from mcp_tasks._exceptions import CapacityError, JournalError
 from mcp_tasks._model import Outcome, OwnerId, Task, TaskStatus
 from mcp_tasks.journal import Claimed, Lease
+from mcp_tasks.journal._records import NewTask
 from mcp_tasks.journal.postgres import PostgresJournal
-from mcp_tasks.journal.postgres._group_commit import FinishGroup, Row
+from mcp_tasks.journal.postgres._group_commit import GroupCommit, Row
 
 from .contract.support import LEASE, T0, new_task
 from .test_postgres import _sql
@@ -65,11 +67,11 @@ class FakeDatabase:
 
 async def test_finishes_arriving_during_a_commit_share_the_next_transaction() -> None:
     db = FakeDatabase()
-    group = FinishGroup(db.run_group, db.run_one, db.committed)
+    group = GroupCommit(db.run_group, db.run_one, db.committed)
     got: dict[str, list[Row]] = {}
 
     async def finish(task_id: str) -> None:
-        got[task_id] = await group.finish(task_id, (task_id, "payload"))
+        got[task_id] = await group.call(task_id, (task_id, "payload"))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(group.run)
@@ -95,12 +97,12 @@ async def test_a_failed_group_is_retried_one_by_one_so_a_bad_finish_fails_alone(
     db.hold_first.set()
     db.failing_group = True
     db.bad = {"t2"}
-    group = FinishGroup(db.run_group, db.run_one, db.committed)
+    group = GroupCommit(db.run_group, db.run_one, db.committed)
     got: dict[str, list[Row] | BaseException] = {}
 
     async def finish(task_id: str) -> None:
         try:
-            got[task_id] = await group.finish(task_id, (task_id,))
+            got[task_id] = await group.call(task_id, (task_id,))
         except JournalError as exc:  # pragma: no cover - not raised here
             got[task_id] = exc
         except psycopg.Error as exc:
@@ -127,12 +129,12 @@ async def test_a_failed_group_is_retried_one_by_one_so_a_bad_finish_fails_alone(
 
 async def test_finishes_still_waiting_when_the_journal_closes_fail_not_hang() -> None:
     db = FakeDatabase()
-    group = FinishGroup(db.run_group, db.run_one, db.committed)
+    group = GroupCommit(db.run_group, db.run_one, db.committed)
     errors: list[BaseException] = []
 
     async def finish(task_id: str) -> None:
         try:
-            await group.finish(task_id, (task_id,))
+            await group.call(task_id, (task_id,))
         except JournalError as exc:
             errors.append(exc)
 
@@ -148,7 +150,7 @@ async def test_finishes_still_waiting_when_the_journal_closes_fail_not_hang() ->
     assert len(errors) == 3
     assert all("journal" in str(error) for error in errors)
     with pytest.raises(JournalError, match="closed"):
-        await group.finish("t3", ("t3",))
+        await group.call("t3", ("t3",))
 
 
 # ------------------------------------------------------------ a real server
@@ -204,3 +206,74 @@ async def test_one_transaction_carries_a_group_each_finish_fenced_in_lock_order(
     ran = [str(row[0]) for row in positions]
     assert ran == sorted(ran)
     assert set(ran) == set(owners)
+
+
+async def test_submits_arriving_together_share_one_transaction_in_lock_order(
+    postgres_db_url: str,
+) -> None:
+    commits: list[int] = []
+    tasks = [new_task(OwnerId(name)) for name in ("zoe", "adam", "mia") * 2]
+    # A client with room for one: the second of its submits in the same
+    # group is refused by its own backlog check, the others go ahead.
+    full = [new_task(OwnerId("full"), backlog=1) for _ in range(2)]
+    async with PostgresJournal.open(postgres_db_url, pool_size=2) as journal:
+        journal.observe_commits(lambda _seconds, writes: commits.append(writes))
+        refused: list[str] = []
+
+        async def submit(task: NewTask) -> None:
+            try:
+                await journal.submit(task)
+            except CapacityError:
+                refused.append(task.task_id)
+
+        # The flusher runs after every submit below has queued: one group.
+        async with anyio.create_task_group() as tg:
+            for task in [*tasks, *full]:
+                tg.start_soon(submit, task)
+        assert commits == [len(tasks) + len(full)]
+        assert refused == [full[1].task_id]
+        for task in [*tasks, full[0]]:
+            stored = await journal.get(task.task_id)
+            assert stored is not None
+            assert stored.status is TaskStatus.WORKING
+        assert await journal.get(full[1].task_id) is None
+        loads = {load.owner_id: load.queued for load in await journal.load()}
+    assert loads == {"adam": 2, "full": 1, "mia": 2, "zoe": 2}
+    submitted = _sql(
+        postgres_db_url,
+        "SELECT owner_id FROM task_changes WHERE reason = 'submitted' ORDER BY position",
+    )
+    ran = [str(row[0]) for row in submitted]
+    assert ran == sorted(ran)  # by owner, whatever order they arrived in
+
+
+async def test_a_submit_that_fails_its_group_fails_alone(postgres_db_url: str) -> None:
+    commits: list[int] = []
+    first = new_task(OwnerId("adam"))
+    again = dataclasses.replace(first, owner_id=OwnerId("zoe"))  # same task id
+    others = [new_task(OwnerId("mia")) for _ in range(3)]
+    async with PostgresJournal.open(postgres_db_url, pool_size=2) as journal:
+        journal.observe_commits(lambda _seconds, writes: commits.append(writes))
+        failed: list[BaseException] = []
+
+        async def submit(task: NewTask) -> None:
+            try:
+                await journal.submit(task)
+            except JournalError as exc:
+                failed.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for task in [first, *others, again]:
+                tg.start_soon(submit, task)
+        # The group's statement failed on the duplicate id; then each submit
+        # was tried alone: every other one stored, the duplicate refused.
+        (error,) = failed
+        assert "task_id" in str(error)
+        assert commits == [1, 1, 1, 1]
+        stored = await journal.get(first.task_id)
+        assert stored is not None
+        assert stored.owner_id == "adam"
+        for task in others:
+            assert await journal.get(task.task_id) is not None
+        loads = {load.owner_id: load.queued for load in await journal.load()}
+    assert loads == {"adam": 1, "mia": 3}

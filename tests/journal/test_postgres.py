@@ -40,6 +40,7 @@ from mcp_tasks.journal._sealing import add_key
 from mcp_tasks.journal._sql import migrations, queries
 from mcp_tasks.journal.postgres import PostgresJournal
 from mcp_tasks.journal.postgres._journal import PURGE_BATCH
+from mcp_tasks.journal.postgres._listener import CHANNEL
 from mcp_tasks.journal.postgres._schema import PACKAGE, redacted, supported_version
 from mcp_tasks.journal.sqlite import _rows
 
@@ -217,6 +218,41 @@ async def test_a_journal_closed_right_after_a_write_still_wakes_the_others(
     assert [
         r.getMessage() for r in caplog.records if r.name.startswith("psycopg")
     ] == []
+
+
+async def test_notifies_under_load_are_spaced_and_the_last_is_sent_at_close(
+    postgres_db_url: str,
+) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        postgres_db_url, autocommit=True
+    ) as listening:
+        await listening.execute(f"LISTEN {CHANNEL}")
+        heard: list[str] = []
+        async with PostgresJournal.open(
+            postgres_db_url, listen=False, notify_spacing=3600
+        ) as writer:
+            await writer.submit(new_task())
+            # The first commit after a quiet spell is announced at once...
+            heard += [
+                note.payload
+                async for note in listening.notifies(timeout=5, stop_after=1)
+            ]
+            assert len(heard) == 1
+            # ...the next ones wait out the spacing, all under one NOTIFY,
+            for _ in range(20):
+                await writer.submit(new_task())
+        # ...sent when the journal closes, not lost.
+        async with await psycopg.AsyncConnection.connect(
+            postgres_db_url, autocommit=True
+        ) as marker:
+            await marker.execute("SELECT pg_notify(%s, 'marker')", (CHANNEL,))
+        # Notifications arrive in commit order: the marker comes last.
+        async for note in listening.notifies(timeout=5):
+            if note.payload == "marker":
+                break
+            heard.append(note.payload)
+    first, last = heard  # two, the second sent at close
+    assert first == last
 
 
 class _Seen:

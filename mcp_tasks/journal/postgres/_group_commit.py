@@ -1,21 +1,21 @@
-"""Group commit of run ends: finishes that arrive together share one transaction.
+"""Group commit: writes of one kind that arrive together share one transaction.
 
-Ending a run is the journal's most frequent write, and on PostgreSQL each
-write costs a round trip and a commit (a WAL flush). Under load many runs end
-within a commit's time of each other, so `FinishGroup` gathers them: one
-task, the flusher, commits whatever has arrived since its last commit as one
-transaction (the statements pipelined, one round trip), and each caller gets
-its own row back. An idle journal sends a lone finish at once, as before, so
-grouping adds no latency; it only stops finishes from queueing for pool
-connections and commits one by one.
+Submitting a task and ending a run are the journal's most frequent writes,
+and on PostgreSQL each write costs a round trip and a commit (a WAL flush).
+Under load many arrive within a commit's time of each other, so a
+`GroupCommit` gathers them: one task, the flusher, commits whatever has
+arrived since its last commit as one transaction (one statement for the
+group), and each caller gets its own rows back. An idle journal sends a lone
+write at once, as before, so grouping adds no latency; it only stops writes
+from queueing for pool connections and committing one by one.
 
-Every finish keeps its own fence (``finish_task`` checks the lease row by
-row), so grouping never lets a stale holder end a task. Within a group the
-finishes run ordered by owner, then task id (`RunGroup` looks the owners up
-first): each finish locks its task's row and then its client's counters row,
-so two processes' groups take the counters' locks in the same order and
+Each write in a group stays what it was alone: a finish keeps its own fence
+(``finish_task`` checks the lease row by row), so grouping never lets a stale
+holder end a task, and a submit its own backlog check. Within a group the
+writes run ordered by owner (`RunGroup` sorts them): each locks its client's
+counters row, so two processes' groups take those locks in the same order and
 cannot deadlock each other. If a group's transaction fails, each of its
-finishes is tried again on its own, so one bad row cannot fail the others.
+writes is tried again on its own, so one bad row cannot fail the others.
 """
 
 from __future__ import annotations
@@ -33,16 +33,16 @@ from mcp_tasks._exceptions import JournalError
 
 logger = logging.getLogger("mcp_tasks.journal")
 
-#: The most finishes one transaction carries (bounds its locks and its time).
+#: The most writes one transaction carries (bounds its locks and its time).
 MAX_GROUP: Final = 64
 
 Row = tuple[Any, ...]
-#: Runs a group in one transaction, ordered by owner then task id (the task
-#: ids given); each call's rows, in the order given.
+#: Runs a group in one transaction, in lock order (by owner; the keys given
+#: are the writes' task ids); each call's rows, in the order given.
 RunGroup = Callable[
     [Sequence[str], Sequence[Sequence[Any]]], Awaitable[list[list[Row]]]
 ]
-#: Runs one finish as its own transaction (deadlock retries included).
+#: Runs one write as its own transaction (deadlock retries included).
 RunOne = Callable[[Sequence[Any]], Awaitable[list[Row]]]
 #: Told after each group commits: (seconds from the oldest arrival, size).
 Committed = Callable[[float, int], None]
@@ -50,7 +50,7 @@ Committed = Callable[[float, int], None]
 
 @dataclass
 class _Waiting:
-    """One finish waiting for its group's commit."""
+    """One write waiting for its group's commit."""
 
     params: Sequence[Any]
     task_id: str
@@ -60,11 +60,11 @@ class _Waiting:
     error: BaseException | None = None
 
 
-class FinishGroup:
-    """Gathers concurrent finishes and commits each gathering as one transaction.
+class GroupCommit:
+    """Gathers concurrent writes and commits each gathering as one transaction.
 
-    `run` is the flusher (started in the journal's task group); `finish`
-    queues one finish and waits for its rows.
+    `run` is the flusher (started in the journal's task group); `call`
+    queues one write and waits for its rows.
     """
 
     def __init__(self, run_group: RunGroup, run_one: RunOne, committed: Committed):
@@ -75,8 +75,8 @@ class FinishGroup:
         self._wake = anyio.Event()
         self._closed = False
 
-    async def finish(self, task_id: str, params: Sequence[Any]) -> list[Row]:
-        """Queue one ``finish_task`` call; its rows once its group committed.
+    async def call(self, task_id: str, params: Sequence[Any]) -> list[Row]:
+        """Queue one write (of task ``task_id``); its rows once its group committed.
 
         Raises:
             JournalError: the write failed (or the journal closed first).
@@ -95,7 +95,7 @@ class FinishGroup:
     async def run(self) -> None:
         """The flusher: commit whatever has arrived, until cancelled.
 
-        On the way out, finishes still queued are failed, never left waiting.
+        On the way out, writes still queued are failed, never left waiting.
         """
         try:
             while True:
@@ -128,7 +128,7 @@ class FinishGroup:
                 self._fail(group, exc)
                 return
             logger.debug(
-                "a group of %d finishes failed (%s); one by one", len(group), exc
+                "a group of %d writes failed (%s); one by one", len(group), exc
             )
             await self._one_by_one(group)
             return

@@ -70,7 +70,7 @@ from mcp_tasks.journal._sealing import (
     resealed_row,
 )
 from mcp_tasks.journal._sql import queries
-from mcp_tasks.journal.postgres._group_commit import FinishGroup, Row
+from mcp_tasks.journal.postgres._group_commit import GroupCommit, Row
 from mcp_tasks.journal.postgres._listener import CHANNEL, Listener
 from mcp_tasks.journal.postgres._schema import PACKAGE, migrate, redacted
 from mcp_tasks.journal.sqlite import _rows
@@ -89,6 +89,8 @@ PURGE_BATCH: Final = 500
 CONNECT_TIMEOUT_SECONDS: Final = 10
 #: Bound on sending the last NOTIFY when the journal closes, in seconds.
 CLOSING_NOTIFY_SECONDS: Final = 2.0
+#: The least time between two NOTIFYs of one process (see `_notifier`).
+NOTIFY_SPACING_SECONDS: Final = 0.01
 #: ``before_seq`` when none is given: past any position a ``bigint`` can hold.
 _NO_SEQ_LIMIT: Final = 2**63 - 1
 
@@ -133,26 +135,40 @@ async def _change(
     )  # fmt: skip
 
 
+async def submit_group(
+    conn: Connection, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
+) -> list[list[Row]]:
+    """``submit_task`` calls as one statement (one transaction) on ``conn``.
+
+    ``submit_tasks`` runs them in owner order (the lock order, see
+    `_group_commit`); each call's rows (its one ``(submitted,)``) come back in
+    the order given.
+    """
+    return await _grouped(conn, "submit_group", calls)
+
+
 async def finish_group(
     conn: Connection, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
 ) -> list[list[Row]]:
-    """``finish`` calls (for ``task_ids``) as one transaction on ``conn``.
+    """``finish`` calls as one statement (one transaction) on ``conn``.
 
-    They run in (owner, task id) order, the lock order that keeps two
-    processes' groups from deadlocking (see `_group_commit`), pipelined;
-    each call's rows come back in the order given.
+    ``finish_tasks`` runs them in (owner, task id) order, the lock order that
+    keeps two processes' groups from deadlocking (see `_group_commit`); each
+    call's rows (none when its fence did not hold) in the order given.
     """
-    async with conn.transaction():
-        cursor = await conn.execute(_SQL["owners_of"], (list(task_ids),))
-        owners = dict(await cursor.fetchall())
-        order = sorted(
-            range(len(calls)), key=lambda i: (owners.get(task_ids[i], ""), task_ids[i])
-        )
-        results: list[list[Row]] = [[] for _ in calls]
-        async with conn.pipeline():
-            cursors = [(i, await conn.execute(_SQL["finish"], calls[i])) for i in order]
-        for i, done in cursors:
-            results[i] = await done.fetchall()
+    return await _grouped(conn, "finish_group", calls)
+
+
+async def _grouped(
+    conn: Connection, name: str, calls: Sequence[Sequence[Any]]
+) -> list[list[Row]]:
+    # One array per parameter, one element per call; rows come back tagged
+    # with their call's 1-based index.
+    columns = [list(column) for column in zip(*calls, strict=True)]
+    cursor = await conn.execute(_SQL[name], columns)
+    results: list[list[Row]] = [[] for _ in calls]
+    for row in await cursor.fetchall():
+        results[int(row[0]) - 1].append(row[1:])
     return results
 
 
@@ -165,8 +181,10 @@ class PostgresJournal:
         url: str,
         pool: AsyncConnectionPool[Connection],
         sealing: Sealing = NO_SEALING,
+        notify_spacing: float = NOTIFY_SPACING_SECONDS,
     ) -> None:
         self._location = redacted(url)
+        self._notify_spacing = notify_spacing
         self._sealing = sealing
         self._pool = pool
         self._committed: list[Callable[[], None]] = []
@@ -178,8 +196,9 @@ class PostgresJournal:
         self._notify_idle.set()
         #: Our NOTIFY payload, so our own listener can ignore our own wake-ups.
         self._id = secrets.token_hex(8)
-        #: Run ends committed together (see `_group_commit`).
-        self._finishes = FinishGroup(self._finish_group, self._finish_one, self._told)
+        #: Submits, and run ends, committed together (see `_group_commit`).
+        self._submits = GroupCommit(self._submit_group, self._submit_one, self._told)
+        self._finishes = GroupCommit(self._finish_group, self._finish_one, self._told)
 
     @classmethod
     @asynccontextmanager
@@ -192,6 +211,7 @@ class PostgresJournal:
         listen: bool = True,
         prepared_statements: bool = True,
         sealing: Sealing = NO_SEALING,
+        notify_spacing: float = NOTIFY_SPACING_SECONDS,
     ) -> AsyncGenerator[PostgresJournal]:
         """Open (creating or migrating the schema of) the database at ``url``.
 
@@ -209,6 +229,8 @@ class PostgresJournal:
                 server-side prepared statements (PgBouncer in transaction
                 mode before 1.21).
             sealing: Encrypts values at rest (`mcp_tasks.journal._sealing`).
+            notify_spacing: The least seconds between two of this process's
+                NOTIFYs (the first after a quiet spell goes at once).
 
         Raises:
             JournalSchemaError: the database was written by a newer mcp-tasks.
@@ -263,10 +285,11 @@ class PostgresJournal:
             raise JournalError(
                 f"{location}: cannot open the journal: {_one_line(exc)}"
             ) from exc
-        journal = cls(url, pool, sealing)
+        journal = cls(url, pool, sealing, notify_spacing)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(journal._notifier)
+                tg.start_soon(journal._submits.run)
                 tg.start_soon(journal._finishes.run)
                 if listen:
                     listener = Listener(
@@ -328,12 +351,18 @@ class PostgresJournal:
         journal write of every process. Commits made while one NOTIFY is sent
         are covered by the next one. A lost NOTIFY costs only latency: every
         process polls.
+
+        Under load commits come far faster than wake-ups are worth sending
+        (each is a round trip and a transaction): after one NOTIFY the next
+        waits ``notify_spacing`` (10 ms), covering every commit made
+        meanwhile. The first commit after a quiet spell is announced at once.
         """
         while True:
             await self._notify_wake.wait()
             self._notify_wake = anyio.Event()
             if self._notify_pending:  # not already sent by `_flush_notify`
                 await self._send_notify()
+                await anyio.sleep(self._notify_spacing)
 
     async def _send_notify(self) -> None:
         """One NOTIFY covering every commit made so far."""
@@ -426,25 +455,37 @@ class PostgresJournal:
                 raise JournalError(f"journal write failed: {exc}") from exc
         raise AssertionError("unreachable")
 
+    async def _submit_one(self, params: Sequence[Any]) -> list[Row]:
+        return await self._statement("submit_task", params)
+
+    async def _submit_group(
+        self, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
+    ) -> list[list[Row]]:
+        """Several submits in one transaction (see `submit_group`).
+
+        Raises psycopg errors as they are: `GroupCommit` then runs each
+        submit on its own (with `_submit_one`'s retries), so a lost deadlock
+        or one failing row costs a retry, never another task's submit.
+        """
+        async with self._pool.connection() as conn:
+            return await submit_group(conn, task_ids, calls)
+
     async def _finish_one(self, params: Sequence[Any]) -> list[Row]:
         return await self._statement("finish", params)
 
     async def _finish_group(
         self, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
     ) -> list[list[Row]]:
-        """Several finishes in one transaction, in (owner, task id) order.
-
-        Raises psycopg errors as they are: `FinishGroup` then runs each finish
-        on its own (with `_finish_one`'s retries), so a lost deadlock or one
-        failing row costs a retry, never another task's outcome.
-        """
+        """Several finishes in one transaction (see `finish_group`); errors
+        as for `_submit_group`."""
         async with self._pool.connection() as conn:
             return await finish_group(conn, task_ids, calls)
 
     # ---------------------------------------------------------- submit, read
 
     async def submit(self, task: NewTask, settled: Settled | None = None) -> Task:
-        # One statement (its own transaction): one round trip per submit.
+        # One statement (its own transaction), or a share of one when other
+        # submits arrive during a commit (`GroupCommit`).
         params = (
             *_rows.new_task_row(task, self._sealing),
             task.concurrency,
@@ -455,7 +496,7 @@ class PostgresJournal:
             # The insert goes ahead even if our caller is cancelled meanwhile,
             # and `settled` hears how it ended.
             with anyio.CancelScope(shield=True):
-                rows = await self._call("submit_task", *params)
+                rows = await self._submits.call(task.task_id, params)
                 if not rows[0][0]:
                     raise CapacityError(task.owner_id, task.backlog)
         except BaseException as exc:
@@ -567,7 +608,15 @@ class PostgresJournal:
     async def claim(
         self, holder: str, lease_expires_at: float, limit: int, at: float
     ) -> list[Claimed]:
-        rows = await self._call("claim", holder, lease_expires_at, limit, at)
+        # A claim is news to no one at once: it never frees a slot or makes
+        # work claimable, and the claimed task's run is here. So it wakes no
+        # follower (ours or, by NOTIFY, another process's): they read its
+        # change with the next one, or at their next poll. Under load that
+        # spares a feed read and a NOTIFY per claim.
+        started = time.perf_counter()
+        rows = await self._statement("claim", (holder, lease_expires_at, limit, at))
+        for observer in self._commit_observers:
+            observer(time.perf_counter() - started, 1)
         return [
             Claimed(
                 lease=Lease(TaskId(tid), holder, attempts),
@@ -614,7 +663,7 @@ class PostgresJournal:
         )
         message = self._sealing.seal_optional(message, MESSAGE, lease.task_id)
         keep_until, _ = _retention_params(at)
-        rows = await self._finishes.finish(
+        rows = await self._finishes.call(
             lease.task_id,
             (status.value, message, at, encoded, tool_error, keep_until,
              *_fence(lease), reason),

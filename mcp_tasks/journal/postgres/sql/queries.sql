@@ -10,6 +10,12 @@
 -- submit_task --
 SELECT submit_task(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 
+-- submit_group --
+SELECT i, submitted FROM submit_tasks(
+    %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[],
+    %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::integer[],
+    %s::text[], %s::integer[], %s::integer[])
+
 -- insert_change --
 SELECT add_change(%s, %s, %s, %s, %s, %s, %s, %s)
 
@@ -80,9 +86,6 @@ SELECT task_id, owner_id, tool_name, arguments, request_meta, attempts, retries,
        created_at
 FROM claim(%s, %s, %s, %s)
 
--- owners_of --
-SELECT task_id, owner_id FROM tasks WHERE task_id = ANY(%s)
-
 -- claimable --
 SELECT 1 FROM clients WHERE queued > 0 AND running < concurrency LIMIT 1
 
@@ -102,6 +105,16 @@ SELECT task_id, owner_id, tool_name, status, status_message, created_at,
        updated_at, ttl_seconds, poll_interval_seconds, listed, tool_error,
        progress, progress_total, NULL
 FROM finish_task(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+
+-- finish_group --
+SELECT f.i, (f.ended).task_id, (f.ended).owner_id, (f.ended).tool_name,
+       (f.ended).status, (f.ended).status_message, (f.ended).created_at,
+       (f.ended).updated_at, (f.ended).ttl_seconds, (f.ended).poll_interval_seconds,
+       (f.ended).listed, (f.ended).tool_error, (f.ended).progress,
+       (f.ended).progress_total, NULL
+FROM finish_tasks(
+    %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[], %s::float8[],
+    %s::text[], %s::text[], %s::integer[], %s::text[]) f
 
 -- cancel --
 UPDATE tasks SET status = 'cancelled', status_message = %s, updated_at = %s,
