@@ -17,6 +17,7 @@ import anyio
 
 from mcp_tasks._exceptions import JournalError
 from mcp_tasks.engine._engine import Engine
+from mcp_tasks.engine._runs import Run
 from mcp_tasks.journal import Change, ChangeKind, Claimed
 
 logger = logging.getLogger("mcp_tasks.engine")
@@ -35,6 +36,11 @@ class Dispatcher:
         self._engine = engine
         self._workers = workers
         self._busy = 0
+        #: Runs whose tool returned, their worker freed, while their verdict
+        #: is written (see `tool_returned`).
+        self._recording = 0
+        #: Whether the last claim filled every free worker (more may wait).
+        self._full_claim = False
         self._wake = anyio.Event()
         self._stopped = False
         self._failing = False
@@ -63,8 +69,28 @@ class Dispatcher:
         if change.kind in (ChangeKind.STATUS, ChangeKind.PHASE):
             self._wake.set()
 
-    def release(self) -> None:
-        """A run ended: its worker is free."""
+    def tool_returned(self, run: Run) -> None:
+        """``run``'s tool returned: its worker is free while its verdict is written.
+
+        Writing the verdict is a journal commit, not tool work, so the next
+        task may start meanwhile (the commit of one batch overlaps the claim
+        and run of the next). At most ``workers`` runs wait like this, so a
+        slow journal cannot pile up runs without bound; past that, a run keeps
+        its worker until its verdict is written. The task stays running in
+        the journal until then, so every client's cap still counts it.
+        """
+        if run.worker_freed or self._recording >= self._workers:
+            return
+        run.worker_freed = True
+        self._recording += 1
+        self._busy -= 1
+        self._wake.set()
+
+    def release(self, run: Run) -> None:
+        """``run`` ended: its worker (if it still held one) is free."""
+        if run.worker_freed:
+            self._recording -= 1
+            return
         self._busy -= 1
         self._wake.set()
 
@@ -113,6 +139,10 @@ class Dispatcher:
                 logger.error("cannot give back %s: %s", task.task_id, exc)
 
     async def _claim(self, free: int) -> list[Claimed]:
-        if not await self._engine.journal.claimable():
+        # The cheap read first, unless the last claim found more than enough:
+        # under load it would be a round trip that only says "yes".
+        if not self._full_claim and not await self._engine.journal.claimable():
             return []
-        return await self._engine.claim(free)
+        claimed = await self._engine.claim(free)
+        self._full_claim = len(claimed) == free
+        return claimed

@@ -92,6 +92,7 @@ async def _serving(parts: Parts) -> AsyncGenerator[None]:
 
             def start(claimed: Claimed) -> None:
                 run = Run(claimed, engine.now())
+                run.tool_returned = parts.dispatcher.tool_returned
                 work.start_soon(_run_and_release, parts, run)
 
             service.start_soon(
@@ -115,7 +116,7 @@ async def _run_and_release(parts: Parts, run: Run) -> None:
     try:
         await parts.runner.run(run)
     finally:
-        parts.dispatcher.release()
+        parts.dispatcher.release(run)
 
 
 async def drain(parts: Parts, work: TaskGroup) -> None:

@@ -129,6 +129,7 @@ class Runner:
         if run.stopped or verdict is None:
             await self._after_stop(run)
             return
+        run.tool_returned(run)
         with anyio.CancelScope(shield=True):
             if isinstance(verdict, Retry):
                 await self._retry(spec, run, verdict)

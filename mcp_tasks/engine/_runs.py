@@ -10,6 +10,7 @@ right body, and how shutdown knows what to hand back.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import final
 
@@ -40,6 +41,10 @@ class Run:
     reported_at: float = -math.inf
     #: Its span, when tracing is on (see `_tracing`).
     trace: RunTrace = RunTrace.OFF
+    #: Whether its worker was freed before the run ended (`Dispatcher.tool_returned`).
+    worker_freed: bool = False
+    #: Told once the tool has returned and only writing its verdict is left.
+    tool_returned: Callable[[Run], None] = field(default=lambda run: None)
 
     @property
     def lease(self) -> Lease:
