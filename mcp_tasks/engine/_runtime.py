@@ -124,8 +124,10 @@ class AnswerReceipt:
 class RuntimeStatistics:
     """A snapshot of this process, for monitoring and benchmarks.
 
-    ``running`` and ``workers`` are this process's; ``unfinished`` counts every
-    unfinished task in the journal (all processes).
+    ``running`` and ``workers`` are this process's (``running``: workers held
+    by a run; a run whose tool returned frees its worker while its verdict
+    commits); ``unfinished`` counts every unfinished task in the journal (all
+    processes).
     """
 
     running: int
@@ -279,7 +281,7 @@ class TaskRuntime:
         parts = self._parts
         writer = getattr(self.journal, "writer", None)
         return RuntimeStatistics(
-            running=len(parts.runs),
+            running=parts.dispatcher.busy,
             workers=parts.dispatcher.workers,
             unfinished=0,
             journal_batches=getattr(writer, "batches", 0),

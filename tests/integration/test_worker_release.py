@@ -114,6 +114,7 @@ async def test_the_next_tool_starts_while_a_verdict_commits_at_most_workers_wait
         assert journal.waiting == {a.task_id}
         assert gates.started == ["a", "b"]
         assert await running(runtime) == 2
+        assert runtime.statistics().running == 1  # workers held: never over the limit
 
         gates.open("b", "c")
         await settle(runtime)
