@@ -221,10 +221,10 @@ class RawLoop:
             return await cursor.fetchall()
 
     async def submit_group(
-        self, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
+        self, calls: Sequence[Sequence[Any]]
     ) -> list[list[tuple[Any, ...]]]:
         async with self.pool.connection() as conn:
-            return await submit_group(conn, task_ids, calls)
+            return await submit_group(conn, calls)
 
     async def finish_one(self, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         async with self.pool.connection() as conn:
@@ -232,16 +232,16 @@ class RawLoop:
             return await cursor.fetchall()
 
     async def finish_group(
-        self, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
+        self, calls: Sequence[Sequence[Any]]
     ) -> list[list[tuple[Any, ...]]]:
         async with self.pool.connection() as conn:
-            return await finish_group(conn, task_ids, calls)
+            return await finish_group(conn, calls)
 
     async def submitter(self, index: int, count: int) -> None:
         for _ in range(count):
             task = _new_task(index)
             params = (*_rows.new_task_row(task), task.concurrency, task.backlog)
-            await self.submits.call(task.task_id, params)
+            await self.submits.call(params)
 
     async def finish(self, tid: str, attempt: int) -> None:
         now = time.time()
@@ -252,7 +252,6 @@ class RawLoop:
             self.recording += 1
             self.free.release()
         await self.finishes.call(
-            tid,
             (TaskStatus.COMPLETED.value, None, now, self.OUTCOME, None, now + 60,
              tid, self.HOLDER, attempt, "completed"),
         )  # fmt: skip

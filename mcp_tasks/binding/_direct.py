@@ -44,7 +44,6 @@ from mcp.server.lowlevel import Server
 from mcp_types import (
     PROTOCOL_VERSION_META_KEY,
     SERVER_INFO_META_KEY,
-    ErrorData,
     JSONRPCError,
     JSONRPCRequest,
     JSONRPCResponse,
@@ -274,13 +273,7 @@ class DirectAnswers:
                 raise rpc_error(exc) from None
         except Exception as exc:
             error = error_of(exc, message.method, params).error
-            return JSONRPCError(
-                jsonrpc="2.0",
-                id=message.id,
-                error=ErrorData(
-                    code=error.code, message=error.message, data=error.data
-                ),
-            )
+            return JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
         return JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
 
 

@@ -52,10 +52,8 @@ class FakeDatabase:
             raise psycopg.errors.CheckViolation(f"bad row {params[0]}")
         return [tuple(params)]
 
-    async def run_group(
-        self, task_ids: Sequence[str], calls: Sequence[Call]
-    ) -> list[list[Row]]:
-        self.groups.append(list(task_ids))
+    async def run_group(self, calls: Sequence[Call]) -> list[list[Row]]:
+        self.groups.append([str(params[0]) for params in calls])
         if self.failing_group:
             raise psycopg.errors.DeadlockDetected("deadlock detected")
         return [[tuple(params)] for params in calls]
@@ -71,7 +69,7 @@ async def test_finishes_arriving_during_a_commit_share_the_next_transaction() ->
     got: dict[str, list[Row]] = {}
 
     async def finish(task_id: str) -> None:
-        got[task_id] = await group.call(task_id, (task_id, "payload"))
+        got[task_id] = await group.call((task_id, "payload"))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(group.run)
@@ -102,7 +100,7 @@ async def test_a_failed_group_is_retried_one_by_one_so_a_bad_finish_fails_alone(
 
     async def finish(task_id: str) -> None:
         try:
-            got[task_id] = await group.call(task_id, (task_id,))
+            got[task_id] = await group.call((task_id,))
         except JournalError as exc:  # pragma: no cover - not raised here
             got[task_id] = exc
         except psycopg.Error as exc:
@@ -134,7 +132,7 @@ async def test_finishes_still_waiting_when_the_journal_closes_fail_not_hang() ->
 
     async def finish(task_id: str) -> None:
         try:
-            await group.call(task_id, (task_id,))
+            await group.call((task_id,))
         except JournalError as exc:
             errors.append(exc)
 
@@ -150,7 +148,7 @@ async def test_finishes_still_waiting_when_the_journal_closes_fail_not_hang() ->
     assert len(errors) == 3
     assert all("journal" in str(error) for error in errors)
     with pytest.raises(JournalError, match="closed"):
-        await group.call("t3", ("t3",))
+        await group.call(("t3",))
 
 
 # ------------------------------------------------------------ a real server

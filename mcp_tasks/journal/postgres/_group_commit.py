@@ -37,11 +37,9 @@ logger = logging.getLogger("mcp_tasks.journal")
 MAX_GROUP: Final = 64
 
 Row = tuple[Any, ...]
-#: Runs a group in one transaction, in lock order (by owner; the keys given
-#: are the writes' task ids); each call's rows, in the order given.
-RunGroup = Callable[
-    [Sequence[str], Sequence[Sequence[Any]]], Awaitable[list[list[Row]]]
-]
+#: Runs a group's calls in one transaction, in lock order (by owner: the
+#: statement sorts them); each call's rows, in the order given.
+RunGroup = Callable[[Sequence[Sequence[Any]]], Awaitable[list[list[Row]]]]
 #: Runs one write as its own transaction (deadlock retries included).
 RunOne = Callable[[Sequence[Any]], Awaitable[list[Row]]]
 #: Told after each group commits: (seconds from the oldest arrival, size).
@@ -53,7 +51,6 @@ class _Waiting:
     """One write waiting for its group's commit."""
 
     params: Sequence[Any]
-    task_id: str
     arrived: float = field(default_factory=time.perf_counter)
     done: anyio.Event = field(default_factory=anyio.Event)
     rows: list[Row] | None = None
@@ -75,15 +72,15 @@ class GroupCommit:
         self._wake = anyio.Event()
         self._closed = False
 
-    async def call(self, task_id: str, params: Sequence[Any]) -> list[Row]:
-        """Queue one write (of task ``task_id``); its rows once its group committed.
+    async def call(self, params: Sequence[Any]) -> list[Row]:
+        """Queue one write; its rows once its group committed.
 
         Raises:
             JournalError: the write failed (or the journal closed first).
         """
         if self._closed:
             raise JournalError("journal write failed: the journal is closed")
-        waiting = _Waiting(params, task_id)
+        waiting = _Waiting(params)
         self._waiting.append(waiting)
         self._wake.set()
         await waiting.done.wait()
@@ -120,9 +117,7 @@ class GroupCommit:
             if len(group) == 1:
                 results = [await self._run_one(group[0].params)]
             else:
-                results = await self._run_group(
-                    [w.task_id for w in group], [w.params for w in group]
-                )
+                results = await self._run_group([w.params for w in group])
         except (psycopg.Error, JournalError) as exc:
             if len(group) == 1:
                 self._fail(group, exc)

@@ -136,7 +136,7 @@ async def _change(
 
 
 async def submit_group(
-    conn: Connection, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
+    conn: Connection, calls: Sequence[Sequence[Any]]
 ) -> list[list[Row]]:
     """``submit_task`` calls as one statement (one transaction) on ``conn``.
 
@@ -148,7 +148,7 @@ async def submit_group(
 
 
 async def finish_group(
-    conn: Connection, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
+    conn: Connection, calls: Sequence[Sequence[Any]]
 ) -> list[list[Row]]:
     """``finish`` calls as one statement (one transaction) on ``conn``.
 
@@ -332,11 +332,15 @@ class PostgresJournal:
     def _told(self, seconds: float, writes: int) -> None:
         """This process committed ``writes`` writes in one transaction: tell
         observers, callbacks and other processes (NOTIFY)."""
-        for observer in self._commit_observers:
-            observer(seconds, writes)
+        self._observed(seconds, writes)
         self._tell_callbacks()
         self._notify_pending = True
         self._notify_wake.set()
+
+    def _observed(self, seconds: float, writes: int) -> None:
+        """Tell the commit observers (metrics) only."""
+        for observer in self._commit_observers:
+            observer(seconds, writes)
 
     def _tell_callbacks(self) -> None:
         for callback in self._committed:
@@ -433,15 +437,9 @@ class PostgresJournal:
             return result
         raise AssertionError("unreachable")
 
-    async def _call(self, name: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Run one statement as its own transaction (autocommit): one round trip."""
-        started = time.perf_counter()
-        rows = await self._statement(name, params)
-        self._tell(started)
-        return rows
-
     async def _statement(self, name: str, params: Sequence[Any]) -> list[Row]:
-        """`_call` without telling anyone: lost deadlocks retried, errors wrapped."""
+        """One statement as its own transaction (autocommit: one round trip),
+        telling no one: lost deadlocks retried, errors wrapped."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 async with self._pool.connection() as conn:
@@ -458,9 +456,7 @@ class PostgresJournal:
     async def _submit_one(self, params: Sequence[Any]) -> list[Row]:
         return await self._statement("submit_task", params)
 
-    async def _submit_group(
-        self, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
-    ) -> list[list[Row]]:
+    async def _submit_group(self, calls: Sequence[Sequence[Any]]) -> list[list[Row]]:
         """Several submits in one transaction (see `submit_group`).
 
         Raises psycopg errors as they are: `GroupCommit` then runs each
@@ -468,18 +464,16 @@ class PostgresJournal:
         or one failing row costs a retry, never another task's submit.
         """
         async with self._pool.connection() as conn:
-            return await submit_group(conn, task_ids, calls)
+            return await submit_group(conn, calls)
 
     async def _finish_one(self, params: Sequence[Any]) -> list[Row]:
         return await self._statement("finish", params)
 
-    async def _finish_group(
-        self, task_ids: Sequence[str], calls: Sequence[Sequence[Any]]
-    ) -> list[list[Row]]:
+    async def _finish_group(self, calls: Sequence[Sequence[Any]]) -> list[list[Row]]:
         """Several finishes in one transaction (see `finish_group`); errors
         as for `_submit_group`."""
         async with self._pool.connection() as conn:
-            return await finish_group(conn, task_ids, calls)
+            return await finish_group(conn, calls)
 
     # ---------------------------------------------------------- submit, read
 
@@ -496,7 +490,7 @@ class PostgresJournal:
             # The insert goes ahead even if our caller is cancelled meanwhile,
             # and `settled` hears how it ended.
             with anyio.CancelScope(shield=True):
-                rows = await self._submits.call(task.task_id, params)
+                rows = await self._submits.call(params)
                 if not rows[0][0]:
                     raise CapacityError(task.owner_id, task.backlog)
         except BaseException as exc:
@@ -615,8 +609,7 @@ class PostgresJournal:
         # spares a feed read and a NOTIFY per claim.
         started = time.perf_counter()
         rows = await self._statement("claim", (holder, lease_expires_at, limit, at))
-        for observer in self._commit_observers:
-            observer(time.perf_counter() - started, 1)
+        self._observed(time.perf_counter() - started, 1)
         return [
             Claimed(
                 lease=Lease(TaskId(tid), holder, attempts),
@@ -664,7 +657,6 @@ class PostgresJournal:
         message = self._sealing.seal_optional(message, MESSAGE, lease.task_id)
         keep_until, _ = _retention_params(at)
         rows = await self._finishes.call(
-            lease.task_id,
             (status.value, message, at, encoded, tool_error, keep_until,
              *_fence(lease), reason),
         )  # fmt: skip
