@@ -1,9 +1,13 @@
 """nginx in front of local servers, for tests of several replicas behind a balancer.
 
 `running_nginx` writes a generated ``nginx.conf`` into a fresh temporary
-folder, starts ``nginx -p DIR -c nginx.conf -g 'daemon off;'`` as a child
-process on a free loopback port, waits until that port accepts connections,
-and on exit stops it and removes the folder. Each `Route` maps one nginx
+folder, checks it with ``nginx -t``, and starts ``nginx -p DIR -c nginx.conf -g
+'daemon off;'`` as a child process on a loopback socket that is already
+listening: the test binds it (port 0) and hands it over in the ``NGINX``
+environment variable, as nginx's own binary upgrade does. So nothing waits
+for nginx to come up (a request made meanwhile queues in the socket's
+backlog), and no other process can take the port in between. On exit it
+stops nginx and removes the folder. Each `Route` maps one nginx
 ``location`` to a set of loopback backends, either round robin or sticky by a
 request header (``hash $http_<header> consistent``). A `SessionRoute` is the
 balancer for MCP replicas: requests without a session (every 2026-07-28
@@ -24,26 +28,26 @@ readable for them.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.host import apt_install, free_port
+from benchmarks.host import apt_install
 
 #: The one line printed when nginx is missing and cannot be installed.
 INSTALL_HINT = (
     "nginx not found: install it with `apt-get install nginx` (Debian/Ubuntu)"
 )
-#: Bound on nginx starting to listen, and on it exiting after SIGTERM.
+#: Bound on checking the config, and on nginx exiting after SIGTERM.
 START_TIMEOUT_SECONDS = 15.0
-#: Attempts at starting on a fresh free port when another process took ours.
-START_ATTEMPTS = 5
+#: Connections that may wait for nginx to accept them.
+BACKLOG = 128
 #: Where Debian puts nginx (not on a normal user's PATH).
 DEBIAN_NGINX = Path("/usr/sbin/nginx")
 
@@ -267,49 +271,68 @@ def running_nginx(routes: Sequence[Route | SessionRoute]) -> Generator[NginxServ
 def _started(
     binary: Path, folder: Path, routes: Sequence[Route | SessionRoute]
 ) -> Generator[NginxServer]:
-    for _ in range(START_ATTEMPTS):
-        port = free_port()
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(BACKLOG)
+        port = listening.getsockname()[1]
         (folder / "nginx.conf").write_text(render_config(folder, port, routes))
-        process = _spawn(binary, folder)
-        try:
-            if _wait_until_listening(process, port):
-                yield NginxServer(port, folder)
-                return
-        finally:
-            _stop(process)
-        if "Address already in use" not in _error_log(folder):
+        if not _config_accepted(binary, folder):
             raise NginxUnavailableError(f"nginx did not start: {_error_log(folder)}")
+        process = _spawn(binary, folder, listening)
+    # nginx holds the socket now; ours is closed, so once nginx is gone
+    # connections are refused rather than left waiting.
+    try:
+        yield NginxServer(port, folder)
+    finally:
+        _stop(process)
 
-    raise NginxUnavailableError(f"nginx found no free port in {START_ATTEMPTS} tries")
+
+def _config_accepted(binary: Path, folder: Path) -> bool:
+    """``nginx -t``: whether nginx accepts the config (its reason in stderr.log)."""
+    with (folder / "stderr.log").open("wb") as stderr:
+        checked = subprocess.run(
+            [*_argv(binary, folder), "-t"],
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            timeout=START_TIMEOUT_SECONDS,
+            check=False,
+        )
+    return checked.returncode == 0
 
 
-def _spawn(binary: Path, folder: Path) -> subprocess.Popen[bytes]:
+def _argv(binary: Path, folder: Path) -> list[str]:
     (folder / "temp").mkdir(exist_ok=True)
-    argv = [str(binary), "-p", str(folder), "-c", "nginx.conf"]
     # -e: the log nginx writes before it has read the config (its compiled-in
     # default is /var/log/nginx, which a normal user cannot write).
-    argv += ["-e", str(folder / "error.log"), "-g", "daemon off;"]
+    return [
+        str(binary),
+        "-p",
+        str(folder),
+        "-c",
+        "nginx.conf",
+        "-e",
+        str(folder / "error.log"),
+    ]
+
+
+def _spawn(
+    binary: Path, folder: Path, listening: socket.socket
+) -> subprocess.Popen[bytes]:
+    """nginx in the foreground, inheriting ``listening`` (the ``NGINX`` variable)."""
+    fd = listening.fileno()
+    environment = {**os.environ, "NGINX": f"{fd};"}
     with (folder / "stderr.log").open("wb") as stderr:
         return subprocess.Popen(
-            argv, cwd=folder, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
+            [*_argv(binary, folder), "-g", "daemon off;"],
+            cwd=folder,
+            env=environment,
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
         )
-
-
-def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> bool:
-    """True once ``port`` accepts; False if nginx exited first."""
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        # A readiness poll of another process (nginx prints nothing when it
-        # is ready), bounded by the deadline; not a test synchronisation.
-        time.sleep(0.02)
-    raise NginxUnavailableError(
-        f"nginx did not listen within {START_TIMEOUT_SECONDS} s"
-    )
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
