@@ -41,6 +41,7 @@ from mcp_tasks.journal import (
     open_journal,
 )
 
+from ..quiesce import settle_tasks
 from .gated_tools import Gates, make_tools
 
 TIMEOUT = 10.0
@@ -238,7 +239,7 @@ async def test_a_run_whose_lease_was_taken_over_stops_and_cannot_finish(
         with anyio.fail_after(TIMEOUT):
             await gates.wait_ended("s")  # swallowed the cancel, "finished after all"
         for _ in range(3):
-            await anyio.wait_all_tasks_blocked()
+            await settle_tasks()
             await runtime.catch_up()
         got = await runtime.get(LOCAL, task.task_id)
     assert gates.cancelled == ["s"]

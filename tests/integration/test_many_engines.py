@@ -40,6 +40,8 @@ from mcp_tasks._exceptions import JournalError
 from mcp_tasks.journal import Journal, open_journal
 from tests.pg_server import create_database, drop_database, with_database
 
+from ..quiesce import settle_tasks
+
 CAPS = {"a": 1, "b": 2}
 OWNERS = [Requester(OwnerId(name)) for name in CAPS]
 TIMEOUT = 30.0
@@ -161,7 +163,7 @@ class Cluster:
         engine = self.engines.pop(index % len(self.engines))
         engine.journal.crashed = True
         engine.scope.cancel()
-        await anyio.wait_all_tasks_blocked()
+        await settle_tasks()
 
 
 def _with_caps(config: Settings) -> Settings:
@@ -281,7 +283,7 @@ async def run_steps(db: str, size: int, steps: list[Step]) -> None:
     async with cluster(db, size) as engines:
         for step in steps:
             await apply(engines, accepted, step)
-            await anyio.wait_all_tasks_blocked()
+            await settle_tasks()
         await finish_all(engines, accepted)
     for owner, cap in CAPS.items():
         assert TRACKER.peak.get(owner, 0) <= cap, (owner, TRACKER.peak)

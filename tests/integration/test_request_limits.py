@@ -16,6 +16,7 @@ import pytest
 
 from mcp_tasks import OwnerId, RateLimitedError, Requester, Settings, TaskRuntime
 
+from ..quiesce import settle_tasks
 from .gated_tools import Gates, make_tools
 
 ALICE = Requester(OwnerId("alice"))
@@ -158,7 +159,7 @@ async def test_a_client_with_its_burst_already_waiting_is_refused_at_once(
         await runtime.admit_request(ALICE)
         async with anyio.create_task_group() as tg:
             tg.start_soon(runtime.admit_request, ALICE)  # waits for its token
-            await anyio.wait_all_tasks_blocked()
+            await settle_tasks()
             with anyio.fail_after(TIMEOUT), pytest.raises(RateLimitedError):
                 await runtime.admit_request(ALICE)
             tg.cancel_scope.cancel()

@@ -702,7 +702,7 @@ async def test_a_submit_whose_caller_is_cancelled_mid_commit_still_runs(
 
 
 async def cancel_when_blocked(scope: anyio.CancelScope) -> None:
-    await anyio.wait_all_tasks_blocked()
+    await settle_tasks()
     scope.cancel()
 
 
@@ -1083,7 +1083,7 @@ async def test_shutdown_lets_a_running_task_finish_within_the_grace(
     async def open_gate_once_draining(runtime: TaskRuntime) -> None:
         with anyio.fail_after(TIMEOUT):
             while not runtime.draining:
-                await anyio.wait_all_tasks_blocked()
+                await settle_tasks()
         gates.open("r")
 
     submitted: list[Task] = []

@@ -24,6 +24,7 @@ from mcp_tasks.journal.sqlite import SqliteJournal
 from mcp_tasks.journal.sqlite._rows import LARGE_JSON_CHARS
 from mcp_tasks.journal.sqlite._schema import PACKAGE, WAL_SIZE_LIMIT_BYTES, statements
 
+from ..quiesce import settle_tasks
 from .contract.support import (
     ALICE,
     BOB,
@@ -174,7 +175,7 @@ async def test_settled_hears_each_insert_outcome_even_without_its_caller(
             async with anyio.create_task_group() as callers:
                 callers.start_soon(sqlite_journal.submit, duplicate, hear("duplicate"))
                 callers.start_soon(sqlite_journal.submit, fresh, hear("fresh"))
-                await anyio.wait_all_tasks_blocked()
+                await settle_tasks()
                 callers.cancel_scope.cancel()  # both leave before their commit
             assert heard == {}
             release_writer.set()
