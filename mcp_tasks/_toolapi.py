@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import threading
@@ -372,16 +373,32 @@ class ToolSpec:
     preflight: Callable[..., Any] | None = None
     on_recover: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None
     config_model: type[pydantic.BaseModel] | None = None
+    #: The derived schema, made on first use: pydantic builds it in ~100 µs,
+    #: and every 2026-07-28 `tools/call` checks its ``Mcp-Param-*`` headers
+    #: against it. Only `shared_input_schema` hands it out, read-only by contract.
+    _derived_schema: list[dict[str, Any]] = field(
+        default_factory=lambda: list[dict[str, Any]](),
+        init=False,
+        repr=False,
+        compare=False,
+    )
 
     @property
     def input_schema(self) -> dict[str, Any]:
-        """The JSON schema of the tool's arguments."""
+        """The JSON schema of the tool's arguments (a copy the caller may change)."""
+        return copy.deepcopy(dict(self.shared_input_schema))
+
+    @property
+    def shared_input_schema(self) -> Mapping[str, Any]:
+        """The JSON schema of the tool's arguments, shared: never change it."""
         if self.explicit_schema is not None:
-            return dict(self.explicit_schema)
-        assert self.arguments_model is not None
-        schema = self.arguments_model.model_json_schema()
-        schema.pop("title", None)
-        return schema
+            return self.explicit_schema
+        if not self._derived_schema:
+            assert self.arguments_model is not None
+            schema = self.arguments_model.model_json_schema()
+            schema.pop("title", None)
+            self._derived_schema.append(schema)
+        return self._derived_schema[0]
 
     def validate(self, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validate and coerce ``arguments``; raise `InvalidArgumentsError`."""

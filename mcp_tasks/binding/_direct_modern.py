@@ -17,6 +17,7 @@ stops calling it).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Final, cast
 
 import mcp_types as types
@@ -130,7 +131,7 @@ class ModernEntry:
         if spec is None or not declared:
             return None  # a synchronous call (or a refusal): the SDK's
         arguments: object = params.get("arguments") or {}
-        if _param_headers_refused(request, spec.input_schema, arguments):
+        if _param_headers_refused(request, spec.shared_input_schema, arguments):
             return None
         requester = self.requesters.of_http(None, request)
         return await self.direct.modern_call(message, requester, spec, capabilities)
@@ -217,7 +218,7 @@ def _capabilities(raw: object) -> types.ClientCapabilities | None:
 
 
 def _param_headers_refused(
-    request: Request, schema: dict[str, Any], arguments: object
+    request: Request, schema: Mapping[str, Any], arguments: object
 ) -> bool:
     """Whether the SDK would refuse the call's ``Mcp-Param-*`` headers."""
     if not isinstance(arguments, dict):
