@@ -11,8 +11,9 @@ the trial's percentiles.
 Server CPU per request (read from /proc over ``latency_calls`` sequential
 requests of each kind, ``trials`` times) is set against the HTTP floor: a bare
 uvicorn + Starlette endpoint (`benchmarks.http_floor`) answering the same
-JSON-RPC ``tasks/get`` with a small JSON result, measured in the same run,
-interleaved with the server's trials. A task-augmented call's CPU (submit and
+JSON-RPC ``tasks/get`` with a small JSON result, measured in the same
+trials: every kind, the floor's included, takes turns in blocks, so the
+host's noisy spells hit them alike. A task-augmented call's CPU (submit and
 running the no-op) is set against a plain call's (also journaled).
 
 Wires: on 2025-11-25 the task call carries ``params.task``; on 2026-07-28 the
@@ -22,9 +23,11 @@ the task call declares the tasks extension (so the server makes it a task).
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,10 @@ FIGURE_FLOOR = "HTTP floor"
 FLOOR_TARGET = 2.5
 #: Requests per kind in a CPU trial, in rounds: /proc counts in 10 ms ticks.
 CPU_REPEAT = 3
+#: How many turns the kinds take in a trial's CPU measurement.
+CPU_BLOCKS = 9
+#: Unmeasured requests before each block, so every block starts warm.
+CPU_BLOCK_WARMUP = 10
 
 
 async def _plain(client: TaskClient) -> Any:
@@ -216,34 +223,55 @@ async def _cpu_costs(
 ) -> dict[str, float]:
     """Server CPU ms per request of each kind, ``count`` sequential requests each.
 
-    The task kind includes running the task (claim, body, completion), which
-    happens in the background right after its submit returns. ``floor`` is
-    the bare endpoint's CPU per ``tasks/get``-shaped request, measured last.
+    The kinds take turns in `CPU_BLOCKS` blocks of ``count / CPU_BLOCKS``
+    requests, the floor's among them, so a noisy spell of the shared host
+    hits every kind alike rather than the one that happened to run then (in
+    one block per kind, trials of the same code ranged 2.1-3.5 in floor
+    ratio). The task kind includes running the task (claim, body,
+    completion), which happens in the background right after its submit
+    returns, so its blocks and the plain calls' end with a pause that lets
+    that work finish inside them. Each block starts after a few unmeasured
+    requests of its kind: the first requests after a switch run on cold
+    caches, which blocks of 100 would otherwise charge mostly to whichever
+    kind follows a pause. ``floor`` is the bare endpoint's CPU per
+    ``tasks/get``-shaped request.
     """
     created = await submit_task(client, "noop")
     seen = created["taskId"]
-    kinds: dict[str, Callable[[], Awaitable[Any]]] = {
-        "no-op": lambda: client.request(_floor_method(client)),
-        "plain": lambda: _plain(client),
-        "task": lambda: submit_task(client, "noop"),
-        "get": lambda: client.get_task(seen),
-    }
-    costs: dict[str, float] = {}
-    for kind, fn in kinds.items():
-        before = cpu_seconds(pid)
-        for _ in range(count):
-            await fn()
-        await anyio.sleep(0.2)  # let the last background work finish
-        costs[kind] = (cpu_seconds(pid) - before) / count * 1e3
-    costs["floor"] = await _floor_cpu(floor, seen, count)
-    return costs
+    async with _floor_client(floor, seen) as floor_get:
+        kinds: dict[str, Callable[[], Awaitable[Any]]] = {
+            "no-op": lambda: client.request(_floor_method(client)),
+            "plain": lambda: _plain(client),
+            "task": lambda: submit_task(client, "noop"),
+            "get": lambda: client.get_task(seen),
+            "floor": floor_get,
+        }
+        measured = {kind: floor.pid if kind == "floor" else pid for kind in kinds}
+        spent = dict.fromkeys(kinds, 0.0)
+        per_block = max(1, count // CPU_BLOCKS)
+        for _ in range(CPU_BLOCKS):
+            for kind, fn in kinds.items():
+                for _ in range(CPU_BLOCK_WARMUP):
+                    await fn()
+                if kind in ("plain", "task"):
+                    await anyio.sleep(0.2)  # the warm-up's background work
+                before = cpu_seconds(measured[kind])
+                for _ in range(per_block):
+                    await fn()
+                if kind in ("plain", "task"):
+                    await anyio.sleep(0.2)  # let the background work finish
+                spent[kind] += cpu_seconds(measured[kind]) - before
+    return {kind: cpu / (per_block * CPU_BLOCKS) * 1e3 for kind, cpu in spent.items()}
 
 
-async def _floor_cpu(floor: ServerProcess, task_id: str, count: int) -> float:
-    """The bare endpoint's CPU ms per request over ``count`` sequential requests.
+@asynccontextmanager
+async def _floor_client(
+    floor: ServerProcess, task_id: str
+) -> AsyncGenerator[Callable[[], Awaitable[None]]]:
+    """A sender of one request to the bare endpoint, on one kept-alive connection.
 
     Sent as an MCP client sends a 2025-11-25 ``tasks/get`` (same headers and
-    body), on one kept-alive connection.
+    body).
     """
     headers = {
         "content-type": "application/json",
@@ -252,23 +280,21 @@ async def _floor_cpu(floor: ServerProcess, task_id: str, count: int) -> float:
         "mcp-session-id": "0123456789abcdef0123456789abcdef",
     }
     url = f"http://{LOOPBACK}:{floor.port}/mcp"
+    request_ids = itertools.count()
     async with httpx2.AsyncClient(timeout=30.0) as http:
 
-        async def get(request_id: int) -> None:
+        async def get() -> None:
             body = {
                 "jsonrpc": "2.0",
-                "id": request_id,
+                "id": next(request_ids),
                 "method": "tasks/get",
                 "params": {"taskId": task_id},
             }
             answer = await http.post(url, headers=headers, json=body)
             answer.raise_for_status()
 
-        await get(0)
-        before = cpu_seconds(floor.pid)
-        for request_id in range(1, count + 1):
-            await get(request_id)
-        return (cpu_seconds(floor.pid) - before) / count * 1e3
+        await get()  # the connection is open before anything is measured
+        yield get
 
 
 def _record(report: Report, label: str, trials: list[dict[str, float]]) -> None:
