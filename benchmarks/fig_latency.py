@@ -238,7 +238,7 @@ async def _cpu_costs(
     """
     created = await submit_task(client, "noop")
     seen = created["taskId"]
-    async with _floor_client(floor, seen) as floor_get:
+    async with _floor_client(floor, client, seen) as floor_get:
         kinds: dict[str, Callable[[], Awaitable[Any]]] = {
             "no-op": lambda: client.request(_floor_method(client)),
             "plain": lambda: _plain(client),
@@ -266,19 +266,24 @@ async def _cpu_costs(
 
 @asynccontextmanager
 async def _floor_client(
-    floor: ServerProcess, task_id: str
+    floor: ServerProcess, client: TaskClient, task_id: str
 ) -> AsyncGenerator[Callable[[], Awaitable[None]]]:
     """A sender of one request to the bare endpoint, on one kept-alive connection.
 
-    Sent as an MCP client sends a 2025-11-25 ``tasks/get`` (same headers and
-    body).
+    The request is the ``tasks/get`` ``client`` sends on its wire, headers and
+    body alike: on 2026-07-28 that is the per-request envelope in
+    ``params._meta`` and the ``Mcp-Method``/``Mcp-Name`` headers, which the
+    floor parses too ("the same JSON-RPC request"); on 2025-11-25 the session
+    header.
     """
+    params = client._stamp({"taskId": task_id})
     headers = {
         "content-type": "application/json",
         "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": LEGACY,
-        "mcp-session-id": "0123456789abcdef0123456789abcdef",
+        **(client._headers("tasks/get", params, None) or {}),
     }
+    if client.session_id is not None:
+        headers["mcp-session-id"] = client.session_id
     url = f"http://{LOOPBACK}:{floor.port}/mcp"
     request_ids = itertools.count()
     async with httpx2.AsyncClient(timeout=30.0) as http:
@@ -288,7 +293,7 @@ async def _floor_client(
                 "jsonrpc": "2.0",
                 "id": next(request_ids),
                 "method": "tasks/get",
-                "params": {"taskId": task_id},
+                "params": params,
             }
             answer = await http.post(url, headers=headers, json=body)
             answer.raise_for_status()
