@@ -90,6 +90,21 @@ def _client_loop(name: str) -> str:
     return "uvloop"
 
 
+def _host_probe() -> float:
+    """Milliseconds a fixed pure-Python loop takes here, now: the host's pace.
+
+    The VM shares its host; in slow spells this took up to 1.8 times its quiet
+    time, and every figure measured then moved with it. Printed before each
+    figure and kept in results.json, so a reader can tell a slow spell from a
+    change in the code.
+    """
+    started = time.perf_counter()
+    total = 0
+    for value in range(2_000_000):
+        total += value
+    return (time.perf_counter() - started) * 1e3
+
+
 def _run_figures(args: argparse.Namespace, work: Path) -> Report:
     sizes: Sizes = QUICK if args.quick else FULL
     only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -111,17 +126,26 @@ def _run_figures(args: argparse.Namespace, work: Path) -> Report:
     }
     timings: dict[str, float] = {}
     loops: dict[str, str] = {}
+    probes: dict[str, float] = {}
     for name in FIGURES:
         if name not in only:
             continue
         loops[name] = _client_loop(name)
-        print(f"== {name} (this process on {loops[name]})", flush=True)
+        probes[name] = _host_probe()
+        print(
+            f"== {name} (this process on {loops[name]}; "
+            f"host probe {probes[name]:.0f} ms)",
+            flush=True,
+        )
         started = time.perf_counter()
         anyio.run(steps[name], backend_options={"use_uvloop": loops[name] == "uvloop"})
         timings[name] = time.perf_counter() - started
         print(f"   ({timings[name]:.1f} s)", flush=True)
     report.details["figure_seconds"] = timings
     report.details["benchmark_process_loop"] = loops
+    probes["end"] = _host_probe()
+    report.details["host_probe_ms"] = probes
+    print(f"host probe at the end: {probes['end']:.0f} ms", flush=True)
     if profiler.summaries:
         report.details["profiles"] = profiler.summaries
     return report
