@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -90,19 +91,35 @@ def _client_loop(name: str) -> str:
     return "uvloop"
 
 
-def _host_probe() -> float:
-    """Milliseconds a fixed pure-Python loop takes here, now: the host's pace.
+class _HostProbe:
+    """The host's pace now: two fixed pure-Python loops, in milliseconds.
 
-    The VM shares its host; in slow spells this took up to 1.8 times its quiet
-    time, and every figure measured then moved with it. Printed before each
+    ``cpu`` adds up a range (it stays in the core's caches); ``memory`` reads
+    a list at shuffled places, so it waits on the shared caches and memory
+    that other jobs on the host compete for. The VM shares its host: in slow
+    spells servers here spent up to 1.8 times the CPU per request of a quiet
+    spell, and every figure measured then moved with it. Printed before each
     figure and kept in results.json, so a reader can tell a slow spell from a
     change in the code.
     """
-    started = time.perf_counter()
-    total = 0
-    for value in range(2_000_000):
-        total += value
-    return (time.perf_counter() - started) * 1e3
+
+    def __init__(self) -> None:
+        self._values = list(range(2_000_000))
+        order = list(range(len(self._values)))
+        random.Random(0).shuffle(order)
+        self._order = order[:200_000]
+
+    def __call__(self) -> dict[str, float]:
+        started = time.perf_counter()
+        total = 0
+        for value in range(2_000_000):
+            total += value
+        cpu = time.perf_counter() - started
+        started = time.perf_counter()
+        for index in self._order:
+            total += self._values[index]
+        memory = time.perf_counter() - started
+        return {"cpu": round(cpu * 1e3, 1), "memory": round(memory * 1e3, 1)}
 
 
 def _run_figures(args: argparse.Namespace, work: Path) -> Report:
@@ -126,15 +143,16 @@ def _run_figures(args: argparse.Namespace, work: Path) -> Report:
     }
     timings: dict[str, float] = {}
     loops: dict[str, str] = {}
-    probes: dict[str, float] = {}
+    probe = _HostProbe()
+    probes: dict[str, dict[str, float]] = {}
     for name in FIGURES:
         if name not in only:
             continue
         loops[name] = _client_loop(name)
-        probes[name] = _host_probe()
+        probes[name] = probe()
         print(
-            f"== {name} (this process on {loops[name]}; "
-            f"host probe {probes[name]:.0f} ms)",
+            f"== {name} (this process on {loops[name]}; host probe "
+            f"{probes[name]['cpu']:.0f} ms cpu, {probes[name]['memory']:.0f} ms memory)",
             flush=True,
         )
         started = time.perf_counter()
@@ -143,9 +161,13 @@ def _run_figures(args: argparse.Namespace, work: Path) -> Report:
         print(f"   ({timings[name]:.1f} s)", flush=True)
     report.details["figure_seconds"] = timings
     report.details["benchmark_process_loop"] = loops
-    probes["end"] = _host_probe()
+    probes["end"] = probe()
     report.details["host_probe_ms"] = probes
-    print(f"host probe at the end: {probes['end']:.0f} ms", flush=True)
+    print(
+        f"host probe at the end: {probes['end']['cpu']:.0f} ms cpu, "
+        f"{probes['end']['memory']:.0f} ms memory",
+        flush=True,
+    )
     if profiler.summaries:
         report.details["profiles"] = profiler.summaries
     return report
