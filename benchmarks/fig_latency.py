@@ -65,6 +65,9 @@ CPU_REPEAT = 3
 CPU_BLOCKS = 9
 #: Unmeasured requests before each block, so every block starts warm.
 CPU_BLOCK_WARMUP = 10
+#: A server that spent less CPU than this in a window is quiet (see `_quiet`).
+QUIET_WINDOW_SECONDS = 0.05
+QUIET_CPU_SECONDS = 0.004
 
 
 async def _plain(client: TaskClient) -> Any:
@@ -229,8 +232,9 @@ async def _cpu_costs(
     one block per kind, trials of the same code ranged 2.1-3.5 in floor
     ratio). The task kind includes running the task (claim, body,
     completion), which happens in the background right after its submit
-    returns, so its blocks and the plain calls' end with a pause that lets
-    that work finish inside them. Each block starts after a few unmeasured
+    returns, so its blocks and the plain calls' end once the server is quiet
+    again (`_quiet`): a fixed pause let a slow spell's commits spill into the
+    next block, a ``tasks/get`` one, and charged them to it. Each block starts after a few unmeasured
     requests of its kind: the first requests after a switch run on cold
     caches, which blocks of 100 would otherwise charge mostly to whichever
     kind follows a pause. ``floor`` is the bare endpoint's CPU per
@@ -253,15 +257,30 @@ async def _cpu_costs(
             for kind, fn in kinds.items():
                 for _ in range(CPU_BLOCK_WARMUP):
                     await fn()
-                if kind in ("plain", "task"):
-                    await anyio.sleep(0.2)  # the warm-up's background work
+                await _quiet(pid)  # the warm-up's background work is done
                 before = cpu_seconds(measured[kind])
                 for _ in range(per_block):
                     await fn()
                 if kind in ("plain", "task"):
-                    await anyio.sleep(0.2)  # let the background work finish
+                    await _quiet(pid)  # their background work, inside the block
                 spent[kind] += cpu_seconds(measured[kind]) - before
     return {kind: cpu / (per_block * CPU_BLOCKS) * 1e3 for kind, cpu in spent.items()}
+
+
+async def _quiet(pid: int) -> None:
+    """Wait (up to 5 s) until the server spends idle CPU again, twice in a row.
+
+    Idle, a server spends about 16 ms of CPU a second (the change feed's
+    polls); `QUIET_CPU_SECONDS` over `QUIET_WINDOW_SECONDS` is well above that
+    and well below a server still committing and running tasks.
+    """
+    quiet_windows = 0
+    with anyio.move_on_after(5.0):
+        while quiet_windows < 2:  # two in a row: not a pause for an fsync
+            before = cpu_seconds(pid)
+            await anyio.sleep(QUIET_WINDOW_SECONDS)
+            quiet = cpu_seconds(pid) - before < QUIET_CPU_SECONDS
+            quiet_windows = quiet_windows + 1 if quiet else 0
 
 
 @asynccontextmanager
