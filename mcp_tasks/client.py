@@ -93,6 +93,8 @@ from mcp_types import (
     JSONRPCResponse,
 )
 
+from mcp_tasks._http11 import Http11Transport
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -340,7 +342,7 @@ class _KeepAliveTransport(httpx2.AsyncBaseTransport):
     def __init__(
         self, observer: _HttpObserver, *, standalone_stream: bool = True
     ) -> None:
-        self._inner = httpx2.AsyncHTTPTransport()
+        self._inner = Http11Transport()
         self._observer = observer
         self._standalone_stream = standalone_stream
 
