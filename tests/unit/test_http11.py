@@ -91,9 +91,13 @@ def ok(body: bytes, *extra: bytes) -> bytes:
 class Listeners:
     """Loopback listeners served in a task group; all closed at teardown."""
 
-    def __init__(self, tg: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self,
+        tg: anyio.abc.TaskGroup,
+        opened: list[anyio.abc.Listener[anyio.abc.SocketStream]],
+    ) -> None:
         self._tg = tg
-        self.opened: list[anyio.abc.Listener[anyio.abc.SocketStream]] = []
+        self.opened = opened
 
     async def listen(
         self, handler: Callable[[anyio.abc.SocketStream], Awaitable[None]]
@@ -110,14 +114,16 @@ class Listeners:
 
 @pytest.fixture
 async def listeners() -> AsyncGenerator[Listeners]:
-    async with anyio.create_task_group() as tg:
-        opened = Listeners(tg)
-        try:
+    listeners: list[anyio.abc.Listener[anyio.abc.SocketStream]] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            opened = Listeners(tg, listeners)
             yield opened
-        finally:
             tg.cancel_scope.cancel()
-            for listener in opened.opened:
-                await listener.aclose()
+    finally:
+        # After the task group: closing a listener under its serve() fails it.
+        for listener in listeners:
+            await listener.aclose()
 
 
 def client(transport: Http11Transport) -> httpx2.AsyncClient:
