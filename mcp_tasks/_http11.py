@@ -46,12 +46,14 @@ _Headers: TypeAlias = list[tuple[bytes, bytes]]
 class _Connection:
     """One TCP connection with its read buffer."""
 
-    __slots__ = ("buffer", "origin", "stream")
+    __slots__ = ("buffer", "fd", "origin", "stream")
 
     def __init__(self, stream: anyio.abc.SocketStream, origin: _Origin) -> None:
         self.stream = stream
         self.origin = origin
         self.buffer = bytearray()
+        # Looked up once: anyio's attribute lookup is dear on every reuse.
+        self.fd = stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
 
     def reusable(self) -> bool:
         """False once the server has closed the connection or sent unasked data.
@@ -63,8 +65,7 @@ class _Connection:
         if self.buffer:
             return False
         try:
-            fd = self.stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
-            readable, _, _ = select.select([fd], [], [], 0)
+            readable, _, _ = select.select([self.fd], [], [], 0)
         except (OSError, ValueError):
             return False
         return not readable
@@ -275,13 +276,12 @@ class _Body(httpx2.AsyncByteStream):
 class Http11Transport(httpx2.AsyncBaseTransport):
     """httpx transport: HTTP/1.1 with kept-alive connections for ``http://``.
 
-    Other schemes go to ``fallback`` (by default httpx's own transport).
+    Other schemes go to ``fallback`` (by default httpx's own transport, made
+    on first use: it loads a certificate store, which takes milliseconds).
     """
 
     def __init__(self, fallback: httpx2.AsyncBaseTransport | None = None) -> None:
-        self._fallback = (
-            fallback if fallback is not None else httpx2.AsyncHTTPTransport()
-        )
+        self._fallback = fallback
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._closed = False
         #: Connections opened so far (for tests and diagnostics).
@@ -290,6 +290,8 @@ class Http11Transport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         url = request.url
         if url.scheme != "http":
+            if self._fallback is None:
+                self._fallback = httpx2.AsyncHTTPTransport()
             return await self._fallback.handle_async_request(request)
         if self._closed:
             raise httpx2.ConnectError("the transport is closed", request=request)
@@ -357,7 +359,8 @@ class Http11Transport(httpx2.AsyncBaseTransport):
         self._idle.clear()
         for connection in idle:
             await connection.aclose()
-        await self._fallback.aclose()
+        if self._fallback is not None:
+            await self._fallback.aclose()
 
 
 def _encode(request: httpx2.Request, body: bytes) -> bytes:

@@ -366,3 +366,15 @@ async def test_other_schemes_go_to_the_fallback_transport() -> None:
     assert fallback.urls == ["https://example.invalid/mcp"]
     assert fallback.closed
     assert transport.connections_opened == 0
+
+
+async def test_without_a_fallback_https_goes_to_httpx_own_transport() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()
+    transport = Http11Transport()
+    async with client(transport) as http:
+        # httpx's transport (made on this first https request) tries, and is refused.
+        with pytest.raises(httpx2.ConnectError):
+            await http.get(f"https://127.0.0.1:{port}/mcp")
+    assert transport.connections_opened == 0
