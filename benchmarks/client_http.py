@@ -1,8 +1,10 @@
 """The client's HTTP/1.1 transport against httpx's own, on the same server.
 
-One mcp-tasks server (2026-07-28 wire, the end-to-end figure's settings), and
-the end-to-end workload (8 clients, one lane each: a task call, then polls
-until terminal) driven by two kinds of client in turns, ``--rounds`` times:
+One server of the end-to-end figure (``--system``: mcp-tasks on 2026-07-28 by
+default, or the FastMCP peer with ``fastmcp``, from ``benchmarks/run``'s
+virtual environment), and the end-to-end workload (8 clients, one lane each: a
+task call, then polls until terminal) driven by two kinds of client in turns,
+``--rounds`` times:
 
 - ``httpcore``: ``TaskClient`` with httpx's default transport under it (the
   client before ``mcp_tasks._http11``; substituted in this process only);
@@ -13,6 +15,9 @@ ratios of the second to the first measured back to back, so the host's slow
 spells hit both alike. The clients run on uvloop, as in ``benchmarks/run``.
 
     python -m benchmarks.client_http --rounds 5 --tasks 2000
+    python -m benchmarks.client_http --rounds 3 --tasks 1000 --system fastmcp
+
+The second shows whether a peer's pace depends on the client's transport.
 """
 
 from __future__ import annotations
@@ -28,10 +33,9 @@ import anyio
 import httpx2
 
 import mcp_tasks.client as client_module
-from mcp_tasks.client import MODERN_WIRE
 
 from . import fig_e2e
-from ._harness import BASE_LIMITS, OurServer, http_clients, token_for
+from ._harness import HERE, http_clients, token_for
 
 CLIENTS = 8
 
@@ -50,30 +54,41 @@ def _transport(kind: str) -> Generator[None]:
         client_module.Http11Transport = shipped  # type: ignore[misc]
 
 
-async def _phase(url: str, pid: int, kind: str, tasks: int) -> fig_e2e.Phase:
-    tokens = [token_for(f"c{i}") for i in range(CLIENTS)]
+def _system(name: str) -> fig_e2e.System:
+    if name == "fastmcp":
+        python = HERE / ".venvs" / "fastmcp" / "bin" / "python"
+        if not python.exists():
+            raise SystemExit(
+                f"no FastMCP interpreter at {python}: run benchmarks/run once"
+            )
+        return fig_e2e.systems(fig_e2e.Peers(None, python, None))[-1]
+    return fig_e2e.systems(fig_e2e.Peers(None, None, None))[1]
+
+
+async def _phase(
+    system: fig_e2e.System, url: str, pid: int, kind: str, tasks: int
+) -> fig_e2e.Phase:
+    tokens = [token_for(f"c{i}") for i in range(CLIENTS)] if system.tokens else None
     with _transport(kind):
         async with http_clients(
-            url, CLIENTS, wire=MODERN_WIRE, tokens=tokens
+            url, CLIENTS, wire=system.wire, tokens=tokens
         ) as clients:
             await fig_e2e.drive(clients, CLIENTS * 20, 1, tasks=True, pids=[pid])
             return await fig_e2e.drive(clients, tasks, 1, tasks=True, pids=[pid])
 
 
-async def _main(rounds: int, tasks: int) -> None:
+async def _main(rounds: int, tasks: int, system_name: str) -> None:
+    system = _system(system_name)
+    print(f"{system.name}, {CLIENTS} clients, {tasks} tasks per phase", flush=True)
     with tempfile.TemporaryDirectory(prefix="client-http-") as folder:
-        server = OurServer(
-            Path(folder) / "server",
-            limits=BASE_LIMITS,
-            clients=[f"c{i}" for i in range(CLIENTS)],
-        ).write()
-        with server.http_process() as process:
+        with system.start(Path(folder)) as processes:
+            process = processes[0]
             cpu_ratios: list[float] = []
             rate_ratios: list[float] = []
             for index in range(rounds):
                 phases: dict[str, fig_e2e.Phase] = {}
                 for kind in ("httpcore", "http11"):
-                    phase = await _phase(process.url, process.pid, kind, tasks)
+                    phase = await _phase(system, process.url, process.pid, kind, tasks)
                     phases[kind] = phase
                     print(
                         f"round {index + 1} {kind:8}: {phase.rate:5.0f} tasks/s, "
@@ -102,8 +117,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="benchmarks.client_http")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument(
+        "--system", choices=("mcp-tasks", "fastmcp"), default="mcp-tasks"
+    )
     args = parser.parse_args()
-    anyio.run(_main, args.rounds, args.tasks, backend_options={"use_uvloop": True})
+    anyio.run(
+        _main,
+        args.rounds,
+        args.tasks,
+        args.system,
+        backend_options={"use_uvloop": True},
+    )
 
 
 if __name__ == "__main__":
