@@ -1,8 +1,8 @@
 """The client's HTTP/1.1 transport against httpx's own, on the same server.
 
 One server of the end-to-end figure (``--system``: mcp-tasks on 2026-07-28 by
-default, or the FastMCP peer with ``fastmcp``, from ``benchmarks/run``'s
-virtual environment), and the end-to-end workload (8 clients, one lane each: a
+default, on 2025-11-25 with ``mcp-tasks-2025``, or the FastMCP peer with
+``fastmcp``, from ``benchmarks/run``'s virtual environment), and the end-to-end workload (8 clients, one lane each: a
 task call, then polls until terminal) driven by two kinds of client in turns,
 ``--rounds`` times:
 
@@ -62,7 +62,8 @@ def _system(name: str) -> fig_e2e.System:
                 f"no FastMCP interpreter at {python}: run benchmarks/run once"
             )
         return fig_e2e.systems(fig_e2e.Peers(None, python, None))[-1]
-    return fig_e2e.systems(fig_e2e.Peers(None, None, None))[1]
+    ours = fig_e2e.systems(fig_e2e.Peers(None, None, None))
+    return ours[0] if name == "mcp-tasks-2025" else ours[1]
 
 
 async def _phase(
@@ -93,7 +94,8 @@ async def _main(rounds: int, tasks: int, system_name: str) -> None:
                     print(
                         f"round {index + 1} {kind:8}: {phase.rate:5.0f} tasks/s, "
                         f"client CPU {phase.client_cpu / phase.count * 1e3:.2f} ms/task, "
-                        f"server CPU {phase.server_cpu / phase.count * 1e3:.2f} ms/task",
+                        f"server CPU {phase.server_cpu / phase.count * 1e3:.2f} ms/task, "
+                        f"{phase.polls / phase.count:.2f} polls/task",
                         flush=True,
                     )
                 old, new = phases["httpcore"], phases["http11"]
@@ -118,7 +120,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument(
-        "--system", choices=("mcp-tasks", "fastmcp"), default="mcp-tasks"
+        "--system",
+        choices=("mcp-tasks", "mcp-tasks-2025", "fastmcp"),
+        default="mcp-tasks",
     )
     args = parser.parse_args()
     anyio.run(
