@@ -65,10 +65,9 @@ class _Connection:
         if self.buffer:
             return False
         try:
-            readable, _, _ = select.select([self.fd], [], [], 0)
+            return not _readable(self.fd)
         except (OSError, ValueError):
             return False
-        return not readable
 
     async def receive(self, max_wait: float | None, request: httpx2.Request) -> bool:
         """Read more into the buffer; False at the end of the stream."""
@@ -106,6 +105,16 @@ class _Connection:
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.stream.aclose()
+
+
+def _readable(fd: int) -> bool:
+    """Whether reading ``fd`` would not block, without waiting."""
+    if hasattr(select, "poll"):  # any descriptor number (select() stops at 1024)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
 
 
 class _Head:

@@ -8,6 +8,8 @@ server counts the connections it accepted: keep-alive is seen from outside.
 
 from __future__ import annotations
 
+import os
+import resource
 import select
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -378,3 +380,30 @@ async def test_without_a_fallback_https_goes_to_httpx_own_transport() -> None:
         with pytest.raises(httpx2.ConnectError):
             await http.get(f"https://127.0.0.1:{port}/mcp")
     assert transport.connections_opened == 0
+
+
+async def test_connections_past_descriptor_1024_are_kept_too(
+    listeners: Listeners,
+) -> None:
+    # select() cannot watch descriptors past 1024; the reuse check must.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    held: list[int] = []
+    try:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        held.append(devnull)
+        while len(held) < 1100:
+            held.append(os.dup(devnull))
+        server = await listeners.start(ScriptedServer([ok(b"1"), ok(b"2"), ok(b"3")]))
+        transport = Http11Transport()
+        async with client(transport) as http:
+            for n in (b"1", b"2", b"3"):
+                assert (await http.post(server.url, content=b"{}")).content == n
+            [kept] = [c for idle in transport._idle.values() for c in idle]  # pyright: ignore[reportPrivateUsage]
+            assert kept.fd > 1024
+        assert server.accepted == 1
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
