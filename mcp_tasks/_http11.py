@@ -76,14 +76,8 @@ class _Connection:
                 data = await self.stream.receive(_READ_SIZE)
         except anyio.EndOfStream:
             return False
-        except TimeoutError as exc:
-            raise httpx2.ReadTimeout(
-                "timed out reading the response", request=request
-            ) from exc
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise httpx2.ReadError(
-                str(exc) or type(exc).__name__, request=request
-            ) from exc
+        except _IO_FAILURES as exc:
+            raise _transport_error(exc, request, reading=True) from exc
         self.buffer += data
         return True
 
@@ -93,18 +87,35 @@ class _Connection:
         try:
             with anyio.fail_after(max_wait):
                 await self.stream.send(data)
-        except TimeoutError as exc:
-            raise httpx2.WriteTimeout(
-                "timed out writing the request", request=request
-            ) from exc
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise httpx2.WriteError(
-                str(exc) or type(exc).__name__, request=request
-            ) from exc
+        except _IO_FAILURES as exc:
+            raise _transport_error(exc, request, reading=False) from exc
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.stream.aclose()
+
+
+# What a socket read or write can fail with (a timeout, a lost or closed
+# connection); each is handed to httpx as its own transport error.
+_IO_FAILURES: Final = (
+    TimeoutError,
+    OSError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+)
+
+
+def _transport_error(
+    error: BaseException, request: httpx2.Request, *, reading: bool
+) -> httpx2.TransportError:
+    if isinstance(error, TimeoutError):
+        if reading:
+            return httpx2.ReadTimeout("timed out reading the response", request=request)
+        return httpx2.WriteTimeout("timed out writing the request", request=request)
+    message = str(error) or type(error).__name__
+    if reading:
+        return httpx2.ReadError(message, request=request)
+    return httpx2.WriteError(message, request=request)
 
 
 def _readable(fd: int) -> bool:
