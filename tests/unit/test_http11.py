@@ -226,7 +226,9 @@ async def test_a_kept_connection_the_server_closed_is_dropped_before_reuse(
         # Wait (without sleeping) until the hang-up has reached our socket.
         [kept] = [c for idle in transport._idle.values() for c in idle]  # pyright: ignore[reportPrivateUsage]
         fd = kept.stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
-        assert select.select([fd], [], [], TIMEOUT)[0]
+        hung_up = select.poll()
+        hung_up.register(fd, select.POLLIN)
+        assert hung_up.poll(TIMEOUT * 1000)
         assert (await http.post(server.url, content=b"2")).content == b"two"
     # The second request went on a new connection, not into the closed one.
     assert server.accepted == 2
