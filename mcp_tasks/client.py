@@ -333,7 +333,9 @@ class _DrainedStream(httpx2.AsyncByteStream):
 
 
 class _KeepAliveTransport(httpx2.AsyncBaseTransport):
-    """httpx's transport, keeping connections across early-closed POST streams.
+    """The client's HTTP transport: ``Http11Transport`` (kept-alive HTTP/1.1 for
+    ``http://``, httpx's own transport for the rest), keeping connections
+    across early-closed POST streams.
 
     With ``standalone_stream=False`` it also refuses GETs itself (``405``),
     so no standalone stream is opened.
