@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import AsyncIterator
-from typing import Final, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import anyio
 import anyio.abc
@@ -77,7 +77,7 @@ class _Connection:
         except anyio.EndOfStream:
             return False
         except _IO_FAILURES as exc:
-            raise _transport_error(exc, request, reading=True) from exc
+            raise _transport_error(exc, request, "read") from exc
         self.buffer += data
         return True
 
@@ -88,15 +88,15 @@ class _Connection:
             with anyio.fail_after(max_wait):
                 await self.stream.send(data)
         except _IO_FAILURES as exc:
-            raise _transport_error(exc, request, reading=False) from exc
+            raise _transport_error(exc, request, "write") from exc
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.stream.aclose()
 
 
-# What a socket read or write can fail with (a timeout, a lost or closed
-# connection); each is handed to httpx as its own transport error.
+# What connecting, reading or writing can fail with (a timeout, a refused, lost
+# or closed connection); each is handed to httpx as its own transport error.
 _IO_FAILURES: Final = (
     TimeoutError,
     OSError,
@@ -104,18 +104,26 @@ _IO_FAILURES: Final = (
     anyio.ClosedResourceError,
 )
 
+_Step: TypeAlias = Literal["connect", "read", "write"]
+# Per step: httpx's error for a timeout, for any other failure, and what timed out.
+_STEP_ERRORS: Final[
+    dict[_Step, tuple[type[httpx2.TimeoutException], type[httpx2.NetworkError], str]]
+] = {
+    "connect": (httpx2.ConnectTimeout, httpx2.ConnectError, "connecting to"),
+    "read": (httpx2.ReadTimeout, httpx2.ReadError, "reading the response from"),
+    "write": (httpx2.WriteTimeout, httpx2.WriteError, "writing the request to"),
+}
+
 
 def _transport_error(
-    error: BaseException, request: httpx2.Request, *, reading: bool
+    error: BaseException, request: httpx2.Request, step: _Step
 ) -> httpx2.TransportError:
+    timed_out, failed, doing = _STEP_ERRORS[step]
     if isinstance(error, TimeoutError):
-        if reading:
-            return httpx2.ReadTimeout("timed out reading the response", request=request)
-        return httpx2.WriteTimeout("timed out writing the request", request=request)
-    message = str(error) or type(error).__name__
-    if reading:
-        return httpx2.ReadError(message, request=request)
-    return httpx2.WriteError(message, request=request)
+        url = request.url
+        where = f"{url.host}:{url.port or 80}"
+        return timed_out(f"timed out {doing} {where}", request=request)
+    return failed(str(error) or type(error).__name__, request=request)
 
 
 def _readable(fd: int) -> bool:
@@ -354,14 +362,8 @@ class Http11Transport(httpx2.AsyncBaseTransport):
         try:
             with anyio.fail_after(max_wait):
                 stream = await anyio.connect_tcp(*origin)
-        except TimeoutError as exc:
-            raise httpx2.ConnectTimeout(
-                f"timed out connecting to {origin[0]}:{origin[1]}", request=request
-            ) from exc
-        except OSError as exc:
-            raise httpx2.ConnectError(
-                str(exc) or type(exc).__name__, request=request
-            ) from exc
+        except _IO_FAILURES as exc:
+            raise _transport_error(exc, request, "connect") from exc
         self.connections_opened += 1
         return _Connection(stream, origin)
 
