@@ -337,10 +337,16 @@ async def test_a_silent_server_is_a_read_timeout(
     done.set()
 
 
-async def test_a_refused_connection_is_a_connect_error() -> None:
+async def closed_port() -> int:
+    """A loopback port nothing listens on any more."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    await listener.aclose()  # nothing listens there now
+    await listener.aclose()
+    return port
+
+
+async def test_a_refused_connection_is_a_connect_error() -> None:
+    port = await closed_port()
     async with client(Http11Transport()) as http:
         with pytest.raises(httpx2.ConnectError):
             await http.post(f"http://127.0.0.1:{port}/mcp", content=b"{}")
@@ -373,9 +379,7 @@ async def test_other_schemes_go_to_the_fallback_transport() -> None:
 
 
 async def test_without_a_fallback_https_goes_to_httpx_own_transport() -> None:
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    await listener.aclose()
+    port = await closed_port()
     transport = Http11Transport()
     async with client(transport) as http:
         # httpx's transport (made on this first https request) tries, and is refused.
